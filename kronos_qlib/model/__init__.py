@@ -1,0 +1,6 @@
+"""The two Kronos networks, byte-compatible with the released NeoQuasar checkpoints."""
+from .layers import KVCache
+from .predictor import TIME_FEATURES, Kronos, PredictorCache
+from .tokenizer import KronosTokenizer
+
+__all__ = ["Kronos", "KronosTokenizer", "KVCache", "PredictorCache", "TIME_FEATURES"]

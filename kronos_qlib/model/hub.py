@@ -1,0 +1,125 @@
+"""Loading and saving in the Hugging Face Hub layout (``config.json`` + ``model.safetensors``).
+
+Built on ``huggingface_hub.PyTorchModelHubMixin`` (which also provides ``push_to_hub``), with two changes
+that matter for research code: loading is strict and says exactly what is wrong with a folder, file or
+repository, and saving replaces files atomically so a crash never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..errors import CheckpointError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+M = TypeVar("M", bound="HubModelMixin")
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
+
+
+def _resolve_files(source: str, **hub_kwargs: Any) -> tuple[Path, Path]:
+    """Paths of (config.json, model.safetensors) in a local folder or a Hub repository's cached snapshot."""
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        files = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for file in files:
+            if not file.is_file():
+                raise CheckpointError(f"checkpoint folder '{folder}' has no {file.name}")
+        return files
+    if _looks_like_path(source):
+        raise CheckpointError(f"checkpoint folder '{source}' does not exist")
+    try:
+        return tuple(Path(hf_hub_download(repo_id=source, filename=name, **hub_kwargs))
+                     for name in (CONFIG_NAME, WEIGHTS_NAME))
+    except Exception as err:  # the Hub client raises many types (HTTP, offline, validation, not found)
+        raise CheckpointError(
+            f"could not load '{source}': it is not a local folder, and the Hugging Face Hub did not provide it "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'})"
+        ) from err
+
+
+def _read_config(path: Path, cls: type) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object of {cls.__name__} arguments")
+    expected = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    missing = [key for key in expected if key not in config]
+    unknown = [key for key in config if key not in expected]
+    if missing or unknown:
+        raise CheckpointError(f"{path} does not describe a {cls.__name__}: missing keys {missing}, "
+                              f"unknown keys {unknown}")
+    return config
+
+
+def _load_weights(model: torch.nn.Module, path: Path) -> None:
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [f"{key}: file {tuple(state[key].shape)} vs model {tuple(expected[key].shape)}"
+                  for key in expected if key in state and state[key].shape != expected[key].shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(f"{path} does not match {type(model).__name__}'s configuration: "
+                              f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                              f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
+                              f"shape mismatches {mismatched[:5]}")
+    model.load_state_dict(state, strict=True)
+
+
+class HubModelMixin(PyTorchModelHubMixin):
+    """``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` for the Kronos networks."""
+
+    @classmethod
+    def from_pretrained(cls: type[M], pretrained_model_name_or_path: str | Path, *, revision: str | None = None,
+                        cache_dir: str | Path | None = None, force_download: bool = False,
+                        local_files_only: bool = False, token: str | bool | None = None,
+                        map_location: str | torch.device = "cpu", **config_overrides: Any) -> M:
+        """Load from a local folder or a Hub id (e.g. ``NeoQuasar/Kronos-small``), in eval mode.
+
+        ``config_overrides`` replace values of ``config.json`` (e.g. dropout rates for finetuning).
+        """
+        source = str(pretrained_model_name_or_path)
+        config_file, weights_file = _resolve_files(source, revision=revision, cache_dir=cache_dir,
+                                                   force_download=force_download,
+                                                   local_files_only=local_files_only, token=token)
+        config = _read_config(config_file, cls)
+        config.update(config_overrides)
+        model = cls(**config)
+        _load_weights(model, weights_file)
+        return model.to(map_location).eval()
+
+    def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None,
+                        model_card_kwargs: dict | None = None, push_to_hub: bool = False, repo_id: str | None = None,
+                        **push_to_hub_kwargs: Any) -> str | None:
+        """Write ``config.json`` and ``model.safetensors`` (and a model card); each file replaced atomically."""
+        target = Path(save_directory)
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target, prefix=".saving-") as tmp:
+            super().save_pretrained(tmp, config=config, model_card_kwargs=model_card_kwargs)
+            # Weights first: a crash between the two replacements leaves the old config with the new weights'
+            # identical layout (configs do not change during training), never a config without weights.
+            for name in sorted(os.listdir(tmp), key=lambda n: n != WEIGHTS_NAME):
+                os.replace(Path(tmp) / name, target / name)
+        if push_to_hub:
+            return self.push_to_hub(repo_id or target.name, config=config, model_card_kwargs=model_card_kwargs,
+                                    **push_to_hub_kwargs)
+        return None
