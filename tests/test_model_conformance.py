@@ -141,3 +141,9 @@ def test_released_layouts(name):
     model = cls(**entry["config"])
     assert {k: list(v.shape) for k, v in model.state_dict().items()} == entry["state_dict"]
     assert sum(p.numel() for p in model.parameters()) == entry["n_params"]
+
+
+def test_released_configs_in_code_match_the_layouts():
+    from kronos_qlib.model.configs import RELEASED
+
+    assert {k.split("/")[1]: v for k, v in RELEASED.items()} == {k: v["config"] for k, v in LAYOUTS.items()}

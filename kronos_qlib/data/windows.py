@@ -1,0 +1,114 @@
+"""Training windows over a panel of daily bars: which windows exist, and what a window looks like to a model.
+
+Suspended days (NaN bars) are dropped: a window is ``lookback + horizon`` consecutive *traded* bars of one
+instrument, and its time features carry the real dates, so a window across a suspension joins the prices on
+either side of the gap as a holder of the stock would see them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from ..features import BAR_COLUMNS, normalize, time_features
+from .qlib_source import Spans
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    lookback: int = 90
+    horizon: int = 10
+    clip: float = 5.0
+
+    @property
+    def length(self) -> int:
+        return self.lookback + self.horizon
+
+
+@dataclass
+class BarPanel:
+    """Every instrument's traded bars, concatenated; instrument i owns rows offsets[i]:offsets[i + 1]."""
+
+    instruments: np.ndarray  # (n_instruments,) str
+    offsets: np.ndarray  # (n_instruments + 1,) int64
+    dates: np.ndarray  # (n_rows,) datetime64[ns]
+    values: np.ndarray  # (n_rows, 6) float64, columns BAR_COLUMNS
+    stamps: np.ndarray  # (n_rows, 5) float32 time features
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> BarPanel:
+        """From a (instrument, datetime)-indexed frame of BAR_COLUMNS, dropping suspended (NaN) bars."""
+        traded = frame[list(BAR_COLUMNS)].dropna().sort_index()
+        codes, instruments = pd.factorize(traded.index.get_level_values(0), sort=True)
+        counts = np.bincount(codes, minlength=len(instruments))
+        dates = pd.DatetimeIndex(traded.index.get_level_values(1))
+        return cls(instruments=np.asarray(instruments, dtype=str),
+                   offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                   dates=dates.values.astype("datetime64[ns]"),
+                   values=traded.to_numpy(dtype=np.float64),
+                   stamps=time_features(dates))
+
+    def rows_of(self, instrument: str) -> slice:
+        i = int(np.searchsorted(self.instruments, instrument))
+        if i >= len(self.instruments) or self.instruments[i] != instrument:
+            raise KeyError(instrument)
+        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+
+def window_starts(panel: BarPanel, spec: WindowSpec, start: str | pd.Timestamp, end: str | pd.Timestamp,
+                  spans: Spans | None = None) -> np.ndarray:
+    """Row indices where the windows of a split begin.
+
+    A window belongs to the split [start, end] when all its ``horizon`` target bars lie inside it; its
+    context may reach back before ``start``. With ``spans`` (point-in-time index membership) a window must
+    also end on a day its instrument was a member, so the universe at a date uses only what was known then.
+    """
+    start64, end64 = np.datetime64(pd.Timestamp(start), "ns"), np.datetime64(pd.Timestamp(end), "ns")
+    found = []
+    for i, instrument in enumerate(panel.instruments):
+        first, stop = int(panel.offsets[i]), int(panel.offsets[i + 1])
+        candidates = np.arange(first, stop - spec.length + 1)
+        if candidates.size == 0:
+            continue
+        target_start = panel.dates[candidates + spec.lookback]
+        window_end = panel.dates[candidates + spec.length - 1]
+        keep = (target_start >= start64) & (window_end <= end64)
+        if spans is not None:
+            member = np.zeros_like(keep)
+            for a, b in spans.get(str(instrument), []):
+                member |= (window_end >= np.datetime64(a, "ns")) & (window_end <= np.datetime64(b, "ns"))
+            keep &= member
+        found.append(candidates[keep])
+    return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
+
+
+class WindowDataset(Dataset):
+    """Windows as (normalized bars (length, 6) float32, time features (length, 5) float32).
+
+    Normalization uses the mean and std of the lookback bars only and is applied to the whole window, clipped.
+    """
+
+    def __init__(self, panel: BarPanel, starts: np.ndarray, spec: WindowSpec):
+        self.panel, self.starts, self.spec = panel, np.asarray(starts, dtype=np.int64), spec
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def rows(self, index: int) -> slice:
+        start = int(self.starts[index])
+        return slice(start, start + self.spec.length)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rows(index)
+        x, _, _ = normalize(self.panel.values[rows], self.spec.clip, n_stats=self.spec.lookback)
+        return torch.from_numpy(x), torch.from_numpy(self.panel.stamps[rows])
+
+    def describe(self, index: int) -> tuple[str, pd.Timestamp, pd.Timestamp]:
+        """(instrument, first date, last date) of a window, for logs and error messages."""
+        rows = self.rows(index)
+        owner = int(np.searchsorted(self.panel.offsets, rows.start, side="right")) - 1
+        return (str(self.panel.instruments[owner]), pd.Timestamp(self.panel.dates[rows.start]),
+                pd.Timestamp(self.panel.dates[rows.stop - 1]))

@@ -1,0 +1,78 @@
+"""Bar features shared by inference and training: columns, time stamps and per-window normalization.
+
+Both paths must compute these identically, or a finetuned model would see other inputs than it learned on.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .errors import KronosInputError
+
+PRICE_COLUMNS = ("open", "high", "low", "close")
+BAR_COLUMNS = (*PRICE_COLUMNS, "volume", "amount")
+#: Added to the standard deviation so a constant column (e.g. volume filled with 0) normalizes to 0.
+STD_EPS = 1e-5
+
+
+def as_datetimes(timestamps, name: str) -> pd.DatetimeIndex:
+    """Timestamps as a DatetimeIndex; anything that is not already datetime-typed is an error."""
+    index = pd.Index(timestamps)
+    if not pd.api.types.is_datetime64_any_dtype(index.dtype):
+        raise KronosInputError(f"{name} must hold datetimes (datetime64 or pd.Timestamp), got dtype {index.dtype}")
+    if index.hasnans:
+        raise KronosInputError(f"{name} holds a missing timestamp (NaT) at position {int(np.argmax(index.isna()))}")
+    return pd.DatetimeIndex(index)
+
+
+def time_features(timestamps: pd.DatetimeIndex) -> np.ndarray:
+    """[minute, hour, weekday (Monday = 0), day, month] per timestamp, as float32 (n, 5)."""
+    ts = pd.DatetimeIndex(timestamps)
+    return np.stack([ts.minute, ts.hour, ts.day_of_week, ts.day, ts.month], axis=-1).astype(np.float32)
+
+
+def complete_bars(df: pd.DataFrame, name: str = "df") -> pd.DataFrame:
+    """The six bar columns of ``df``, filling what Kronos expects when volume or amount are absent.
+
+    No volume: volume = amount = 0 (as the original). Volume without amount: amount = volume x mean(OHLC),
+    the usual stand-in for turnover when a data source has none.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise KronosInputError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in PRICE_COLUMNS if c not in df.columns]
+    if missing:
+        raise KronosInputError(f"{name} has no column(s) {missing}; it needs {list(PRICE_COLUMNS)} "
+                               f"and optionally volume and amount")
+    bars = df[list(PRICE_COLUMNS)].astype(np.float64)
+    if "volume" not in df.columns:
+        bars["volume"] = 0.0
+        bars["amount"] = 0.0
+    else:
+        bars["volume"] = df["volume"].astype(np.float64)
+        bars["amount"] = (df["amount"].astype(np.float64) if "amount" in df.columns
+                          else bars["volume"] * bars[list(PRICE_COLUMNS)].mean(axis=1))
+    values = bars.to_numpy()
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise KronosInputError(f"{name} has a non-finite value ({values[row, col]}) in column '{BAR_COLUMNS[col]}' "
+                               f"at row {df.index[row]!r} (position {row})")
+    return bars
+
+
+def normalize(values: np.ndarray, clip: float, n_stats: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x - mean) / (std + eps) per column, clipped to +-clip, with statistics of the first ``n_stats`` rows.
+
+    Returns (normalized float32, mean, std). Statistics come from the context rows only (all rows by
+    default), so a window's normalization never sees its future.
+    """
+    context = values if n_stats is None else values[:n_stats]
+    mean = context.mean(axis=0)
+    std = context.std(axis=0)
+    normed = np.clip((values - mean) / (std + STD_EPS), -clip, clip)
+    return normed.astype(np.float32), mean, std
+
+
+def denormalize(normed: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    return normed * (std + STD_EPS) + mean

@@ -1,0 +1,101 @@
+"""Autoregressive sampling of K-line paths, with a KV cache and a shared context per series.
+
+The original Kronos repeats every context ``sample_count`` times, encodes each copy, and recomputes the whole
+window at every step. Here a series' context is encoded once and prefilled once; its keys and values are then
+copied to every sample path, and each step feeds a single new token. The tokenizer's decoder is causal too, so
+the context part of the final window is decoded once per series and only the new bars per sample.
+
+While the window still starts at the first bar, cached and recomputed steps compute the same function. Once
+the sequence outgrows ``max_context`` the window slides and every kept position would see a different past,
+so those steps rebuild the window from scratch: results stay equal to full recomputation.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..model import Kronos, KronosTokenizer
+from .sampling import sample_token
+
+
+def _take_last(logits: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return logits[:, -1], context[:, -1:]
+
+
+@torch.inference_mode()
+def sample_paths(tokenizer: KronosTokenizer, model: Kronos, x: torch.Tensor, x_stamp: torch.Tensor,
+                 y_stamp: torch.Tensor, *, max_context: int, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, sample_count: int = 1, use_cache: bool = True,
+                 generator: torch.Generator | None = None, progress=None) -> torch.Tensor:
+    """Sample ``sample_count`` continuations of each normalized context.
+
+    Args:
+        x: (batch, n_context, d_in) normalized, clipped bars; all series share the context length.
+        x_stamp, y_stamp: (batch, n_context, 5) and (batch, pred_len, 5) time features.
+        use_cache: False recomputes the whole window at every step, as the original does (for checking).
+        progress: anything with ``update(n)`` (e.g. a tqdm bar), advanced once per step.
+
+    Returns:
+        (batch, sample_count, pred_len, d_in) normalized bars.
+    """
+    batch, n_context, _ = x.shape
+    pred_len = y_stamp.shape[1]
+    total = n_context + pred_len
+    if pred_len > max_context:
+        raise ValueError(f"pred_len ({pred_len}) cannot exceed max_context ({max_context})")
+    capacity = min(total, max_context)
+    n_seq = batch * sample_count
+
+    def draw(logits: torch.Tensor) -> torch.Tensor:
+        return sample_token(logits, temperature, top_k, top_p, generator)
+
+    stamps = torch.cat([x_stamp, y_stamp], dim=1)
+    stamps_rep = stamps.repeat_interleave(sample_count, dim=0)
+    if use_cache:
+        ctx_s1, ctx_s2 = tokenizer.encode(x, half=True)
+    else:  # the original: one encoding per sample copy
+        ctx_s1, ctx_s2 = tokenizer.encode(x.repeat_interleave(sample_count, dim=0), half=True)
+    repeats = sample_count if use_cache else 1
+    s1 = ctx_s1.new_empty(n_seq, total)
+    s2 = ctx_s2.new_empty(n_seq, total)
+    s1[:, :n_context] = ctx_s1.repeat_interleave(repeats, dim=0)
+    s2[:, :n_context] = ctx_s2.repeat_interleave(repeats, dim=0)
+
+    cache, cache_start = None, -1
+    for step in range(pred_len):
+        current = n_context + step
+        start = max(0, current - max_context)
+        if not use_cache:  # decode_s2 without a cache needs the whole window as its memory
+            logits, context = model.decode_s1(s1[:, start:current], s2[:, start:current],
+                                              stamps_rep[:, start:current])
+            logits = logits[:, -1]
+        elif start != cache_start:  # first step, or a window that slid: (re)build the cache
+            cache, cache_start = model.new_cache(capacity), start
+            if step == 0:  # every sample shares the context: prefill once per series, then copy
+                logits, context = _take_last(*model.decode_s1(ctx_s1[:, start:], ctx_s2[:, start:],
+                                                              stamps[:, start:current], cache))
+                cache.repeat_interleave(sample_count)
+                logits = logits.repeat_interleave(sample_count, dim=0)
+                context = context.repeat_interleave(sample_count, dim=0)
+            else:
+                logits, context = _take_last(*model.decode_s1(s1[:, start:current], s2[:, start:current],
+                                                              stamps_rep[:, start:current], cache))
+        new_s1 = draw(logits)
+        new_s2 = draw(model.decode_s2(context, new_s1, cache)[:, -1])
+        s1[:, current], s2[:, current] = new_s1[:, 0], new_s2[:, 0]
+        if use_cache and step + 1 < pred_len and max(0, current + 1 - max_context) == cache_start:
+            logits, context = _take_last(*model.decode_s1(new_s1, new_s2, stamps_rep[:, current:current + 1],
+                                                          cache))
+        if progress is not None:
+            progress.update(1)
+
+    window_start = total - capacity  # <= n_context because pred_len <= max_context
+    if use_cache:
+        caches = tokenizer.new_decoder_caches(capacity)
+        if window_start < n_context:
+            tokenizer.decode((ctx_s1[:, window_start:], ctx_s2[:, window_start:]), half=True, caches=caches)
+        for c in caches:
+            c.repeat_interleave(sample_count)
+        bars = tokenizer.decode((s1[:, n_context:], s2[:, n_context:]), half=True, caches=caches)
+    else:
+        bars = tokenizer.decode((s1[:, window_start:], s2[:, window_start:]), half=True)[:, -pred_len:]
+    return bars.reshape(batch, sample_count, pred_len, -1)

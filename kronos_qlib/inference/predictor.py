@@ -1,0 +1,146 @@
+"""KronosPredictor: K-line history in, forecast paths out, in price units."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import KronosInputError
+from ..features import BAR_COLUMNS, as_datetimes, complete_bars, denormalize, normalize, time_features
+from ..model import Kronos, KronosTokenizer
+from .generate import sample_paths
+from .sampling import check_sampling_args
+
+
+def default_device() -> torch.device:
+    """The fastest device present: CUDA, then Apple MPS, then CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass
+class _Series:
+    """One series made ready for the model: normalized context, time features and the statistics to undo."""
+    x: np.ndarray
+    x_stamp: np.ndarray
+    y_stamp: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+
+
+class KronosPredictor:
+    """Forecasts K-line series with a tokenizer + predictor pair.
+
+    Each series is normalized with the mean and population std of its own context, (x - mean) / (std + 1e-5),
+    clipped to +-clip; forecasts are sampled in that space and mapped back to prices. Columns are
+    open, high, low, close, volume, amount (see :func:`kronos_qlib.features.complete_bars` for the fill rules).
+
+    Args:
+        batch_size: series per forward pass (each with ``sample_count`` paths); bounds memory.
+    """
+
+    columns = BAR_COLUMNS
+
+    def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device: str | torch.device | None = None,
+                 max_context: int = 512, clip: float = 5, batch_size: int = 64):
+        if max_context < 1:
+            raise KronosInputError(f"max_context must be >= 1, got {max_context}")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer.to(self.device).eval()
+        self.max_context = max_context
+        self.clip = clip
+        self.batch_size = batch_size
+
+    # ----------------------------------------------------------------------------------------------- public API
+    def predict(self, df: pd.DataFrame, x_timestamp, y_timestamp, pred_len: int, T: float = 1.0, top_k: int = 0,
+                top_p: float = 0.9, sample_count: int = 1, seed: int | None = None, use_cache: bool = True,
+                verbose: bool = False) -> pd.DataFrame:
+        """The mean forecast path of one series, indexed by ``y_timestamp``."""
+        return self.predict_batch([df], [x_timestamp], [y_timestamp], pred_len, T=T, top_k=top_k, top_p=top_p,
+                                  sample_count=sample_count, seed=seed, use_cache=use_cache, verbose=verbose)[0]
+
+    def predict_batch(self, df_list: list[pd.DataFrame], x_timestamp_list: list, y_timestamp_list: list,
+                      pred_len: int, T: float = 1.0, top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
+                      seed: int | None = None, use_cache: bool = True, verbose: bool = False
+                      ) -> list[pd.DataFrame]:
+        """Mean forecast paths of many series; their histories may differ in length."""
+        paths = self.predict_paths(df_list, x_timestamp_list, y_timestamp_list, pred_len, T=T, top_k=top_k,
+                                   top_p=top_p, sample_count=sample_count, seed=seed, use_cache=use_cache,
+                                   verbose=verbose)
+        return [pd.DataFrame(p.mean(axis=0), columns=list(self.columns), index=pd.DatetimeIndex(y_ts))
+                for p, y_ts in zip(paths, y_timestamp_list)]
+
+    def predict_paths(self, df_list: list[pd.DataFrame], x_timestamp_list: list, y_timestamp_list: list,
+                      pred_len: int, T: float = 1.0, top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
+                      seed: int | None = None, use_cache: bool = True, verbose: bool = False) -> np.ndarray:
+        """Every sampled path in price units: an array (n_series, sample_count, pred_len, 6).
+
+        The last axis follows :attr:`columns`. ``seed`` makes the draws reproducible on a given device.
+        """
+        check_sampling_args(T, top_k, top_p, sample_count)
+        series = self._prepare(df_list, x_timestamp_list, y_timestamp_list, pred_len)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed)
+
+        out = np.empty((len(series), sample_count, pred_len, len(self.columns)), dtype=np.float64)
+        batches = self._batches(series)
+        with tqdm(total=len(batches) * pred_len, desc="Kronos sampling", unit="step", disable=not verbose,
+                  leave=False) as bar:
+            for idx in batches:
+                normed = sample_paths(
+                    self.tokenizer, self.model, *self._tensors([series[i] for i in idx]),
+                    max_context=self.max_context, temperature=T, top_k=top_k, top_p=top_p,
+                    sample_count=sample_count, use_cache=use_cache, generator=generator, progress=bar,
+                ).float().cpu().numpy()
+                for row, i in enumerate(idx):
+                    out[i] = denormalize(normed[row], series[i].mean, series[i].std)
+        return out
+
+    # -------------------------------------------------------------------------------------------------- helpers
+    def _prepare(self, df_list, x_timestamp_list, y_timestamp_list, pred_len: int) -> list[_Series]:
+        if isinstance(pred_len, bool) or not isinstance(pred_len, (int, np.integer)) or pred_len < 1:
+            raise KronosInputError(f"pred_len must be an integer >= 1, got {pred_len!r}")
+        if pred_len > self.max_context:
+            raise KronosInputError(f"pred_len ({pred_len}) cannot exceed max_context ({self.max_context})")
+        if isinstance(df_list, pd.DataFrame) or not (len(df_list) == len(x_timestamp_list) == len(y_timestamp_list)):
+            raise KronosInputError("df_list, x_timestamp_list and y_timestamp_list must be lists of equal length")
+        if not df_list:
+            raise KronosInputError("df_list is empty: nothing to forecast")
+        return [self._prepare_one(df, x_ts, y_ts, pred_len, f"series {i}")
+                for i, (df, x_ts, y_ts) in enumerate(zip(df_list, x_timestamp_list, y_timestamp_list))]
+
+    def _prepare_one(self, df: pd.DataFrame, x_timestamp, y_timestamp, pred_len: int, name: str) -> _Series:
+        bars = complete_bars(df, name)
+        if len(bars) < 2:
+            raise KronosInputError(f"{name} has {len(bars)} context bar(s); at least 2 are needed to normalize")
+        x_ts = as_datetimes(x_timestamp, f"x_timestamp of {name}")
+        y_ts = as_datetimes(y_timestamp, f"y_timestamp of {name}")
+        if len(x_ts) != len(bars):
+            raise KronosInputError(f"x_timestamp of {name} has {len(x_ts)} entries for {len(bars)} bars")
+        if len(y_ts) != pred_len:
+            raise KronosInputError(f"y_timestamp of {name} has {len(y_ts)} entries but pred_len is {pred_len}")
+        x, mean, std = normalize(bars.to_numpy(), self.clip)
+        return _Series(x, time_features(x_ts), time_features(y_ts), mean, std)
+
+    def _batches(self, series: list[_Series]) -> list[list[int]]:
+        """Indices grouped by context length (exact, no padding), in chunks of at most ``batch_size``."""
+        by_length: dict[int, list[int]] = defaultdict(list)
+        for i, s in enumerate(series):
+            by_length[len(s.x)].append(i)
+        return [idx[j:j + self.batch_size] for idx in by_length.values()
+                for j in range(0, len(idx), self.batch_size)]
+
+    def _tensors(self, chunk: list[_Series]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        def stack(name: str) -> torch.Tensor:
+            return torch.from_numpy(np.stack([getattr(s, name) for s in chunk])).to(self.device)
+        return stack("x"), stack("x_stamp"), stack("y_stamp")

@@ -1,0 +1,151 @@
+"""Finetuning configuration: plain dataclasses, read from YAML strictly (an unknown key is an error)."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..data import DataConfig
+from ..errors import ConfigError
+from ..model.configs import RELEASED
+
+
+@dataclass
+class StageConfig:
+    """Optimization of one stage. Schedules are OneCycleLR with ``warmup_pct`` of the steps warming up."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 4e-5
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_pct: float = 0.03
+    grad_clip: float = 3.0
+    accumulation_steps: int = 1
+    #: Windows drawn afresh each epoch (None: all); validation uses a fixed subset of ``max_valid_windows``.
+    max_train_windows: int | None = None
+    max_valid_windows: int | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class FinetuneConfig:
+    """Two-stage finetuning: the tokenizer on reconstruction, then the predictor with the tokenizer frozen."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    output_dir: str = "runs/kronos"
+    seed: int = 42
+    #: None picks CUDA when present, else CPU.
+    device: str | None = None
+    train_tokenizer: bool = True
+    train_basemodel: bool = True
+    #: Skip a stage whose best checkpoint already exists in output_dir.
+    skip_existing: bool = True
+    #: Hub id or local folder to start from; false builds a fresh model from *_config.
+    pre_trained_tokenizer: str | bool = "NeoQuasar/Kronos-Tokenizer-base"
+    pre_trained_predictor: str | bool = "NeoQuasar/Kronos-small"
+    tokenizer_config: dict | None = None
+    predictor_config: dict | None = None
+    #: Condition s2 on the true s1 token while training (otherwise on one sampled from the s1 logits).
+    teacher_forcing: bool = True
+    tokenizer_training: StageConfig = field(default_factory=lambda: StageConfig(lr=2e-4, grad_clip=2.0))
+    predictor_training: StageConfig = field(default_factory=lambda: StageConfig(lr=4e-5, grad_clip=3.0))
+    #: Name of the preset this configuration started from (informational).
+    preset: str | None = None
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return Path(self.output_dir).expanduser() / "tokenizer"
+
+    @property
+    def predictor_dir(self) -> Path:
+        return Path(self.output_dir).expanduser() / "predictor"
+
+
+def _released(tokenizer: str, predictor: str, batch_size: int) -> dict:
+    return {
+        "pre_trained_tokenizer": tokenizer, "pre_trained_predictor": predictor,
+        "tokenizer_config": RELEASED[tokenizer], "predictor_config": RELEASED[predictor],
+        "tokenizer_training": {"batch_size": batch_size, "lr": 2e-4, "grad_clip": 2.0},
+        "predictor_training": {"batch_size": batch_size, "lr": 4e-5, "grad_clip": 3.0},
+    }
+
+
+#: Starting points for ``preset:``. mini/small/base finetune the released checkpoints (GPU-sized);
+#: ``cpu`` trains small models from scratch and learns something real on a 2-core CPU in well under an hour.
+PRESETS: dict[str, dict] = {
+    "mini": _released("NeoQuasar/Kronos-Tokenizer-2k", "NeoQuasar/Kronos-mini", 64),
+    "small": _released("NeoQuasar/Kronos-Tokenizer-base", "NeoQuasar/Kronos-small", 50),
+    "base": _released("NeoQuasar/Kronos-Tokenizer-base", "NeoQuasar/Kronos-base", 32),
+    "cpu": {
+        "pre_trained_tokenizer": False, "pre_trained_predictor": False,
+        "tokenizer_config": dict(d_in=6, d_model=64, n_heads=4, ff_dim=128, n_enc_layers=3, n_dec_layers=3,
+                                 ffn_dropout_p=0.0, attn_dropout_p=0.0, resid_dropout_p=0.0, s1_bits=6,
+                                 s2_bits=6, beta=0.05, gamma0=1.0, gamma=1.1, zeta=0.05, group_size=4),
+        "predictor_config": dict(s1_bits=6, s2_bits=6, n_layers=3, d_model=128, n_heads=4, ff_dim=256,
+                                 ffn_dropout_p=0.1, attn_dropout_p=0.0, resid_dropout_p=0.1,
+                                 token_dropout_p=0.0, learn_te=True),
+        "tokenizer_training": {"epochs": 4, "batch_size": 64, "lr": 1e-3, "grad_clip": 2.0,
+                               "max_train_windows": 16384, "max_valid_windows": 4096},
+        "predictor_training": {"epochs": 6, "batch_size": 64, "lr": 1e-3, "grad_clip": 3.0,
+                               "max_train_windows": 16384, "max_valid_windows": 4096},
+    },
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _build(cls: type, values: Any, where: str):
+    """Instantiate dataclass ``cls`` from a dict, recursing into nested dataclasses; unknown keys are errors."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"unknown key '{key}' in {where} (known keys: {', '.join(names)})")
+    kwargs = {}
+    for key, value in values.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{where}.{key}")
+        elif typing.get_origin(hint) is tuple and isinstance(value, list):
+            kwargs[key] = tuple(value)
+        elif isinstance(value, dict) and typing.get_origin(hint) not in (dict, types.UnionType, typing.Union):
+            raise ConfigError(f"{where}.{key} must be a single value, got a mapping")
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict, where: str = "config") -> FinetuneConfig:
+    """A FinetuneConfig from a dict (a parsed YAML file), starting from ``preset`` when one is named."""
+    values = dict(values or {})
+    preset = values.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset '{preset}' in {where} (known presets: {', '.join(PRESETS)})")
+        values = _merge(PRESETS[preset], values)
+    return _build(FinetuneConfig, values, where)
+
+
+def load_config(path: str | Path) -> FinetuneConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {err}") from err
+    return config_from_dict(values, where=str(path))

@@ -1,0 +1,175 @@
+"""KronosPredictor reproduces the original's greedy forecasts, cached or not, and samples reproducibly."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kronos_qlib import KronosInputError, KronosPredictor
+from kronos_qlib.features import complete_bars
+from kronos_qlib.inference import filter_logits
+
+from conftest import CONFORMANCE
+
+COLUMNS = ["open", "high", "low", "close", "volume", "amount"]
+GREEDY = dict(T=1.0, top_k=1, top_p=1.0)
+
+
+@pytest.fixture(scope="module")
+def bars() -> pd.DataFrame:
+    return pd.read_csv(CONFORMANCE / "regression_input.csv", parse_dates=["timestamps"])
+
+
+@pytest.fixture()
+def kp(predictor, tokenizer):
+    return KronosPredictor(predictor, tokenizer, device="cpu", max_context=512)
+
+
+def window(bars, start, n_context, pred_len, columns=COLUMNS):
+    x, y = bars.iloc[start:start + n_context], bars.iloc[start + n_context:start + n_context + pred_len]
+    return x[columns], x["timestamps"], y["timestamps"]
+
+
+def rel_err(actual, expected):
+    return np.max(np.abs(actual - expected) / np.maximum(np.abs(expected), 1e-6))
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("n_context,pred_len,key", [(128, 8, "e2e_ctx128_pred8"), (256, 12, "e2e_ctx256_pred12")])
+def test_greedy_matches_original(kp, bars, vectors, use_cache, n_context, pred_len, key):
+    out = kp.predict(*window(bars, 0, n_context, pred_len), pred_len, use_cache=use_cache, **GREEDY)
+    assert list(out.columns) == COLUMNS
+    assert out.index.equals(pd.DatetimeIndex(bars["timestamps"].iloc[n_context:n_context + pred_len]))
+    assert rel_err(out.to_numpy(), vectors[key]) < 1e-4
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_greedy_batch_matches_original(kp, bars, vectors, use_cache):
+    """Three series, sample_count 2; the third has OHLC only, so volume and amount are filled with 0."""
+    parts = [window(bars, int(s), 96, 10, COLUMNS if j < 2 else COLUMNS[:4])
+             for j, s in enumerate(vectors["e2e_batch_starts"])]
+    outs = kp.predict_batch(*map(list, zip(*parts)), 10, sample_count=2, use_cache=use_cache, **GREEDY)
+    assert rel_err(np.stack([o.to_numpy() for o in outs]), vectors["e2e_batch_ctx96_pred10"]) < 1e-4
+
+
+def sampled(kp, bars, seed, use_cache=True, n=4, **kwargs):
+    parts = [window(bars, 37 * i, 90, 10) for i in range(n)]
+    return kp.predict_paths(*map(list, zip(*parts)), 10, sample_count=5, seed=seed, use_cache=use_cache,
+                            **{"T": 1.0, "top_k": 0, "top_p": 0.9, **kwargs})
+
+
+def test_seed_makes_sampling_reproducible(kp, bars):
+    first, again, other = sampled(kp, bars, 7), sampled(kp, bars, 7), sampled(kp, bars, 8)
+    assert first.shape == (4, 5, 10, 6)
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other)
+    assert np.unique(first[0, :, -1, 3]).size > 1, "sample paths of one series should differ"
+
+
+def test_cache_and_recompute_draw_the_same_paths(kp, bars):
+    """Same seed, same random draws: the cached sampler computes the same distribution at every step."""
+    np.testing.assert_allclose(sampled(kp, bars, 3), sampled(kp, bars, 3, use_cache=False), rtol=1e-4)
+
+
+def test_top_k_and_top_p_combined(kp, bars):
+    np.testing.assert_allclose(sampled(kp, bars, 5, top_k=20, top_p=0.8),
+                               sampled(kp, bars, 5, use_cache=False, top_k=20, top_p=0.8), rtol=1e-4)
+
+
+@pytest.mark.parametrize("n_context", [60, 100])
+def test_long_context_keeps_the_last_max_context_tokens(predictor, tokenizer, bars, n_context):
+    """With a window that slides (context + horizon > max_context) the cached path equals recomputation."""
+    kp = KronosPredictor(predictor, tokenizer, device="cpu", max_context=64)
+    args = window(bars, 11, n_context, 12)
+    cached = kp.predict(*args, 12, use_cache=True, **GREEDY)
+    full = kp.predict(*args, 12, use_cache=False, **GREEDY)
+    assert rel_err(cached.to_numpy(), full.to_numpy()) < 1e-4
+    assert rel_err(kp.predict(*args, 12, seed=1, use_cache=True).to_numpy(),
+                   kp.predict(*args, 12, seed=1, use_cache=False).to_numpy()) < 1e-4
+
+
+def test_histories_of_different_lengths(kp, bars):
+    parts = [window(bars, 0, 50, 6), window(bars, 300, 120, 6), window(bars, 700, 50, 6)]
+    together = kp.predict_batch(*map(list, zip(*parts)), 6, **GREEDY)
+    for part, out in zip(parts, together):
+        pd.testing.assert_frame_equal(out, kp.predict(*part, 6, **GREEDY), rtol=1e-5)
+
+
+def test_mean_of_paths_is_the_forecast(kp, bars):
+    part = window(bars, 0, 90, 10)
+    paths = kp.predict_paths([part[0]], [part[1]], [part[2]], 10, sample_count=4, seed=2)
+    forecast = kp.predict(*part, 10, sample_count=4, seed=2)
+    np.testing.assert_allclose(paths[0].mean(axis=0), forecast.to_numpy())
+
+
+def test_filter_keeps_top_k_then_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    kept = torch.isfinite(filter_logits(logits, top_k=3, top_p=0.6))
+    # top-3 renormalizes to (0.59, 0.24, 0.18): 0.59 < 0.6 so the crossing token 0.24 is kept too
+    assert kept.tolist() == [[True, True, False, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.45)).tolist() == [[True, False, False, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_k=4)).sum() == 4
+
+
+def test_fill_rules_for_volume_and_amount(bars):
+    ohlc = bars[["open", "high", "low", "close"]].iloc[:5]
+    no_volume = complete_bars(ohlc)
+    assert (no_volume[["volume", "amount"]] == 0).all().all()
+    with_volume = complete_bars(bars[["open", "high", "low", "close", "volume"]].iloc[:5])
+    np.testing.assert_allclose(with_volume["amount"], bars["volume"].iloc[:5] * ohlc.mean(axis=1))
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_nan_price_names_column_and_row(kp, bars):
+    df, x_ts, y_ts = window(bars, 0, 30, 5)
+    df = df.copy()
+    df.loc[12, "high"] = np.nan
+    with pytest.raises(KronosInputError, match=r"column 'high' at row 12"):
+        kp.predict(df, x_ts, y_ts, 5)
+    df.loc[12, "high"] = np.inf
+    with pytest.raises(KronosInputError, match="non-finite value \\(inf\\)"):
+        kp.predict(df, x_ts, y_ts, 5)
+
+
+def test_too_few_context_bars(kp, bars):
+    df, x_ts, y_ts = window(bars, 0, 1, 5)
+    with pytest.raises(KronosInputError, match="1 context bar"):
+        kp.predict(df, x_ts, y_ts, 5)
+
+
+def test_y_timestamp_length_must_equal_pred_len(kp, bars):
+    df, x_ts, y_ts = window(bars, 0, 30, 5)
+    with pytest.raises(KronosInputError, match="y_timestamp of series 0 has 5 entries but pred_len is 6"):
+        kp.predict(df, x_ts, y_ts, 6)
+
+
+def test_timestamps_must_be_datetimes(kp, bars):
+    df, x_ts, y_ts = window(bars, 0, 30, 5)
+    with pytest.raises(KronosInputError, match="x_timestamp of series 0 must hold datetimes"):
+        kp.predict(df, x_ts.astype(str), y_ts, 5)
+    with pytest.raises(KronosInputError, match="y_timestamp of series 0 must hold datetimes"):
+        kp.predict(df, x_ts, np.arange(5), 5)
+
+
+def test_missing_price_column(kp, bars):
+    df, x_ts, y_ts = window(bars, 0, 30, 5)
+    with pytest.raises(KronosInputError, match=r"no column\(s\) \['close'\]"):
+        kp.predict(df.drop(columns="close"), x_ts, y_ts, 5)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"T": 0.0}, "T \\(temperature\\) must be > 0"),
+    ({"T": -1.0}, "T \\(temperature\\) must be > 0"),
+    ({"top_p": 0.0}, "top_p must lie in \\(0, 1\\]"),
+    ({"top_p": 1.5}, "top_p must lie in \\(0, 1\\]"),
+    ({"sample_count": 0}, "sample_count must be an integer >= 1"),
+    ({"top_k": -2}, "top_k must be an integer >= 0"),
+])
+def test_bad_sampling_arguments(kp, bars, kwargs, message):
+    with pytest.raises(KronosInputError, match=message):
+        kp.predict(*window(bars, 0, 30, 5), 5, **kwargs)
+
+
+def test_pred_len_beyond_max_context(predictor, tokenizer, bars):
+    kp = KronosPredictor(predictor, tokenizer, device="cpu", max_context=4)
+    with pytest.raises(KronosInputError, match="pred_len \\(5\\) cannot exceed max_context \\(4\\)"):
+        kp.predict(*window(bars, 0, 30, 5), 5)

@@ -1,0 +1,196 @@
+"""Two-stage finetuning with tiny models on a few months of CSI300: one process, torchrun, resume, skip."""
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from kronos_qlib import ConfigError, Kronos, KronosTokenizer
+from kronos_qlib.training import SequentialTrainer, config_from_dict, load_config
+from kronos_qlib.training.distributed import Runtime
+from kronos_qlib.training.loop import weights_digest
+
+from conftest import CN_DATA, REPO
+
+TINY_TOKENIZER = dict(d_in=6, d_model=32, n_heads=2, ff_dim=64, n_enc_layers=2, n_dec_layers=2, ffn_dropout_p=0.0,
+                      attn_dropout_p=0.0, resid_dropout_p=0.0, s1_bits=4, s2_bits=4, beta=0.05, gamma0=1.0,
+                      gamma=1.1, zeta=0.05, group_size=4)
+TINY_PREDICTOR = dict(s1_bits=4, s2_bits=4, n_layers=2, d_model=32, n_heads=2, ff_dim=64, ffn_dropout_p=0.1,
+                      attn_dropout_p=0.0, resid_dropout_p=0.1, token_dropout_p=0.0, learn_te=True)
+STAGE = dict(epochs=2, batch_size=16, max_train_windows=256, max_valid_windows=128)
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data-cache"))
+
+
+def tiny_config(out_dir, data_cache, **overrides) -> dict:
+    config = {
+        "output_dir": str(out_dir), "seed": 3, "device": "cpu",
+        "data": {"provider_uri": str(CN_DATA), "market": "csi300", "train": ["2016-01-01", "2016-06-30"],
+                 "valid": ["2016-07-01", "2016-08-31"], "test": ["2016-09-01", "2016-10-31"], "lookback": 20,
+                 "horizon": 5, "cache_dir": data_cache},
+        "pre_trained_tokenizer": False, "pre_trained_predictor": False,
+        "tokenizer_config": TINY_TOKENIZER, "predictor_config": TINY_PREDICTOR,
+        "tokenizer_training": dict(STAGE, lr=1e-3), "predictor_training": dict(STAGE, lr=1e-3),
+    }
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, data_cache):
+    """One complete two-stage run, shared by the tests that only read its results."""
+    out = tmp_path_factory.mktemp("run")
+    paths = SequentialTrainer(config_from_dict(tiny_config(out, data_cache))).run()
+    return out, paths
+
+
+def read_metrics(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_both_stages_in_one_process(trained):
+    out, paths = trained
+    assert paths == {"tokenizer": out / "tokenizer" / "best", "predictor": out / "predictor" / "best"}
+    tokenizer = KronosTokenizer.from_pretrained(paths["tokenizer"])
+    predictor = Kronos.from_pretrained(paths["predictor"])
+    assert (tokenizer.s1_bits, predictor.s1_bits) == (4, 4)
+    for stage, keys in [("tokenizer", {"train_loss", "valid_recon", "valid_recon_s1", "valid_bsq"}),
+                        ("predictor", {"train_loss", "train_s1", "train_s2", "valid_loss", "valid_s1", "valid_s2"})]:
+        rows = read_metrics(out / stage / "metrics.jsonl")
+        assert [r["epoch"] for r in rows] == [1, 2]
+        assert keys | {"lr", "samples_per_s", "epoch_s"} <= set(rows[0])
+        assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in rows)
+    first, last = read_metrics(out / "predictor" / "metrics.jsonl")
+    assert last["train_loss"] < first["train_loss"], "two epochs should lower the training loss"
+    assert first["valid_loss"] < torch.log(torch.tensor(16.0)).item() * 1.05, "better than a uniform guess"
+
+
+def test_skip_existing(trained, data_cache, caplog):
+    out, paths = trained
+    stamp = {p: (p / "model.safetensors").stat().st_mtime_ns for p in paths.values()}
+    with caplog.at_level(logging.INFO):
+        again = SequentialTrainer(config_from_dict(tiny_config(out, data_cache, skip_existing=True))).run()
+    assert again == paths
+    assert {p: (p / "model.safetensors").stat().st_mtime_ns for p in paths.values()} == stamp
+    assert caplog.text.count("skipped") == 2
+
+
+def predictor_run(out_dir, trained, data_cache, resume=False):
+    config = tiny_config(out_dir, data_cache, train_tokenizer=False,
+                         pre_trained_tokenizer=str(trained[1]["tokenizer"]),
+                         predictor_training=dict(STAGE, epochs=3, lr=1e-3))
+    return SequentialTrainer(config_from_dict(config), resume=resume).run()
+
+
+def test_killed_run_resumes_to_the_same_weights(trained, data_cache, tmp_path, monkeypatch):
+    reference = predictor_run(tmp_path / "straight", trained, data_cache)["predictor"]
+
+    import kronos_qlib.training.loop as loop
+    real_save = loop.save_atomic
+    writes = []
+
+    def save_then_die(obj, path):  # the process dies right after the first epoch's checkpoint
+        real_save(obj, path)
+        writes.append(path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_atomic", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        predictor_run(tmp_path / "killed", trained, data_cache)
+    monkeypatch.setattr(loop, "save_atomic", real_save)
+    assert read_metrics(tmp_path / "killed" / "predictor" / "metrics.jsonl") == [], "killed before logging"
+    torch.manual_seed(12345)  # whatever the process did in between must not matter
+    resumed = predictor_run(tmp_path / "killed", trained, data_cache, resume=True)["predictor"]
+
+    expected, actual = load_file(reference / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key
+    final_a = torch.load(reference.parent / "last.pt", weights_only=False)["model"]
+    final_b = torch.load(resumed.parent / "last.pt", weights_only=False)["model"]
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    assert [r["epoch"] for r in read_metrics(resumed.parent / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_torchrun_two_ranks(trained, data_cache, tmp_path):
+    """gloo DDP on two CPU processes: same weights on both ranks (checked by the run), one set of files."""
+    out = tmp_path / "ddp"
+    config_file = tmp_path / "ddp.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config(out, data_cache)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(REPO / "scripts" / "train_sequential.py"), "--config", str(config_file)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    for stage in ("tokenizer", "predictor"):
+        assert f"{stage} stage done on 2 rank(s)" in log
+        files = sorted(p.name for p in (out / stage).iterdir())
+        assert files == ["best", "last.pt", "metrics.jsonl"]
+        assert sorted(p.name for p in (out / stage / "best").iterdir()) == ["README.md", "config.json",
+                                                                            "model.safetensors"]
+        assert [r["epoch"] for r in read_metrics(out / stage / "metrics.jsonl")] == [1, 2], "rank 0 logs alone"
+    assert "different weights" not in log
+
+
+def test_weights_digest_tells_models_apart():
+    a, b = Kronos(**TINY_PREDICTOR), Kronos(**TINY_PREDICTOR)
+    assert weights_digest(a) != weights_digest(b)
+    b.load_state_dict(a.state_dict())
+    assert weights_digest(a) == weights_digest(b)
+
+
+def test_single_process_runtime_reduces_nothing():
+    assert Runtime().all_reduce_sum([1.0, 2.0]) == [1.0, 2.0]
+
+
+# ----------------------------------------------------------------------------------------------- configuration
+def test_unknown_yaml_keys_are_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("preset: cpu\noutput_dirr: runs/x\n")
+    with pytest.raises(ConfigError, match="unknown key 'output_dirr' in .*bad.yaml"):
+        load_config(path)
+    path.write_text("predictor_training:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'learning_rate' in .*bad.yaml\.predictor_training"):
+        load_config(path)
+    path.write_text("data:\n  markt: csi300\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'markt' in .*bad.yaml\.data"):
+        load_config(path)
+
+
+def test_unknown_preset(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        config_from_dict({"preset": "huge"})
+
+
+def test_presets_build_models():
+    for name in ("mini", "small", "cpu"):
+        config = config_from_dict({"preset": name})
+        tokenizer, predictor = KronosTokenizer(**config.tokenizer_config), Kronos(**config.predictor_config)
+        assert tokenizer.s1_bits == predictor.s1_bits
+    assert config_from_dict({"preset": "small"}).pre_trained_predictor == "NeoQuasar/Kronos-small"
+    user = config_from_dict({"preset": "cpu", "predictor_training": {"epochs": 1}})
+    assert user.predictor_training.epochs == 1 and user.predictor_training.max_train_windows == 16384
+
+
+def test_cli_reports_config_errors_cleanly(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("preset: cpu\nfoo: 1\n")
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "train_sequential.py"), "--config", str(path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "error: unknown key 'foo'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_predictor_stage_needs_a_tokenizer(tmp_path, data_cache):
+    config = config_from_dict(tiny_config(tmp_path, data_cache, train_tokenizer=False))
+    with pytest.raises(ConfigError, match="the predictor stage needs a tokenizer"):
+        SequentialTrainer(config).run()
