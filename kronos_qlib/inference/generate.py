@@ -69,14 +69,16 @@ def sample_paths(tokenizer: KronosTokenizer, model: Kronos, x: torch.Tensor, x_s
                                               stamps_rep[:, start:current])
             logits = logits[:, -1]
         elif start != cache_start:  # first step, or a window that slid: (re)build the cache
-            cache, cache_start = model.new_cache(capacity), start
-            if step == 0:  # every sample shares the context: prefill once per series, then copy
+            cache_start = start
+            if step == 0:  # every sample shares the context: prefill once per series, share it
+                cache = model.new_cache(current - start)
                 logits, context = _take_last(*model.decode_s1(ctx_s1[:, start:], ctx_s2[:, start:],
                                                               stamps[:, start:current], cache))
-                cache.repeat_interleave(sample_count)
+                cache.share_prefix(sample_count, capacity - (current - start))
                 logits = logits.repeat_interleave(sample_count, dim=0)
                 context = context.repeat_interleave(sample_count, dim=0)
             else:
+                cache = model.new_cache(capacity)
                 logits, context = _take_last(*model.decode_s1(s1[:, start:current], s2[:, start:current],
                                                               stamps_rep[:, start:current], cache))
         new_s1 = draw(logits)
@@ -90,11 +92,11 @@ def sample_paths(tokenizer: KronosTokenizer, model: Kronos, x: torch.Tensor, x_s
 
     window_start = total - capacity  # <= n_context because pred_len <= max_context
     if use_cache:
-        caches = tokenizer.new_decoder_caches(capacity)
+        caches = tokenizer.new_decoder_caches(n_context - window_start)
         if window_start < n_context:
             tokenizer.decode((ctx_s1[:, window_start:], ctx_s2[:, window_start:]), half=True, caches=caches)
         for c in caches:
-            c.repeat_interleave(sample_count)
+            c.share_prefix(sample_count, pred_len)
         bars = tokenizer.decode((s1[:, n_context:], s2[:, n_context:]), half=True, caches=caches)
     else:
         bars = tokenizer.decode((s1[:, window_start:], s2[:, window_start:]), half=True)[:, -pred_len:]

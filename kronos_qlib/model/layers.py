@@ -62,33 +62,81 @@ class RotaryEmbedding(nn.Module):
 class KVCache:
     """Keys and values of one attention layer, preallocated so that each step writes in place.
 
-    ``length`` counts the positions stored; new positions continue the rotary numbering from there.
+    After :meth:`share_prefix`, what is stored becomes a prefix shared by groups of consecutive sequences
+    (the sample paths of one series): it is read, never copied, by every sequence of its group.
+    ``length`` counts the positions each sequence sees; new positions continue the rotary numbering from there.
     """
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self.length = 0
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
+        self.stored = 0
+        self.prefix_k: torch.Tensor | None = None
+        self.prefix_v: torch.Tensor | None = None
 
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store (batch, heads, n, head_dim) keys and values; return everything stored so far."""
+    @property
+    def prefix_length(self) -> int:
+        return 0 if self.prefix_k is None else self.prefix_k.shape[-2]
+
+    @property
+    def length(self) -> int:
+        return self.prefix_length + self.stored
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store (batch, heads, n, head_dim) keys and values after those already stored."""
         n = k.shape[-2]
-        if self.length + n > self.capacity:
-            raise RuntimeError(f"KV cache overflow: {self.length} + {n} positions > capacity {self.capacity}")
+        if self.stored + n > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {self.stored} + {n} positions > capacity {self.capacity}")
         if self.k is None:
             shape = (*k.shape[:-2], self.capacity, k.shape[-1])
             self.k, self.v = k.new_empty(shape), v.new_empty(shape)
-        self.k[..., self.length:self.length + n, :] = k
-        self.v[..., self.length:self.length + n, :] = v
-        self.length += n
-        return self.k[..., :self.length, :], self.v[..., :self.length, :]
+        self.k[..., self.stored:self.stored + n, :] = k
+        self.v[..., self.stored:self.stored + n, :] = v
+        self.stored += n
 
-    def repeat_interleave(self, repeats: int) -> None:
-        """Give every sequence ``repeats`` copies, e.g. one per sample path sharing a context."""
+    def share_prefix(self, copies: int, capacity: int) -> None:
+        """Freeze the stored positions as a prefix of ``copies`` sequences each, with room for ``capacity`` more."""
+        if self.prefix_k is not None:
+            raise RuntimeError("the cache already has a shared prefix")
         if self.k is not None:
-            self.k = self.k.repeat_interleave(repeats, dim=0)
-            self.v = self.v.repeat_interleave(repeats, dim=0)
+            self.prefix_k, self.prefix_v = self.k[..., :self.stored, :], self.v[..., :self.stored, :]
+        self.k = self.v = None
+        self.stored, self.capacity = 0, capacity
+
+    def attend(self, q: torch.Tensor, causal: bool) -> torch.Tensor:
+        """Attention of q (batch, heads, n, head_dim) over everything each sequence sees.
+
+        With ``causal`` the n queries are the last n stored positions and see no position after their own.
+        """
+        k, v = (None, None) if self.k is None else (self.k[..., :self.stored, :], self.v[..., :self.stored, :])
+        if self.prefix_k is None:
+            if causal:
+                return _causal_attention(q, k, v, 0.0)
+            return F.scaled_dot_product_attention(q, k, v)
+        # Grouped form: the S copies of a series put their queries side by side against its one prefix.
+        groups, heads, n, dim = self.prefix_k.shape[0], q.shape[1], q.shape[2], q.shape[3]
+        copies = q.shape[0] // groups
+
+        def grouped(x: torch.Tensor) -> torch.Tensor:  # (groups*S, H, n, d) <-> (groups, H, S*n, d)
+            return x.reshape(groups, copies, heads, n, -1).transpose(1, 2).reshape(groups, heads, copies * n, -1)
+
+        def ungrouped(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(groups, heads, copies, n, -1).transpose(1, 2).reshape(groups * copies, heads, n, -1)
+
+        scale = dim ** -0.5
+        scores = [ungrouped(grouped(q) @ self.prefix_k.transpose(-1, -2))]
+        if self.stored:
+            own = q @ k.transpose(-1, -2)
+            if causal and n > 1:
+                hidden = torch.ones(n, self.stored, dtype=torch.bool, device=q.device).triu(self.stored - n + 1)
+                own = own.masked_fill(hidden, float("-inf"))
+            scores.append(own)
+        probs = (torch.cat(scores, dim=-1).float() * scale).softmax(dim=-1).to(q.dtype)
+        out = ungrouped(grouped(probs[..., :self.prefix_length]) @ self.prefix_v)
+        if self.stored:
+            out = out + probs[..., self.prefix_length:] @ v
+        return out
 
 
 def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
@@ -142,9 +190,10 @@ class SelfAttention(_Attention):
         q = self.rotary(self.split_heads(self.q_proj(x)), start)
         k = self.rotary(self.split_heads(self.k_proj(x)), start)
         v = self.split_heads(self.v_proj(x))
-        if cache is not None:
-            k, v = cache.append(k, v)
-        return self.merge_heads(_causal_attention(q, k, v, self.dropout_p))
+        if cache is None:
+            return self.merge_heads(_causal_attention(q, k, v, self.dropout_p))
+        cache.append(k, v)
+        return self.merge_heads(cache.attend(q, causal=True))
 
 
 class CrossAttention(_Attention):
@@ -164,7 +213,7 @@ class CrossAttention(_Attention):
         q = self.split_heads(self.q_proj(query))
         k, v = self.project_memory(memory)
         if q_len == 1 and not self.training:
-            return self.attend_unrotated(q, k, v)
+            return self.merge_heads(F.scaled_dot_product_attention(q, k, v))
         if q_len != k_len:
             raise ValueError(
                 f"the s1 condition must have one position or as many as the context ({k_len}), got {q_len}"
@@ -172,10 +221,6 @@ class CrossAttention(_Attention):
         q, k = self.rotary(q), self.rotary(k)
         return self.merge_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p,
                                                                is_causal=self.training))
-
-    def attend_unrotated(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """A one-token query (already split into heads) over every cached position."""
-        return self.merge_heads(F.scaled_dot_product_attention(q, k, v))
 
 
 class TransformerBlock(nn.Module):

@@ -115,9 +115,10 @@ class PredictorCache:
     def length(self) -> int:
         return self.dependency.length
 
-    def repeat_interleave(self, repeats: int) -> None:
+    def share_prefix(self, copies: int, capacity: int) -> None:
+        """Let ``copies`` consecutive sequences (sample paths) share what is cached so far; see KVCache."""
         for cache in (*self.layers, self.dependency):
-            cache.repeat_interleave(repeats)
+            cache.share_prefix(copies, capacity)
 
 
 class Kronos(nn.Module, HubModelMixin):
@@ -236,7 +237,5 @@ class Kronos(nn.Module, HubModelMixin):
         if s1_ids.shape[1] != 1:
             raise KronosInputError(f"with a cache, decode_s2 takes one s1 token per sequence, got {s1_ids.shape[1]}")
         attn = self.dep_layer.cross_attn
-        memory = cache.dependency
-        k, v = memory.k[..., :memory.length, :], memory.v[..., :memory.length, :]
-        attended = attn.attend_unrotated(attn.split_heads(attn.q_proj(sibling)), k, v)
+        attended = attn.merge_heads(cache.dependency.attend(attn.split_heads(attn.q_proj(sibling)), causal=False))
         return self.head.cond_forward(self.dep_layer.norm(context[:, -1:] + attended))
