@@ -1,7 +1,20 @@
-"""kronos-qlib: the Kronos K-line foundation model as a Qlib plugin."""
+"""kronos-qlib: the Kronos K-line foundation model as a Qlib plugin.
+
+``KronosModel`` and ``KronosBarsHandler`` (the Qlib integration, usable from a qrun YAML as
+``module_path: kronos_qlib``) are imported on first use, so that the networks load without importing Qlib.
+"""
 from .errors import CheckpointError, ConfigError, KronosInputError
 from .inference import KronosPredictor
 from .model import Kronos, KronosTokenizer
 
 __version__ = "0.1.0"
-__all__ = ["CheckpointError", "ConfigError", "Kronos", "KronosInputError", "KronosPredictor", "KronosTokenizer"]
+__all__ = ["CheckpointError", "ConfigError", "Kronos", "KronosBarsHandler", "KronosInputError", "KronosModel",
+           "KronosPredictor", "KronosTokenizer"]
+
+
+def __getattr__(name: str):
+    if name in ("KronosModel", "KronosBarsHandler"):
+        from . import integration
+
+        return getattr(integration, name)
+    raise AttributeError(f"module 'kronos_qlib' has no attribute '{name}'")

@@ -13,15 +13,11 @@ from safetensors.torch import load_file
 from kronos_qlib import ConfigError, Kronos, KronosTokenizer
 from kronos_qlib.training import SequentialTrainer, config_from_dict, load_config
 from kronos_qlib.training.distributed import Runtime
-from kronos_qlib.training.loop import weights_digest
+from kronos_qlib.workflow_runner import TINY_PREDICTOR, TINY_TOKENIZER
+from kronos_qlib.model.hub import weights_digest
 
 from conftest import CN_DATA, REPO
 
-TINY_TOKENIZER = dict(d_in=6, d_model=32, n_heads=2, ff_dim=64, n_enc_layers=2, n_dec_layers=2, ffn_dropout_p=0.0,
-                      attn_dropout_p=0.0, resid_dropout_p=0.0, s1_bits=4, s2_bits=4, beta=0.05, gamma0=1.0,
-                      gamma=1.1, zeta=0.05, group_size=4)
-TINY_PREDICTOR = dict(s1_bits=4, s2_bits=4, n_layers=2, d_model=32, n_heads=2, ff_dim=64, ffn_dropout_p=0.1,
-                      attn_dropout_p=0.0, resid_dropout_p=0.1, token_dropout_p=0.0, learn_te=True)
 STAGE = dict(epochs=2, batch_size=16, max_train_windows=256, max_valid_windows=128)
 
 

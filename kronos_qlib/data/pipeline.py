@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, KronosInputError
-from .qlib_source import Spans, check_provider, init_qlib, load_bars, membership
+from .qlib_source import Spans, init_qlib, load_bars, membership
 from .windows import BarPanel, WindowDataset, WindowSpec, window_starts
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-CACHE_VERSION = 1  # bump when the processing below changes
+CACHE_VERSION = 2  # bump when the processing below changes
 
 
 @dataclass
@@ -51,7 +51,7 @@ class DataConfig:
         return start, end
 
 
-def _fingerprint(provider: Path, market: str) -> dict:
+def data_fingerprint(provider: Path, market: str) -> dict:
     """Sizes and modification times of the files that change when the provider's data is updated."""
     files = [provider / "calendars" / "day.txt", provider / "instruments" / f"{market}.txt"]
     return {str(f.relative_to(provider)): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()}
@@ -59,7 +59,7 @@ def _fingerprint(provider: Path, market: str) -> dict:
 
 def _cache_key(config: DataConfig, provider: Path) -> str:
     settings = {**asdict(config), "provider_uri": str(provider), "cache_dir": None, "version": CACHE_VERSION,
-                "data": _fingerprint(provider, config.market)}
+                "data": data_fingerprint(provider, config.market)}
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -76,31 +76,42 @@ def _load_start(earliest: pd.Timestamp, lookback: int) -> pd.Timestamp:
     from qlib.data import D
 
     calendar = D.calendar(end_time=earliest)
-    return pd.Timestamp(calendar[max(0, len(calendar) - 2 * lookback)]) if len(calendar) else earliest
+    return pd.Timestamp(calendar[max(0, len(calendar) - 1 - 2 * lookback)]) if len(calendar) else earliest
 
 
-def _check_split_lengths(config: DataConfig) -> None:
+def check_split_length(split: str, start: pd.Timestamp, end: pd.Timestamp, horizon: int) -> None:
+    """A split must hold at least one window's targets."""
     from qlib.data import D
 
-    for split in config.splits:
-        start, end = config.date_range(split)
-        days = len(D.calendar(start_time=start, end_time=end))
-        if days < config.horizon:
+    days = len(D.calendar(start_time=start, end_time=end))
+    if days < horizon:
+        raise KronosInputError(f"split '{split}' ({start.date()}..{end.date()}) has {days} trading day(s), "
+                               f"shorter than one window's {horizon}-bar horizon")
+
+
+def split_datasets(panel: BarPanel, spans: Spans, ranges: dict[str, tuple[pd.Timestamp, pd.Timestamp]],
+                   spec: WindowSpec, market: str) -> dict[str, WindowDataset]:
+    """One WindowDataset per named date range; an empty one is an error naming it."""
+    datasets = {}
+    for split, (start, end) in ranges.items():
+        starts = window_starts(panel, spec, start, end, spans)
+        if len(starts) == 0:
             raise KronosInputError(
-                f"split '{split}' ({start.date()}..{end.date()}) has {days} trading day(s), shorter than one "
-                f"window's {config.horizon}-bar horizon"
+                f"split '{split}' ({pd.Timestamp(start).date()}..{pd.Timestamp(end).date()}) of market '{market}' "
+                f"has no window of {spec.lookback} + {spec.horizon} traded bars"
             )
+        logger.info("%s: %d windows", split, len(starts))
+        datasets[split] = WindowDataset(panel, starts, spec)
+    return datasets
 
 
-def _build(config: DataConfig) -> tuple[BarPanel, dict[str, np.ndarray]]:
-    _check_split_lengths(config)
+def _load_panel(config: DataConfig) -> tuple[BarPanel, Spans]:
     ranges = [config.date_range(s) for s in config.splits]
+    for split, (start, end) in zip(config.splits, ranges):
+        check_split_length(split, start, end, config.horizon)
     first, last = min(r[0] for r in ranges), max(r[1] for r in ranges)
-    spans: Spans = membership(config.market, first, last)
-    frame = load_bars(sorted(spans), _load_start(first, config.lookback), last)
-    panel = BarPanel.from_frame(frame)
-    starts = {s: window_starts(panel, config.spec, *config.date_range(s), spans) for s in config.splits}
-    return panel, starts
+    spans = membership(config.market, first, last)
+    return BarPanel.from_frame(load_bars(sorted(spans), _load_start(first, config.lookback), last)), spans
 
 
 def build_datasets(config: DataConfig) -> dict[str, WindowDataset]:
@@ -113,23 +124,20 @@ def build_datasets(config: DataConfig) -> dict[str, WindowDataset]:
     if cache is not None and cache.exists():
         with np.load(cache, allow_pickle=False) as data:
             panel = BarPanel(**{k: data[k] for k in ("instruments", "offsets", "dates", "values", "stamps")})
-            starts = {s: data[f"starts_{s}"] for s in config.splits}
+            spans: Spans = {}
+            for inst, a, b in zip(data["span_instrument"], data["span_start"], data["span_end"]):
+                spans.setdefault(str(inst), []).append((pd.Timestamp(a), pd.Timestamp(b)))
         logger.info("loaded processed data from %s in %.1fs", cache, time.perf_counter() - began)
     else:
-        panel, starts = _build(config)
+        panel, spans = _load_panel(config)
         if cache is not None:
-            _save_npz(cache, {**asdict(panel), **{f"starts_{s}": v for s, v in starts.items()}})
-        logger.info("processed %d instruments into windows in %.1fs", len(panel.instruments),
-                    time.perf_counter() - began)
-    for split, s in starts.items():
-        if len(s) == 0:
-            start, end = config.date_range(split)
-            raise KronosInputError(
-                f"split '{split}' ({start.date()}..{end.date()}) of market '{config.market}' has no window of "
-                f"{config.lookback} + {config.horizon} traded bars"
-            )
-        logger.info("%s: %d windows", split, len(s))
-    return {s: WindowDataset(panel, starts[s], config.spec) for s in config.splits}
+            flat = [(inst, a, b) for inst, periods in spans.items() for a, b in periods]
+            _save_npz(cache, {**asdict(panel), "span_instrument": np.array([f[0] for f in flat]),
+                              "span_start": np.array([f[1] for f in flat], dtype="datetime64[ns]"),
+                              "span_end": np.array([f[2] for f in flat], dtype="datetime64[ns]")})
+        logger.info("loaded %d instruments in %.1fs", len(panel.instruments), time.perf_counter() - began)
+    ranges = {s: config.date_range(s) for s in config.splits}
+    return split_datasets(panel, spans, ranges, config.spec, config.market)
 
 
-__all__ = ["DataConfig", "SPLITS", "build_datasets", "check_provider"]
+__all__ = ["DataConfig", "SPLITS", "build_datasets", "check_split_length", "split_datasets"]

@@ -65,10 +65,15 @@ def load_bars(instruments: list[str], start: str | pd.Timestamp, end: str | pd.T
         raise KronosInputError(f"the Qlib provider has no daily bars for {len(instruments)} instrument(s) between "
                                f"{pd.Timestamp(start).date()} and {pd.Timestamp(end).date()}")
     frame.columns = list(BAR_COLUMNS)
-    frame = frame.astype("float64")
+    return derive_missing_amount(frame.astype("float64")).sort_index()
+
+
+def derive_missing_amount(frame: pd.DataFrame) -> pd.DataFrame:
+    """Fill a NaN amount of a traded bar with volume x mean(open, high, low, close)."""
     derived = frame["amount"].isna() & frame["volume"].notna()
     if derived.any():
-        if derived.all() or frame["amount"].isna().all():
+        if frame["amount"].isna().all():
             logger.info("the provider has no $amount: using amount = volume x mean(OHLC)")
+        frame = frame.copy()
         frame.loc[derived, "amount"] = frame.loc[derived, "volume"] * frame.loc[derived, list(PRICE_COLUMNS)].mean(axis=1)
-    return frame.sort_index()
+    return frame

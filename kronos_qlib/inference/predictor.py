@@ -87,11 +87,46 @@ class KronosPredictor:
         """
         check_sampling_args(T, top_k, top_p, sample_count)
         series = self._prepare(df_list, x_timestamp_list, y_timestamp_list, pred_len)
+        return self._sample(series, pred_len, T, top_k, top_p, sample_count, seed, use_cache, verbose)
+
+    def predict_paths_from_arrays(self, bars: np.ndarray, x_stamp: np.ndarray, y_stamp: np.ndarray, T: float = 1.0,
+                                  top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
+                                  seed: int | None = None, use_cache: bool = True, verbose: bool = False
+                                  ) -> np.ndarray:
+        """:meth:`predict_paths` for callers that already hold arrays, e.g. a panel of daily bars.
+
+        Args:
+            bars: (n_series, n_context, 6) raw bars in the order of :attr:`columns`.
+            x_stamp, y_stamp: (n_series, n_context, 5) and (n_series, pred_len, 5) time features
+                (:func:`kronos_qlib.features.time_features`).
+        """
+        check_sampling_args(T, top_k, top_p, sample_count)
+        bars = np.asarray(bars, dtype=np.float64)
+        if bars.ndim != 3 or bars.shape[-1] != len(self.columns) or bars.shape[1] < 2:
+            raise KronosInputError(f"bars must have shape (n_series, n_context >= 2, {len(self.columns)}), "
+                                   f"got {bars.shape}")
+        pred_len = y_stamp.shape[1]
+        if x_stamp.shape[:2] != bars.shape[:2] or y_stamp.shape[0] != bars.shape[0]:
+            raise KronosInputError(f"time features {x_stamp.shape} / {y_stamp.shape} do not match bars {bars.shape}")
+        bad = ~np.isfinite(bars)
+        if bad.any():
+            i, row, col = np.argwhere(bad)[0]
+            raise KronosInputError(f"bars of series {i} have a non-finite value in column '{self.columns[col]}' "
+                                   f"at position {row}")
+        series = []
+        for i in range(len(bars)):
+            x, mean, std = normalize(bars[i], self.clip)
+            series.append(_Series(x, x_stamp[i], y_stamp[i], mean, std))
+        return self._sample(series, pred_len, T, top_k, top_p, sample_count, seed, use_cache, verbose)
+
+    def _sample(self, series: list[_Series], pred_len: int, T: float, top_k: int, top_p: float, sample_count: int,
+                seed: int | None, use_cache: bool, verbose: bool) -> np.ndarray:
+        if pred_len > self.max_context:
+            raise KronosInputError(f"pred_len ({pred_len}) cannot exceed max_context ({self.max_context})")
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(seed)
-
         out = np.empty((len(series), sample_count, pred_len, len(self.columns)), dtype=np.float64)
         batches = self._batches(series)
         with tqdm(total=len(batches) * pred_len, desc="Kronos sampling", unit="step", disable=not verbose,
@@ -110,8 +145,6 @@ class KronosPredictor:
     def _prepare(self, df_list, x_timestamp_list, y_timestamp_list, pred_len: int) -> list[_Series]:
         if isinstance(pred_len, bool) or not isinstance(pred_len, (int, np.integer)) or pred_len < 1:
             raise KronosInputError(f"pred_len must be an integer >= 1, got {pred_len!r}")
-        if pred_len > self.max_context:
-            raise KronosInputError(f"pred_len ({pred_len}) cannot exceed max_context ({self.max_context})")
         if isinstance(df_list, pd.DataFrame) or not (len(df_list) == len(x_timestamp_list) == len(y_timestamp_list)):
             raise KronosInputError("df_list, x_timestamp_list and y_timestamp_list must be lists of equal length")
         if not df_list:

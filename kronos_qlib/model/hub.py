@@ -6,6 +6,7 @@ repository, and saving replaces files atomically so a crash never leaves a half-
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import os
@@ -83,6 +84,15 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
                               f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
                               f"shape mismatches {mismatched[:5]}")
     model.load_state_dict(state, strict=True)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-1 of every tensor of the state dict: identifies a model's weights wherever they came from."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class HubModelMixin(PyTorchModelHubMixin):

@@ -6,7 +6,6 @@ with the same weights as an uninterrupted run.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -21,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from ..model.hub import weights_digest
 from .checkpoint import load_state, rng_state, save_atomic, seed_everything, set_rng_state
 from .config import StageConfig
 from .distributed import Runtime
@@ -52,14 +52,6 @@ def validation_indices(n: int, max_samples: int | None, seed: int, runtime: Runt
     if max_samples is not None and max_samples < n:
         indices = np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))
     return indices[runtime.rank::runtime.world_size].tolist()
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    digest = hashlib.sha1()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 class StageTrainer:

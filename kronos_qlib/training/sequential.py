@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..data import build_datasets
+from ..data import WindowDataset, build_datasets
 from ..errors import CheckpointError, ConfigError, KronosInputError
 from ..model import Kronos, KronosTokenizer
 from .checkpoint import seed_everything
@@ -37,11 +37,13 @@ def _load_or_build(cls, source: str | bool, config: dict | None, what: str):
 class SequentialTrainer:
     """Runs the enabled stages in order and returns the folders of their best checkpoints."""
 
-    def __init__(self, config: FinetuneConfig, runtime: Runtime | None = None, resume: bool = False):
+    def __init__(self, config: FinetuneConfig, runtime: Runtime | None = None, resume: bool = False,
+                 datasets: dict[str, WindowDataset] | None = None):
+        """``datasets`` (train and valid windows) replace those built from ``config.data``."""
         self.config = config
         self.rt = runtime or setup(config.device)
         self.resume = resume
-        self._datasets = None
+        self._datasets = datasets
 
     @property
     def datasets(self):

@@ -1,0 +1,150 @@
+"""Reading recorded qrun experiments back and putting them side by side (scripts/compare.py, the notebooks)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError
+
+
+@dataclass
+class RecordedRun:
+    """What SignalRecord, SigAnaRecord and PortAnaRecord stored for one run."""
+
+    experiment: str
+    recorder_id: str
+    pred: pd.DataFrame
+    label: pd.DataFrame
+    ic: pd.Series
+    rank_ic: pd.Series
+    report: pd.DataFrame  # daily: return, bench, cost, turnover, ...
+
+    def excess_return(self, with_cost: bool = True) -> pd.Series:
+        """Daily portfolio return over the benchmark, net of trading cost unless ``with_cost`` is False."""
+        excess = self.report["return"] - self.report["bench"]
+        return excess - self.report["cost"] if with_cost else excess
+
+
+def init_recorder_store(mlflow_uri: str, provider_uri: str | None = None) -> None:
+    """Point Qlib's experiment manager at an MLflow store (e.g. ``sqlite:///mlruns.db``)."""
+    import qlib
+
+    kwargs = {"provider_uri": provider_uri} if provider_uri else {}
+    qlib.init(exp_manager={"class": "MLflowExpManager", "module_path": "qlib.workflow.expm",
+                           "kwargs": {"uri": mlflow_uri, "default_exp_name": "compare"}}, **kwargs)
+
+
+def load_run(experiment: str, recorder_id: str | None = None) -> RecordedRun:
+    """The latest (or the given) finished run of ``experiment``."""
+    from qlib.workflow import R
+
+    try:
+        recorders = R.get_exp(experiment_name=experiment, create=False).list_recorders()
+    except ValueError as err:
+        raise ConfigError(f"no recorded experiment '{experiment}' in the MLflow store: run its workflow first") from err
+    if not recorders:
+        raise ConfigError(f"experiment '{experiment}' has no recorded run")
+    if recorder_id is None:
+        finished = {k: r for k, r in recorders.items() if r.status == "FINISHED"} or recorders
+        recorder_id = max(finished, key=lambda k: finished[k].info["start_time"])
+    rec = R.get_recorder(recorder_id=recorder_id, experiment_name=experiment)
+    try:
+        return RecordedRun(experiment, recorder_id, rec.load_object("pred.pkl"), rec.load_object("label.pkl"),
+                           rec.load_object("sig_analysis/ic.pkl"), rec.load_object("sig_analysis/ric.pkl"),
+                           rec.load_object("portfolio_analysis/report_normal_1day.pkl"))
+    except Exception as err:  # the recorder raises several types for a missing artifact
+        raise ConfigError(f"run {recorder_id} of '{experiment}' lacks a signal or portfolio artifact: {err}") from err
+
+
+def _risk(returns: pd.Series) -> dict[str, float]:
+    """Annualized return, information ratio and max drawdown as Qlib computes them (sum of daily returns)."""
+    from qlib.contrib.evaluate import risk_analysis
+
+    risk = risk_analysis(returns, freq="day")["risk"]
+    return {"annualized_return": float(risk["annualized_return"]),
+            "information_ratio": float(risk["information_ratio"]), "max_drawdown": float(risk["max_drawdown"])}
+
+
+def summarize(run: RecordedRun) -> dict[str, float]:
+    """One row of the comparison table."""
+    with_cost, without_cost = _risk(run.excess_return(True)), _risk(run.excess_return(False))
+    absolute = _risk(run.report["return"] - run.report["cost"])
+    return {
+        "IC": run.ic.mean(), "ICIR": run.ic.mean() / run.ic.std(),
+        "RankIC": run.rank_ic.mean(), "RankICIR": run.rank_ic.mean() / run.rank_ic.std(),
+        "excess return (ann., with cost)": with_cost["annualized_return"],
+        "information ratio (with cost)": with_cost["information_ratio"],
+        "max drawdown (with cost)": with_cost["max_drawdown"],
+        "excess return (ann., no cost)": without_cost["annualized_return"],
+        "portfolio return (ann., with cost)": absolute["annualized_return"],
+        "portfolio Sharpe (with cost)": absolute["information_ratio"],
+        "turnover (daily mean)": float(run.report["turnover"].mean()),
+        "test days": float(len(run.report)),
+    }
+
+
+def comparison_table(runs: list[RecordedRun]) -> pd.DataFrame:
+    return pd.DataFrame({run.experiment: summarize(run) for run in runs}).T
+
+
+def quantile_returns(run: RecordedRun, groups: int = 5) -> pd.DataFrame:
+    """Mean label (next-day return) of each score quantile per day; column 1 holds the lowest scores."""
+    joined = pd.concat([run.pred.iloc[:, 0].rename("score"), run.label.iloc[:, 0].rename("label")], axis=1).dropna()
+
+    def by_group(day: pd.DataFrame) -> pd.Series:
+        ranks = day["score"].rank(method="first")
+        bucket = pd.qcut(ranks, groups, labels=range(1, groups + 1))
+        return day["label"].groupby(bucket, observed=False).mean()
+
+    return joined.groupby(level="datetime").apply(by_group)
+
+
+def drawdown(returns: pd.Series) -> pd.Series:
+    """Drawdown of the cumulative (summed) returns, as Qlib measures max drawdown."""
+    cumulative = returns.cumsum()
+    return cumulative - cumulative.cummax()
+
+
+def signal_correlation(a: RecordedRun, b: RecordedRun) -> pd.Series:
+    """Daily cross-sectional rank correlation between two runs' scores, on the stocks both scored."""
+    joined = pd.concat([a.pred.iloc[:, 0].rename("a"), b.pred.iloc[:, 0].rename("b")], axis=1).dropna()
+    return joined.groupby(level="datetime").apply(lambda d: d["a"].corr(d["b"], method="spearman"))
+
+
+def plot_cumulative_excess(runs: list[RecordedRun], path: str | Path | None = None, ax=None):
+    """Cumulative excess return over the benchmark, with cost (solid) and without (dashed)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 4))
+    for run, color in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        ax.plot(run.excess_return(True).cumsum(), color=color, label=f"{run.experiment} (with cost)")
+        ax.plot(run.excess_return(False).cumsum(), color=color, ls="--", alpha=0.6,
+                label=f"{run.experiment} (no cost)")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_ylabel("cumulative excess return (sum of daily)")
+    ax.set_title("TopkDropout(50, 5) over SH000300")
+    ax.legend(fontsize=8)
+    if path is not None:
+        ax.figure.tight_layout()
+        ax.figure.savefig(path, dpi=120)
+    return ax
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """Markdown, with percentages where they read better."""
+    shown = table.copy()
+    for col in shown.columns:
+        if "return" in col or "drawdown" in col or "turnover" in col:
+            shown[col] = shown[col].map(lambda v: f"{100 * v:.2f}%")
+        elif col == "test days":
+            shown[col] = shown[col].map(lambda v: f"{v:.0f}")
+        else:
+            shown[col] = shown[col].map(lambda v: f"{v:.4f}" if np.isfinite(v) else "n/a")
+    header = "| run | " + " | ".join(shown.columns) + " |"
+    rule = "|---" * (len(shown.columns) + 1) + "|"
+    rows = [f"| {name} | " + " | ".join(map(str, row)) + " |" for name, row in shown.iterrows()]
+    return "\n".join([header, rule, *rows])

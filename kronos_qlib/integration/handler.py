@@ -1,0 +1,61 @@
+"""KronosBarsHandler: the raw daily bars Kronos reads, with history before the first segment."""
+from __future__ import annotations
+
+import pandas as pd
+from qlib.config import C
+from qlib.data import D
+from qlib.data.dataset.handler import DataHandlerLP
+
+from ..data import check_provider, membership
+from ..data.qlib_source import Spans, derive_missing_amount
+from ..errors import ConfigError
+from ..features import BAR_COLUMNS
+
+#: Qlib's usual label: the return from the next close to the one after (a signal at t trades at t + 1).
+DEFAULT_LABEL = "Ref($close, -2) / Ref($close, -1) - 1"
+
+
+class KronosBarsHandler(DataHandlerLP):
+    """Raw open, high, low, close, volume, amount ("feature") and a label, for :class:`KronosModel`.
+
+    Bars are loaded for every instrument that belongs to the market ``instruments`` at some point of
+    [start_time, end_time], over the whole range and including days before it joined: Qlib's market filter
+    would drop those, but they are legitimate context. The point-in-time membership is kept in ``universe``
+    so the model only scores members. Loading starts ``history`` trading days (twice over, for suspensions)
+    before ``start_time`` so the first day of a segment has its context.
+
+    ``$amount`` is NaN where the provider has none; the model derives it as volume x mean(OHLC).
+    """
+
+    def __init__(self, instruments: str | list[str] = "csi300", start_time=None, end_time=None, history: int = 90,
+                 freq: str = "day", label: str = DEFAULT_LABEL, fit_start_time=None, fit_end_time=None,
+                 **kwargs):
+        try:
+            provider = C.dpm.get_data_uri(freq)
+        except KeyError as err:
+            raise ConfigError("Qlib is not initialized: call qlib.init(provider_uri=...) first") from err
+        check_provider(provider)
+        if isinstance(instruments, str):
+            self.universe: Spans = membership(instruments, start_time, end_time)
+        else:
+            span = (pd.Timestamp(start_time), pd.Timestamp(end_time))
+            self.universe = {code: [span] for code in instruments}
+        self.market = instruments if isinstance(instruments, str) else "custom"
+        self.history = history
+        calendar = D.calendar(end_time=start_time, freq=freq)
+        if history < 0:
+            raise ConfigError(f"history must be >= 0 trading days, got {history}")
+        data_start = calendar[max(0, len(calendar) - 1 - 2 * history)] if len(calendar) else start_time
+        loader = {
+            "class": "QlibDataLoader",
+            "kwargs": {"config": {"feature": ([f"${c}" for c in BAR_COLUMNS], list(BAR_COLUMNS)),
+                                  "label": ([label], ["LABEL0"])},
+                       "freq": freq},
+        }
+        super().__init__(instruments=sorted(self.universe), start_time=data_start, end_time=end_time,
+                         data_loader=loader, **kwargs)
+
+    def bars(self, end) -> pd.DataFrame:
+        """All raw bars up to ``end``, indexed (instrument, datetime), columns BAR_COLUMNS."""
+        frame = self.fetch(slice(None, pd.Timestamp(end)), col_set="feature", data_key=DataHandlerLP.DK_R)
+        return derive_missing_amount(frame.swaplevel().sort_index().astype("float64"))
