@@ -3,13 +3,13 @@
 ``KronosModel`` and ``KronosBarsHandler`` (the Qlib integration, usable from a qrun YAML as
 ``module_path: kronos_qlib``) are imported on first use, so that the networks load without importing Qlib.
 """
-from .errors import CheckpointError, ConfigError, KronosInputError
+from .errors import CheckpointError, ConfigError, KronosInputError, TrainingError
 from .inference import KronosPredictor
 from .model import Kronos, KronosTokenizer
 
 __version__ = "0.1.0"
 __all__ = ["CheckpointError", "ConfigError", "Kronos", "KronosBarsHandler", "KronosInputError", "KronosModel",
-           "KronosPredictor", "KronosTokenizer"]
+           "KronosPredictor", "KronosTokenizer", "TrainingError"]
 
 
 def __getattr__(name: str):

@@ -11,3 +11,7 @@ class CheckpointError(OSError):
 
 class ConfigError(ValueError):
     """A configuration file or section that cannot be used; the message names the key."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (diverged, inconsistent ranks or files); the message says what to do."""

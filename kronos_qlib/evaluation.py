@@ -114,7 +114,8 @@ def signal_correlation(a: RecordedRun, b: RecordedRun) -> pd.Series:
     return joined.groupby(level="datetime").apply(lambda d: d["a"].corr(d["b"], method="spearman"))
 
 
-def plot_cumulative_excess(runs: list[RecordedRun], path: str | Path | None = None, ax=None):
+def plot_cumulative_excess(runs: list[RecordedRun], path: str | Path | None = None, ax=None,
+                           title: str = "cumulative excess return over the benchmark"):
     """Cumulative excess return over the benchmark, with cost (solid) and without (dashed)."""
     import matplotlib.pyplot as plt
 
@@ -126,7 +127,7 @@ def plot_cumulative_excess(runs: list[RecordedRun], path: str | Path | None = No
                 label=f"{run.experiment} (no cost)")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel("cumulative excess return (sum of daily)")
-    ax.set_title("TopkDropout(50, 5) over SH000300")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     if path is not None:
         ax.figure.tight_layout()

@@ -11,6 +11,7 @@ from .errors import KronosInputError
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 BAR_COLUMNS = (*PRICE_COLUMNS, "volume", "amount")
+CLOSE = BAR_COLUMNS.index("close")
 #: Added to the standard deviation so a constant column (e.g. volume filled with 0) normalizes to 0.
 STD_EPS = 1e-5
 
@@ -31,6 +32,11 @@ def time_features(timestamps: pd.DatetimeIndex) -> np.ndarray:
     return np.stack([ts.minute, ts.hour, ts.day_of_week, ts.day, ts.month], axis=-1).astype(np.float32)
 
 
+def amount_from_volume(bars: pd.DataFrame) -> pd.Series:
+    """volume x mean(open, high, low, close): the usual stand-in for turnover where a source has none."""
+    return bars["volume"] * bars[list(PRICE_COLUMNS)].mean(axis=1)
+
+
 def complete_bars(df: pd.DataFrame, name: str = "df") -> pd.DataFrame:
     """The six bar columns of ``df``, filling what Kronos expects when volume or amount are absent.
 
@@ -49,15 +55,21 @@ def complete_bars(df: pd.DataFrame, name: str = "df") -> pd.DataFrame:
         bars["amount"] = 0.0
     else:
         bars["volume"] = df["volume"].astype(np.float64)
-        bars["amount"] = (df["amount"].astype(np.float64) if "amount" in df.columns
-                          else bars["volume"] * bars[list(PRICE_COLUMNS)].mean(axis=1))
-    values = bars.to_numpy()
+        bars["amount"] = df["amount"].astype(np.float64) if "amount" in df.columns else amount_from_volume(bars)
+    check_finite(bars.to_numpy(), name, df.index)
+    return bars
+
+
+def check_finite(values: np.ndarray, name: str, rows=None) -> None:
+    """Bars (..., n_bars, 6) must be finite; the error names the column and the row (its label if given)."""
     bad = ~np.isfinite(values)
     if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise KronosInputError(f"{name} has a non-finite value ({values[row, col]}) in column '{BAR_COLUMNS[col]}' "
-                               f"at row {df.index[row]!r} (position {row})")
-    return bars
+        where = np.argwhere(bad)[0]
+        *series, row, col = (int(i) for i in where)
+        label = f"row {rows[row]!r} (position {row})" if rows is not None else f"position {row}"
+        prefix = f"{name} {series[0]}" if series else name
+        raise KronosInputError(f"{prefix} has a non-finite value ({values[tuple(where)]}) in column "
+                               f"'{BAR_COLUMNS[col]}' at {label}")
 
 
 def normalize(values: np.ndarray, clip: float, n_stats: int | None = None

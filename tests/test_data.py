@@ -83,13 +83,16 @@ def test_membership_is_point_in_time():
         ("2010-01-04", "2011-12-12"), ("2018-12-17", "2020-12-31")]
     panel = BarPanel.from_frame(load_bars(["SH600004"], "2010-01-01", "2020-12-31"))
     ds = WindowDataset(panel, window_starts(panel, SPEC, "2010-01-01", "2020-12-31", spans), SPEC)
-    firsts, lasts = zip(*(ds.describe(i)[1:] for i in range(len(ds))))
-    lasts = pd.DatetimeIndex(lasts)
-    in_gap = (lasts > "2011-12-12") & (lasts < "2018-12-17")
-    assert not in_gap.any(), "no window may end while the stock is out of the index"
+    rows = [ds.rows(i) for i in range(len(ds))]
+    firsts = pd.DatetimeIndex([panel.dates[r.start] for r in rows])
+    target_starts = pd.DatetimeIndex([panel.dates[r.start + SPEC.lookback] for r in rows])
+    lasts = pd.DatetimeIndex([panel.dates[r.stop - 1] for r in rows])
+    for a, b in [("2011-12-12", "2018-12-17")]:  # out of the index in between
+        assert not ((lasts > a) & (lasts < b)).any(), "no window may end while the stock is out of the index"
+        assert not ((target_starts < b) & (lasts >= b)).any(), "targets may not start before it (re)joined"
     assert (lasts >= "2018-12-17").any() and (lasts <= "2011-12-12").any()
     # history from before it (re)joined serves as context of its first windows after joining
-    assert (pd.DatetimeIndex(firsts) < "2018-12-17")[lasts >= "2018-12-17"].any()
+    assert (firsts < "2018-12-17")[lasts >= "2018-12-17"].any()
     everything = window_starts(panel, SPEC, "2010-01-01", "2020-12-31")
     assert len(everything) > len(ds), "without membership the gap years would count"
 

@@ -130,6 +130,20 @@ def test_nan_price_names_column_and_row(kp, bars):
         kp.predict(df, x_ts, y_ts, 5)
 
 
+def test_array_input_is_checked(kp, bars):
+    from kronos_qlib.features import time_features
+
+    x = bars[COLUMNS].to_numpy()[:60].reshape(2, 30, 6).copy()
+    stamps = time_features(bars["timestamps"][:60]).reshape(2, 30, 5)
+    y_stamp = np.repeat(time_features(bars["timestamps"][60:65])[None], 2, axis=0)
+    assert kp.predict_paths_from_arrays(x, stamps, y_stamp, sample_count=2, seed=0).shape == (2, 2, 5, 6)
+    x[1, 7, 4] = np.nan
+    with pytest.raises(KronosInputError, match="bars of series 1 has a non-finite value .* 'volume' at position 7"):
+        kp.predict_paths_from_arrays(x, stamps, y_stamp)
+    with pytest.raises(KronosInputError, match="time features must be"):
+        kp.predict_paths_from_arrays(x, stamps[:, :20], y_stamp)
+
+
 def test_too_few_context_bars(kp, bars):
     df, x_ts, y_ts = window(bars, 0, 1, 5)
     with pytest.raises(KronosInputError, match="1 context bar"):

@@ -64,5 +64,5 @@ def test_teacher_forcing_needs_targets(predictor):
 
 
 def test_half_decoding_needs_a_pair(tokenizer):
-    with pytest.raises(TypeError, match="pair"):
+    with pytest.raises(KronosInputError, match="pair"):
         tokenizer.decode(torch.zeros(1, 4, dtype=torch.long), half=True)

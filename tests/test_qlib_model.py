@@ -175,3 +175,7 @@ def test_bad_model_arguments():
         KronosModel(top_p=2.0)
     with pytest.raises(ConfigError, match="finetune.data is not used"):
         KronosModel(finetune={"data": {}})
+    with pytest.raises(ConfigError, match=r"signal_horizon must lie in \[1, pred_len=10\], got 11"):
+        KronosModel(signal_horizon=11)
+    with pytest.raises(ConfigError, match="'mean_over_std' needs sample_count >= 2"):
+        KronosModel(signal="mean_over_std", sample_count=1)

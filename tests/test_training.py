@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from kronos_qlib import ConfigError, Kronos, KronosTokenizer
+from kronos_qlib import ConfigError, Kronos, KronosTokenizer, TrainingError
 from kronos_qlib.training import SequentialTrainer, config_from_dict, load_config
 from kronos_qlib.training.distributed import Runtime
 from kronos_qlib.workflow_runner import TINY_PREDICTOR, TINY_TOKENIZER
@@ -130,11 +130,56 @@ def test_torchrun_two_ranks(trained, data_cache, tmp_path):
     for stage in ("tokenizer", "predictor"):
         assert f"{stage} stage done on 2 rank(s)" in log
         files = sorted(p.name for p in (out / stage).iterdir())
-        assert files == ["best", "last.pt", "metrics.jsonl"]
+        assert files == ["best", "done.json", "last.pt", "metrics.jsonl"]
         assert sorted(p.name for p in (out / stage / "best").iterdir()) == ["README.md", "config.json",
                                                                             "model.safetensors"]
         assert [r["epoch"] for r in read_metrics(out / stage / "metrics.jsonl")] == [1, 2], "rank 0 logs alone"
     assert "different weights" not in log
+
+
+def test_a_crashed_stage_is_not_skipped(trained, data_cache, tmp_path, monkeypatch):
+    """best/ exists after the first epoch, but only done.json marks a finished stage."""
+    out = tmp_path / "crashed"
+    import kronos_qlib.training.loop as loop
+    real_save = loop.save_atomic
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "save_atomic", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        predictor_run(out, trained, data_cache)
+    monkeypatch.setattr(loop, "save_atomic", real_save)
+    assert (out / "predictor" / "best" / "model.safetensors").exists()
+    assert not (out / "predictor" / "done.json").exists()
+    predictor_run(out, trained, data_cache)  # skip_existing is on, yet the stage trains again
+    assert [r["epoch"] for r in read_metrics(out / "predictor" / "metrics.jsonl")] == [1, 2, 3]
+    assert (out / "predictor" / "done.json").exists()
+
+
+def test_finished_stage_with_other_settings_is_an_error(trained, data_cache):
+    out, _ = trained
+    changed = tiny_config(out, data_cache, tokenizer_training=dict(STAGE, lr=5e-4))
+    with pytest.raises(ConfigError, match=r"holds a tokenizer trained with other settings \(they differ in "
+                                          r"\['training'\]\)"):
+        SequentialTrainer(config_from_dict(changed)).run()
+
+
+def test_resume_with_other_settings_is_an_error(trained, data_cache):
+    out, _ = trained
+    changed = tiny_config(out, data_cache, tokenizer_training=dict(STAGE, epochs=3))
+    with pytest.raises(ConfigError, match="last.pt was written with other settings"):
+        SequentialTrainer(config_from_dict(changed), resume=True).run()
+
+
+def test_diverged_training_stops_with_a_clear_error(trained, data_cache, tmp_path, monkeypatch):
+    import kronos_qlib.training.loop as loop
+
+    monkeypatch.setattr(loop.StageTrainer, "_validate",
+                        lambda self: {f"valid_{k}": float("nan") for k in self.stage.metrics})
+    with pytest.raises(TrainingError, match="predictor stage diverged: validation loss is nan at epoch 1"):
+        predictor_run(tmp_path / "nan", trained, data_cache)
 
 
 def test_weights_digest_tells_models_apart():
@@ -160,6 +205,38 @@ def test_unknown_yaml_keys_are_named(tmp_path):
     path.write_text("data:\n  markt: csi300\n")
     with pytest.raises(ConfigError, match=r"unknown key 'markt' in .*bad.yaml\.data"):
         load_config(path)
+
+
+def test_yaml_values_are_checked(tmp_path):
+    path = tmp_path / "typed.yaml"
+    path.write_text("predictor_training:\n  lr: 1e-3\n  epochs: 2\n")  # YAML 1.1 reads 1e-3 as a string
+    assert load_config(path).predictor_training.lr == 1e-3
+    path.write_text("predictor_training:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"predictor_training\.lr must be float, got 'fast'"):
+        load_config(path)
+    path.write_text("tokenizer_training:\n  epochs: 1.5\n")
+    with pytest.raises(ConfigError, match=r"tokenizer_training\.epochs must be int, got 1\.5"):
+        load_config(path)
+    path.write_text("data:\n  train: [2016-01-01, 2016-06-30]\n")  # unquoted YAML dates
+    assert load_config(path).data.train == ("2016-01-01", "2016-06-30")
+
+
+def test_model_config_errors_name_the_section(tmp_path, data_cache):
+    bad_key = tiny_config(tmp_path, data_cache, tokenizer_config={**TINY_TOKENIZER, "d_modle": 8})
+    with pytest.raises(ConfigError, match=r"tokenizer_config has unknown key\(s\) \['d_modle'\]"):
+        SequentialTrainer(config_from_dict(bad_key)).run()
+    bad_heads = tiny_config(tmp_path, data_cache, tokenizer_config={**TINY_TOKENIZER, "n_heads": 3})
+    with pytest.raises(ConfigError, match=r"d_model \(32\) must be divisible by n_heads \(3\)"):
+        SequentialTrainer(config_from_dict(bad_heads)).run()
+
+
+def test_pretrained_with_config_overrides(trained, data_cache, tmp_path):
+    """A pre-trained source with *_config: the config's values override the checkpoint's (e.g. dropout)."""
+    from kronos_qlib.training.sequential import load_or_build
+
+    model = load_or_build(Kronos, str(trained[1]["predictor"]), {**TINY_PREDICTOR, "ffn_dropout_p": 0.3},
+                          "predictor")
+    assert model.transformer[0].ffn.ffn_dropout.p == 0.3
 
 
 def test_unknown_preset(tmp_path):

@@ -4,8 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, KronosInputError
-from .qlib_source import Spans, init_qlib, load_bars, membership
+from ..files import atomic_write
+from .qlib_source import Spans, history_start, init_qlib, load_bars, membership
 from .windows import BarPanel, WindowDataset, WindowSpec, window_starts
 
 logger = logging.getLogger(__name__)
@@ -63,22 +62,6 @@ def _cache_key(config: DataConfig, provider: Path) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        np.savez(tmp, **arrays)
-    os.chmod(tmp.name, 0o644)
-    os.replace(tmp.name, path)
-
-
-def _load_start(earliest: pd.Timestamp, lookback: int) -> pd.Timestamp:
-    """A date early enough that the first split's windows can find their context (suspensions included)."""
-    from qlib.data import D
-
-    calendar = D.calendar(end_time=earliest)
-    return pd.Timestamp(calendar[max(0, len(calendar) - 1 - 2 * lookback)]) if len(calendar) else earliest
-
-
 def check_split_length(split: str, start: pd.Timestamp, end: pd.Timestamp, horizon: int) -> None:
     """A split must hold at least one window's targets."""
     from qlib.data import D
@@ -111,7 +94,7 @@ def _load_panel(config: DataConfig) -> tuple[BarPanel, Spans]:
         check_split_length(split, start, end, config.horizon)
     first, last = min(r[0] for r in ranges), max(r[1] for r in ranges)
     spans = membership(config.market, first, last)
-    return BarPanel.from_frame(load_bars(sorted(spans), _load_start(first, config.lookback), last)), spans
+    return BarPanel.from_frame(load_bars(sorted(spans), history_start(first, config.lookback), last)), spans
 
 
 def build_datasets(config: DataConfig) -> dict[str, WindowDataset]:
@@ -132,12 +115,12 @@ def build_datasets(config: DataConfig) -> dict[str, WindowDataset]:
         panel, spans = _load_panel(config)
         if cache is not None:
             flat = [(inst, a, b) for inst, periods in spans.items() for a, b in periods]
-            _save_npz(cache, {**asdict(panel), "span_instrument": np.array([f[0] for f in flat]),
+            atomic_write(cache, lambda f: np.savez(f, **{**asdict(panel), "span_instrument": np.array([f[0] for f in flat]),
                               "span_start": np.array([f[1] for f in flat], dtype="datetime64[ns]"),
-                              "span_end": np.array([f[2] for f in flat], dtype="datetime64[ns]")})
+                              "span_end": np.array([f[2] for f in flat], dtype="datetime64[ns]")}))
         logger.info("loaded %d instruments in %.1fs", len(panel.instruments), time.perf_counter() - began)
     ranges = {s: config.date_range(s) for s in config.splits}
     return split_datasets(panel, spans, ranges, config.spec, config.market)
 
 
-__all__ = ["DataConfig", "SPLITS", "build_datasets", "check_split_length", "split_datasets"]
+__all__ = ["DataConfig", "SPLITS", "build_datasets", "check_split_length", "data_fingerprint", "split_datasets"]

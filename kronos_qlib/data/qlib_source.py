@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import ConfigError, KronosInputError
-from ..features import BAR_COLUMNS, PRICE_COLUMNS
+from ..features import BAR_COLUMNS, amount_from_volume
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,20 @@ def membership(market: str, start: str | pd.Timestamp, end: str | pd.Timestamp) 
     return spans
 
 
+def history_start(start: str | pd.Timestamp | None, bars: int, freq: str = "day") -> pd.Timestamp | None:
+    """The trading day ``2 * bars`` days before ``start`` (None: the calendar's start).
+
+    Twice the bars a context needs, so that a stock suspended for a while before ``start`` still finds most
+    of its context; a stock suspended longer simply has fewer windows or forecasts until it trades enough.
+    """
+    from qlib.data import D
+
+    if start is None:
+        return None
+    calendar = D.calendar(end_time=start, freq=freq)
+    return pd.Timestamp(calendar[max(0, len(calendar) - 1 - 2 * bars)]) if len(calendar) else pd.Timestamp(start)
+
+
 def load_bars(instruments: list[str], start: str | pd.Timestamp, end: str | pd.Timestamp) -> pd.DataFrame:
     """Daily open, high, low, close, volume, amount indexed by (instrument, datetime); suspended days NaN.
 
@@ -75,5 +89,5 @@ def derive_missing_amount(frame: pd.DataFrame) -> pd.DataFrame:
         if frame["amount"].isna().all():
             logger.info("the provider has no $amount: using amount = volume x mean(OHLC)")
         frame = frame.copy()
-        frame.loc[derived, "amount"] = frame.loc[derived, "volume"] * frame.loc[derived, list(PRICE_COLUMNS)].mean(axis=1)
+        frame.loc[derived, "amount"] = amount_from_volume(frame.loc[derived])
     return frame

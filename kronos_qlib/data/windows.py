@@ -6,6 +6,7 @@ either side of the gap as a holder of the stock would see them.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,20 +52,17 @@ class BarPanel:
                    values=traded.to_numpy(dtype=np.float64),
                    stamps=time_features(dates))
 
-    def rows_of(self, instrument: str) -> slice:
-        i = int(np.searchsorted(self.instruments, instrument))
-        if i >= len(self.instruments) or self.instruments[i] != instrument:
-            raise KeyError(instrument)
-        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
-
 
 def window_starts(panel: BarPanel, spec: WindowSpec, start: str | pd.Timestamp, end: str | pd.Timestamp,
                   spans: Spans | None = None) -> np.ndarray:
     """Row indices where the windows of a split begin.
 
     A window belongs to the split [start, end] when all its ``horizon`` target bars lie inside it; its
-    context may reach back before ``start``. With ``spans`` (point-in-time index membership) a window must
-    also end on a day its instrument was a member, so the universe at a date uses only what was known then.
+    context may reach back before ``start``. With ``spans`` (point-in-time index membership) its targets must
+    also lie inside one membership period: the window ends while its stock is a member, and the stock was
+    already a member when its first target began, so no stock enters the training universe because of what
+    happened during the horizon (joining an index tends to follow a rally). History from before the stock
+    joined may serve as context.
     """
     start64, end64 = np.datetime64(pd.Timestamp(start), "ns"), np.datetime64(pd.Timestamp(end), "ns")
     found = []
@@ -79,7 +77,7 @@ def window_starts(panel: BarPanel, spec: WindowSpec, start: str | pd.Timestamp, 
         if spans is not None:
             member = np.zeros_like(keep)
             for a, b in spans.get(str(instrument), []):
-                member |= (window_end >= np.datetime64(a, "ns")) & (window_end <= np.datetime64(b, "ns"))
+                member |= (target_start >= np.datetime64(a, "ns")) & (window_end <= np.datetime64(b, "ns"))
             keep &= member
         found.append(candidates[keep])
     return np.concatenate(found) if found else np.empty(0, dtype=np.int64)
@@ -106,8 +104,16 @@ class WindowDataset(Dataset):
         x, _, _ = normalize(self.panel.values[rows], self.spec.clip, n_stats=self.spec.lookback)
         return torch.from_numpy(x), torch.from_numpy(self.panel.stamps[rows])
 
+    def fingerprint(self) -> str:
+        """SHA-1 of the window settings, which windows there are and every bar they draw from."""
+        digest = hashlib.sha1(repr(self.spec).encode())
+        owners = np.searchsorted(self.panel.offsets, self.starts, side="right") - 1
+        for array in (self.panel.instruments[owners].astype("U"), self.panel.dates[self.starts], self.panel.values):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
     def describe(self, index: int) -> tuple[str, pd.Timestamp, pd.Timestamp]:
-        """(instrument, first date, last date) of a window, for logs and error messages."""
+        """(instrument, first date, last date) of a window."""
         rows = self.rows(index)
         owner = int(np.searchsorted(self.panel.offsets, rows.start, side="right")) - 1
         return (str(self.panel.instruments[owner]), pd.Timestamp(self.panel.dates[rows.start]),

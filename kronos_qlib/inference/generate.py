@@ -12,7 +12,9 @@ so those steps rebuild the window from scratch: results stay equal to full recom
 from __future__ import annotations
 
 import torch
+from tqdm.auto import tqdm
 
+from ..errors import KronosInputError
 from ..model import Kronos, KronosTokenizer
 from .sampling import sample_token
 
@@ -25,7 +27,7 @@ def _take_last(logits: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tenso
 def sample_paths(tokenizer: KronosTokenizer, model: Kronos, x: torch.Tensor, x_stamp: torch.Tensor,
                  y_stamp: torch.Tensor, *, max_context: int, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, sample_count: int = 1, use_cache: bool = True,
-                 generator: torch.Generator | None = None, progress=None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, progress: tqdm | None = None) -> torch.Tensor:
     """Sample ``sample_count`` continuations of each normalized context.
 
     Args:
@@ -41,7 +43,7 @@ def sample_paths(tokenizer: KronosTokenizer, model: Kronos, x: torch.Tensor, x_s
     pred_len = y_stamp.shape[1]
     total = n_context + pred_len
     if pred_len > max_context:
-        raise ValueError(f"pred_len ({pred_len}) cannot exceed max_context ({max_context})")
+        raise KronosInputError(f"pred_len ({pred_len}) cannot exceed max_context ({max_context})")
     capacity = min(total, max_context)
     n_seq = batch * sample_count
 

@@ -10,7 +10,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import KronosInputError
-from ..features import BAR_COLUMNS, as_datetimes, complete_bars, denormalize, normalize, time_features
+from ..features import (BAR_COLUMNS, as_datetimes, check_finite, complete_bars, denormalize, normalize,
+                        time_features)
 from ..model import Kronos, KronosTokenizer
 from .generate import sample_paths
 from .sampling import check_sampling_args
@@ -102,17 +103,16 @@ class KronosPredictor:
         """
         check_sampling_args(T, top_k, top_p, sample_count)
         bars = np.asarray(bars, dtype=np.float64)
+        x_stamp, y_stamp = np.asarray(x_stamp, dtype=np.float32), np.asarray(y_stamp, dtype=np.float32)
         if bars.ndim != 3 or bars.shape[-1] != len(self.columns) or bars.shape[1] < 2:
             raise KronosInputError(f"bars must have shape (n_series, n_context >= 2, {len(self.columns)}), "
                                    f"got {bars.shape}")
+        if x_stamp.shape != (*bars.shape[:2], 5) or y_stamp.ndim != 3 or y_stamp.shape[0] != len(bars) \
+                or y_stamp.shape[1] < 1 or y_stamp.shape[2] != 5:
+            raise KronosInputError(f"time features must be (n_series, n_context, 5) and (n_series, pred_len >= 1, 5)"
+                                   f" for bars {bars.shape}, got {x_stamp.shape} and {y_stamp.shape}")
+        check_finite(bars, "bars of series")
         pred_len = y_stamp.shape[1]
-        if x_stamp.shape[:2] != bars.shape[:2] or y_stamp.shape[0] != bars.shape[0]:
-            raise KronosInputError(f"time features {x_stamp.shape} / {y_stamp.shape} do not match bars {bars.shape}")
-        bad = ~np.isfinite(bars)
-        if bad.any():
-            i, row, col = np.argwhere(bad)[0]
-            raise KronosInputError(f"bars of series {i} have a non-finite value in column '{self.columns[col]}' "
-                                   f"at position {row}")
         series = []
         for i in range(len(bars)):
             x, mean, std = normalize(bars[i], self.clip)
@@ -121,8 +121,6 @@ class KronosPredictor:
 
     def _sample(self, series: list[_Series], pred_len: int, T: float, top_k: int, top_p: float, sample_count: int,
                 seed: int | None, use_cache: bool, verbose: bool) -> np.ndarray:
-        if pred_len > self.max_context:
-            raise KronosInputError(f"pred_len ({pred_len}) cannot exceed max_context ({self.max_context})")
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from ..files import atomic_write, atomic_write_text
 
 
 class ForecastCache:
@@ -23,7 +23,7 @@ class ForecastCache:
         self.folder = None if root is None else Path(root).expanduser() / digest
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / "key.json").write_text(json.dumps(key, sort_keys=True, indent=2, default=str))
+            atomic_write_text(self.folder / "key.json", json.dumps(key, sort_keys=True, indent=2, default=str))
 
     def _path(self, date: pd.Timestamp) -> Path:
         return self.folder / f"{pd.Timestamp(date).strftime('%Y-%m-%d')}.npz"
@@ -41,9 +41,6 @@ class ForecastCache:
         if self.folder is None or not forecasts:
             return
         names = sorted(forecasts)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, instruments=np.array(names), paths=np.stack([forecasts[n][0] for n in names]),
-                     last_close=np.array([forecasts[n][1] for n in names]))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, self._path(date))
+        atomic_write(self._path(date), lambda f: np.savez(
+            f, instruments=np.array(names), paths=np.stack([forecasts[n][0] for n in names]),
+            last_close=np.array([forecasts[n][1] for n in names])))

@@ -7,7 +7,7 @@ from qlib.data import D
 from qlib.data.dataset.handler import DataHandlerLP
 
 from ..data import check_provider, membership
-from ..data.qlib_source import Spans, derive_missing_amount
+from ..data.qlib_source import Spans, derive_missing_amount, history_start
 from ..errors import ConfigError
 from ..features import BAR_COLUMNS
 
@@ -24,7 +24,9 @@ class KronosBarsHandler(DataHandlerLP):
     so the model only scores members. Loading starts ``history`` trading days (twice over, for suspensions)
     before ``start_time`` so the first day of a segment has its context.
 
-    ``$amount`` is NaN where the provider has none; the model derives it as volume x mean(OHLC).
+    ``$amount`` is NaN where the provider has none; :meth:`bars` derives it as volume x mean(OHLC).
+    ``fit_start_time`` / ``fit_end_time`` are accepted so Alpha158-style handler configs can be reused; no
+    processor is fitted (the model normalizes each context itself).
     """
 
     def __init__(self, instruments: str | list[str] = "csi300", start_time=None, end_time=None, history: int = 90,
@@ -35,27 +37,25 @@ class KronosBarsHandler(DataHandlerLP):
         except KeyError as err:
             raise ConfigError("Qlib is not initialized: call qlib.init(provider_uri=...) first") from err
         check_provider(provider)
+        if history < 0:
+            raise ConfigError(f"history must be >= 0 trading days, got {history}")
         if isinstance(instruments, str):
             self.universe: Spans = membership(instruments, start_time, end_time)
         else:
-            span = (pd.Timestamp(start_time), pd.Timestamp(end_time))
-            self.universe = {code: [span] for code in instruments}
+            calendar = D.calendar(start_time=start_time, end_time=end_time, freq=freq)
+            self.universe = {code: [(pd.Timestamp(calendar[0]), pd.Timestamp(calendar[-1]))] for code in instruments}
         self.market = instruments if isinstance(instruments, str) else "custom"
-        self.history = history
-        calendar = D.calendar(end_time=start_time, freq=freq)
-        if history < 0:
-            raise ConfigError(f"history must be >= 0 trading days, got {history}")
-        data_start = calendar[max(0, len(calendar) - 1 - 2 * history)] if len(calendar) else start_time
         loader = {
             "class": "QlibDataLoader",
             "kwargs": {"config": {"feature": ([f"${c}" for c in BAR_COLUMNS], list(BAR_COLUMNS)),
                                   "label": ([label], ["LABEL0"])},
                        "freq": freq},
         }
-        super().__init__(instruments=sorted(self.universe), start_time=data_start, end_time=end_time,
+        super().__init__(instruments=sorted(self.universe), start_time=history_start(start_time, history, freq),
+                         end_time=end_time,
                          data_loader=loader, **kwargs)
 
-    def bars(self, end) -> pd.DataFrame:
+    def bars(self, end: str | pd.Timestamp) -> pd.DataFrame:
         """All raw bars up to ``end``, indexed (instrument, datetime), columns BAR_COLUMNS."""
         frame = self.fetch(slice(None, pd.Timestamp(end)), col_set="feature", data_key=DataHandlerLP.DK_R)
         return derive_missing_amount(frame.swaplevel().sort_index().astype("float64"))

@@ -14,20 +14,17 @@ from tqdm.auto import tqdm
 
 from ..data import BarPanel, check_split_length, data_fingerprint, split_datasets
 from ..errors import ConfigError, KronosInputError
-from ..features import BAR_COLUMNS, time_features
+from ..features import CLOSE, time_features
 from ..inference import KronosPredictor
 from ..inference.sampling import check_sampling_args
 from ..model import Kronos, KronosTokenizer
 from ..model.hub import weights_digest
 from ..signals import SIGNALS, compute_signal
 from ..training import SequentialTrainer, config_from_dict
-from ..training.sequential import checkpoint_exists
 from .forecast_cache import ForecastCache
 from .handler import KronosBarsHandler
 
 logger = logging.getLogger(__name__)
-
-CLOSE = BAR_COLUMNS.index("close")
 
 
 def _future_days(calendar: pd.DatetimeIndex, day: pd.Timestamp, n: int) -> pd.DatetimeIndex:
@@ -66,6 +63,10 @@ class KronosModel(Model):
             raise ConfigError("finetune.data is not used: KronosModel trains on the dataset's segments")
         if lookback < 2 or pred_len < 1:
             raise ConfigError(f"lookback must be >= 2 and pred_len >= 1, got {lookback} and {pred_len}")
+        if signal_horizon is not None and not 1 <= signal_horizon <= pred_len:
+            raise ConfigError(f"signal_horizon must lie in [1, pred_len={pred_len}], got {signal_horizon}")
+        if signal == "mean_over_std" and sample_count < 2:
+            raise ConfigError("the signal 'mean_over_std' needs sample_count >= 2 (a spread across paths)")
         self.tokenizer_source, self.predictor_source = tokenizer, predictor
         self.finetune = finetune
         self.lookback, self.pred_len = lookback, pred_len
@@ -92,12 +93,14 @@ class KronosModel(Model):
             check_split_length(split, start, end, self.pred_len)
         panel = BarPanel.from_frame(handler.bars(max(end for _, end in ranges.values())))
         datasets = split_datasets(panel, handler.universe, ranges, config.data.spec, handler.market)
-        trainer = SequentialTrainer(config, datasets=datasets)
-        trainer.run()
-        predictor = config.predictor_dir / "best"
+        # resume=True: a finished stage with the same settings is reused, a killed one continues
+        trainer = SequentialTrainer(config, datasets=datasets, resume=True)
+        predictor = trainer.run().get("predictor") or config.pre_trained_predictor
+        if not predictor:
+            raise ConfigError("finetune trains no predictor (train_basemodel: false) and names none "
+                              "(pre_trained_predictor)")
         self.tokenizer = trainer.tokenizer_for_predictor()
-        self.model = Kronos.from_pretrained(predictor if checkpoint_exists(predictor) else
-                                            str(config.pre_trained_predictor))
+        self.model = Kronos.from_pretrained(str(predictor))
 
     def _load(self, tokenizer: str | Path, predictor: str | Path) -> None:
         self.tokenizer = KronosTokenizer.from_pretrained(str(tokenizer))
@@ -121,7 +124,7 @@ class KronosModel(Model):
         requests = self._requests(panel, handler, days, segment)
         predictor = KronosPredictor(self.model, self.tokenizer, device=self.device, max_context=self.max_context,
                                     clip=self.clip, batch_size=self.batch_size)
-        cache = ForecastCache(self.cache_dir, self._cache_key(handler))
+        cache = ForecastCache(self.cache_dir, self._cache_key(handler, predictor))
         scores, sampled, reused = [], 0, 0
         for day in tqdm(sorted(requests), desc="Kronos forecasts", unit="day", dynamic_ncols=True):
             rows = requests[day]
@@ -198,9 +201,11 @@ class KronosModel(Model):
         start, end = dataset.segments[segment]
         return pd.Timestamp(start), pd.Timestamp(end)
 
-    def _cache_key(self, handler: KronosBarsHandler) -> dict:
+    def _cache_key(self, handler: KronosBarsHandler, predictor: KronosPredictor) -> dict:
+        """Everything a day's paths depend on; batching and device change the random draws, so they count."""
         provider = Path(C.dpm.get_data_uri()).resolve()
         return {"tokenizer": weights_digest(self.tokenizer), "predictor": weights_digest(self.model),
+                "batch_size": self.batch_size, "device": predictor.device.type,
                 "lookback": self.lookback, "pred_len": self.pred_len, "seed": self.seed, **self.sampling,
                 "max_context": self.max_context, "clip": self.clip, "provider": str(provider),
                 "data": data_fingerprint(provider, handler.market), "market": handler.market, "version": 1}

@@ -52,6 +52,12 @@ def _resolve_files(source: str, **hub_kwargs: Any) -> tuple[Path, Path]:
         ) from err
 
 
+def init_arg_mismatch(cls: type, config: dict) -> tuple[list[str], list[str]]:
+    """(missing, unknown) keys of ``config`` as the constructor arguments of ``cls``."""
+    expected = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    return [k for k in expected if k not in config], [k for k in config if k not in expected]
+
+
 def _read_config(path: Path, cls: type) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
@@ -59,9 +65,7 @@ def _read_config(path: Path, cls: type) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object of {cls.__name__} arguments")
-    expected = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    missing = [key for key in expected if key not in config]
-    unknown = [key for key in config if key not in expected]
+    missing, unknown = init_arg_mismatch(cls, config)
     if missing or unknown:
         raise CheckpointError(f"{path} does not describe a {cls.__name__}: missing keys {missing}, "
                               f"unknown keys {unknown}")
@@ -112,6 +116,9 @@ class HubModelMixin(PyTorchModelHubMixin):
                                                    force_download=force_download,
                                                    local_files_only=local_files_only, token=token)
         config = _read_config(config_file, cls)
+        unknown = init_arg_mismatch(cls, config_overrides)[1]
+        if unknown:
+            raise CheckpointError(f"unknown {cls.__name__} argument(s) {unknown} to override '{source}'")
         config.update(config_overrides)
         model = cls(**config)
         _load_weights(model, weights_file)
@@ -125,8 +132,8 @@ class HubModelMixin(PyTorchModelHubMixin):
         target.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target, prefix=".saving-") as tmp:
             super().save_pretrained(tmp, config=config, model_card_kwargs=model_card_kwargs)
-            # Weights first: a crash between the two replacements leaves the old config with the new weights'
-            # identical layout (configs do not change during training), never a config without weights.
+            # Each file is replaced atomically, weights first: a crash in between can leave new weights beside
+            # the previous config.json, which matters only when saving another architecture over a checkpoint.
             for name in sorted(os.listdir(tmp), key=lambda n: n != WEIGHTS_NAME):
                 os.replace(Path(tmp) / name, target / name)
         if push_to_hub:

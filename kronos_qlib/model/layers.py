@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError, KronosInputError
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm computed in float32 (stable under bf16/fp16) and cast back."""
@@ -157,7 +159,7 @@ class _Attention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, attn_dropout_p: float = 0.0, resid_dropout_p: float = 0.0):
         super().__init__()
         if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+            raise ConfigError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.d_model = d_model
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
@@ -199,28 +201,30 @@ class SelfAttention(_Attention):
 class CrossAttention(_Attention):
     """The dependency-aware cross-attention of the Kronos head: s1 embeddings query the trunk's hidden states.
 
-    It reproduces the released model exactly. In training it is causal with rotary positions on q and k.
-    In eval it is not causal; rotary angles come from the query length, so a one-token query (the
+    By default it reproduces the released model exactly: in training it is causal with rotary positions on q
+    and k; in eval it is not causal, and rotary angles come from the query length, so a one-token query (the
     generation step) rotates neither q nor k and sees the whole window, which the released weights expect.
+    ``causal=True`` forces the training form in eval too: a full-length query that is not causal would let
+    position t see hidden states built from the tokens it is scored on (the original's validation loss does).
     """
 
     def project_memory(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Un-rotated keys and values of the hidden states, cacheable for one-token queries."""
         return self.split_heads(self.k_proj(memory)), self.split_heads(self.v_proj(memory))
 
-    def forward(self, query: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, memory: torch.Tensor, causal: bool | None = None) -> torch.Tensor:
+        causal = self.training if causal is None else causal
         q_len, k_len = query.shape[1], memory.shape[1]
         q = self.split_heads(self.q_proj(query))
         k, v = self.project_memory(memory)
-        if q_len == 1 and not self.training:
+        if q_len == 1 and not causal:
             return self.merge_heads(F.scaled_dot_product_attention(q, k, v))
         if q_len != k_len:
-            raise ValueError(
+            raise KronosInputError(
                 f"the s1 condition must have one position or as many as the context ({k_len}), got {q_len}"
             )
         q, k = self.rotary(q), self.rotary(k)
-        return self.merge_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p,
-                                                               is_causal=self.training))
+        return self.merge_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p, is_causal=causal))
 
 
 class TransformerBlock(nn.Module):

@@ -75,8 +75,9 @@ class DependencyAwareLayer(nn.Module):
         self.cross_attn = CrossAttention(d_model, n_heads)
         self.norm = RMSNorm(d_model)
 
-    def forward(self, hidden: torch.Tensor, sibling_embed: torch.Tensor) -> torch.Tensor:
-        attended = self.cross_attn(sibling_embed, hidden)
+    def forward(self, hidden: torch.Tensor, sibling_embed: torch.Tensor, causal: bool | None = None
+                ) -> torch.Tensor:
+        attended = self.cross_attn(sibling_embed, hidden, causal)
         # A one-token query is the generation step: only the last position's output means anything.
         return self.norm(hidden[:, -attended.shape[1]:] + attended)
 
@@ -110,10 +111,6 @@ class PredictorCache:
     def __init__(self, n_layers: int, capacity: int):
         self.layers = [KVCache(capacity) for _ in range(n_layers)]
         self.dependency = KVCache(capacity)
-
-    @property
-    def length(self) -> int:
-        return self.dependency.length
 
     def share_prefix(self, copies: int, capacity: int) -> None:
         """Let ``copies`` consecutive sequences (sample paths) share what is cached so far; see KVCache."""
@@ -156,10 +153,6 @@ class Kronos(nn.Module, HubModelMixin):
         elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
 
-    @property
-    def device(self) -> torch.device:
-        return self.head.proj_s1.weight.device
-
     def new_cache(self, capacity: int) -> PredictorCache:
         """An empty cache for up to ``capacity`` positions, for :meth:`decode_s1` / :meth:`decode_s2`."""
         return PredictorCache(self.n_layers, capacity)
@@ -188,8 +181,11 @@ class Kronos(nn.Module, HubModelMixin):
     def forward(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None = None,
                 use_teacher_forcing: bool = False, s1_targets: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """s1 and s2 logits for every position; s2 is conditioned on ``s1_targets`` with teacher forcing,
-        otherwise on s1 tokens sampled from the s1 logits."""
+        """s1 and s2 logits for every position, the training objective's inputs.
+
+        s2 is conditioned on ``s1_targets`` with teacher forcing, otherwise on s1 tokens sampled from the s1
+        logits. The conditioning is causal in train and eval alike, so a validation loss sees no future token.
+        """
         context = self._trunk(s1_ids, s2_ids, stamp)
         s1_logits = self.head(context)
         if use_teacher_forcing:
@@ -201,7 +197,7 @@ class Kronos(nn.Module, HubModelMixin):
         else:
             probs = F.softmax(s1_logits.detach().float(), dim=-1)
             condition = torch.multinomial(probs.reshape(-1, self.s1_vocab_size), 1).view(s1_ids.shape)
-        s2_logits = self.head.cond_forward(self.dep_layer(context, self.embedding.emb_s1(condition)))
+        s2_logits = self.head.cond_forward(self.dep_layer(context, self.embedding.emb_s1(condition), causal=True))
         return s1_logits, s2_logits
 
     def compute_loss(self, s1_logits: torch.Tensor, s2_logits: torch.Tensor, s1_targets: torch.Tensor,

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 def _entropy(probs: torch.Tensor) -> torch.Tensor:
     return -(probs * torch.log(probs + 1e-8)).sum(dim=-1)
@@ -28,7 +30,7 @@ class BinarySphericalQuantizer(nn.Module):
     def __init__(self, embed_dim: int, beta: float, gamma0: float, gamma: float, zeta: float, group_size: int):
         super().__init__()
         if embed_dim % group_size:
-            raise ValueError(f"s1_bits + s2_bits ({embed_dim}) must be divisible by group_size ({group_size})")
+            raise ConfigError(f"s1_bits + s2_bits ({embed_dim}) must be divisible by group_size ({group_size})")
         self.embed_dim = embed_dim
         self.beta, self.gamma0, self.gamma, self.zeta = beta, gamma0, gamma, zeta
         self.group_size = group_size

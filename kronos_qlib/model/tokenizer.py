@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import KronosInputError
 from .checks import check_features, check_same_shape, check_token_ids
 from .hub import HubModelMixin
 from .layers import KVCache, TransformerBlock
@@ -41,10 +42,6 @@ class KronosTokenizer(nn.Module, HubModelMixin):
         self.post_quant_embed_pre = nn.Linear(s1_bits, d_model)
         self.post_quant_embed = nn.Linear(self.codebook_dim, d_model)
         self.tokenizer = BSQuantizer(s1_bits, s2_bits, beta, gamma0, gamma, zeta, group_size)
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -86,7 +83,7 @@ class KronosTokenizer(nn.Module, HubModelMixin):
         quantizer = self.tokenizer
         if half:
             if not isinstance(indices, (tuple, list)) or len(indices) != 2:
-                raise TypeError("half=True expects the pair (s1_indices, s2_indices)")
+                raise KronosInputError("half=True expects the pair (s1_indices, s2_indices)")
             s1, s2 = indices
             check_same_shape(s1, s2, "s1 indices", "s2 indices")
             check_token_ids(s1, 2 ** self.s1_bits, "s1 indices")
@@ -95,7 +92,7 @@ class KronosTokenizer(nn.Module, HubModelMixin):
                               quantizer.indices_to_bits(s2, self.s2_bits)], dim=-1)
         else:
             if isinstance(indices, (tuple, list)):
-                raise TypeError("a pair of (s1, s2) indices needs half=True")
+                raise KronosInputError("a pair of (s1, s2) indices needs half=True")
             check_token_ids(indices, 2 ** self.codebook_dim, "indices")
             bits = quantizer.indices_to_bits(indices, self.codebook_dim)
         return (bits.to(self.dtype) * 2 - 1) * quantizer.bsq.scale

@@ -11,9 +11,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import KronosInputError
-from ..features import BAR_COLUMNS
-
-CLOSE = BAR_COLUMNS.index("close")
+from ..features import CLOSE
 
 
 def _returns(paths: np.ndarray, last_close: np.ndarray) -> np.ndarray:

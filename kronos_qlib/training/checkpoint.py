@@ -1,14 +1,14 @@
 """The resumable training state, written atomically so a crash never corrupts the last good checkpoint."""
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..files import atomic_write
 
 
 def rng_state() -> dict[str, Any]:
@@ -33,19 +33,8 @@ def seed_everything(seed: int) -> None:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through a temporary file renamed into place."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import types
 import typing
 from dataclasses import dataclass, field
@@ -106,8 +107,58 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+def _scalar(value: Any, kind: type, where: str) -> Any:
+    """``value`` as ``kind``; YAML 1.1 reads 1e-3 as a string, so numeric strings are accepted for floats."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is str and isinstance(value, datetime.date):  # an unquoted YAML date
+        return value.isoformat()
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(value, kind):
+        return value
+    raise ConfigError(f"{where} must be {kind.__name__}, got {value!r}")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check ``value`` against a field's type hint (scalars, optionals, unions, tuples, dicts, dataclasses)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} must be {' or '.join(getattr(a, '__name__', str(a)) for a in args)}, got {value!r}")
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis and isinstance(value, (list, tuple)):
+            args = (args[0],) * len(value)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return value
+    return _scalar(value, hint, where)
+
+
 def _build(cls: type, values: Any, where: str):
-    """Instantiate dataclass ``cls`` from a dict, recursing into nested dataclasses; unknown keys are errors."""
+    """Instantiate dataclass ``cls`` from a dict, checking every value; unknown keys are errors."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where} must be a mapping, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
@@ -115,18 +166,7 @@ def _build(cls: type, values: Any, where: str):
     for key in values:
         if key not in names:
             raise ConfigError(f"unknown key '{key}' in {where} (known keys: {', '.join(names)})")
-    kwargs = {}
-    for key, value in values.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{where}.{key}")
-        elif typing.get_origin(hint) is tuple and isinstance(value, list):
-            kwargs[key] = tuple(value)
-        elif isinstance(value, dict) and typing.get_origin(hint) not in (dict, types.UnionType, typing.Union):
-            raise ConfigError(f"{where}.{key} must be a single value, got a mapping")
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
+    return cls(**{key: _coerce(value, hints[key], f"{where}.{key}") for key, value in values.items()})
 
 
 def config_from_dict(values: dict, where: str = "config") -> FinetuneConfig:

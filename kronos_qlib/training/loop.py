@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,6 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError, TrainingError
+from ..files import atomic_write_text
 from ..model.hub import weights_digest
 from .checkpoint import load_state, rng_state, save_atomic, seed_everything, set_rng_state
 from .config import StageConfig
@@ -27,6 +28,19 @@ from .distributed import Runtime
 from .stages import Stage
 
 logger = logging.getLogger(__name__)
+
+
+def agreed(runtime: Runtime, value, what: str):
+    """``value`` when every rank sees the same; else an error (e.g. nodes that do not share output_dir)."""
+    values = runtime.all_gather(value)
+    if any(v != values[0] for v in values):
+        raise TrainingError(f"ranks disagree on {what} ({values}): with several nodes, output_dir must be on a "
+                            f"filesystem they share")
+    return value
+
+
+def differing_keys(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 class EpochSampler(DistributedSampler):
@@ -56,8 +70,10 @@ def validation_indices(n: int, max_samples: int | None, seed: int, runtime: Runt
 
 class StageTrainer:
     def __init__(self, stage: Stage, train_set: Dataset, valid_set: Dataset, config: StageConfig, out_dir: Path,
-                 runtime: Runtime, seed: int):
+                 runtime: Runtime, seed: int, settings: dict):
+        """``settings`` describes everything the result depends on; a resumed run must match it."""
         self.stage, self.config, self.out_dir, self.rt, self.seed = stage, config, Path(out_dir), runtime, seed
+        self.settings = settings
         self.model = stage.model.to(runtime.device)
         self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if runtime.device.type == "cuda"
                     and torch.cuda.is_bf16_supported() else nullcontext())
@@ -71,8 +87,8 @@ class StageTrainer:
                                        num_workers=config.num_workers, pin_memory=pin)
         self.steps_per_epoch = len(self.train_loader) // config.accumulation_steps
         if self.steps_per_epoch < 1:
-            raise ValueError(f"{stage.name} stage: {len(self.sampler)} training windows per rank make no full "
-                             f"step of batch_size {config.batch_size} x accumulation {config.accumulation_steps}")
+            raise ConfigError(f"{stage.name} stage: {len(self.sampler)} training windows per rank make no full "
+                              f"step of batch_size {config.batch_size} x accumulation {config.accumulation_steps}")
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=tuple(config.betas),
                                            weight_decay=config.weight_decay)
@@ -97,20 +113,26 @@ class StageTrainer:
     def metrics_path(self) -> Path:
         return self.out_dir / "metrics.jsonl"
 
+    @property
+    def done_path(self) -> Path:
+        """Written when every epoch has run: marks ``best/`` as a finished stage for ``skip_existing``."""
+        return self.out_dir / "done.json"
+
     def _write_metrics(self) -> None:
         """(Re)write the JSON-lines log from the history: empty for a fresh run, complete after a resume."""
         if self.rt.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(m) + "\n" for m in self.history))
-            os.replace(tmp, self.metrics_path)
+            atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in self.history))
 
     # ---------------------------------------------------------------------------------------------- state
     def resume(self) -> bool:
         """Continue from ``last.pt`` if there is one; True when something was restored."""
-        if not self.last_path.exists():
+        if not agreed(self.rt, self.last_path.exists(), f"whether {self.last_path} exists"):
             return False
         state = load_state(self.last_path)
+        if state["settings"] != self.settings:
+            raise ConfigError(f"{self.last_path} was written with other settings (they differ in "
+                              f"{differing_keys(state['settings'], self.settings)}): resume with the same "
+                              f"configuration, or train into another output_dir")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -131,7 +153,7 @@ class StageTrainer:
         if self.rt.is_main:
             save_atomic({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                          "scheduler": self.scheduler.state_dict(), "epoch": epoch, "best": self.best,
-                         "history": self.history, "rng": states}, self.last_path)
+                         "history": self.history, "settings": self.settings, "rng": states}, self.last_path)
 
     # --------------------------------------------------------------------------------------------- epochs
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -163,7 +185,7 @@ class StageTrainer:
             seen += len(x)
             batches.set_postfix(loss=f"{sums['loss'] / seen:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
         elapsed = time.perf_counter() - began
-        keys = sorted(sums)
+        keys = self.stage.metrics
         totals = self.rt.all_reduce_sum([sums[k] for k in keys] + [seen])
         metrics = {f"train_{k}": totals[j] / totals[-1] for j, k in enumerate(keys)}
         metrics["samples_per_s"] = totals[-1] / elapsed
@@ -182,15 +204,17 @@ class StageTrainer:
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + float(value) * len(x)
             seen += len(x)
-        keys = sorted(sums) or [self.stage.select_on]
+        keys = self.stage.metrics  # fixed, so every rank reduces the same vector even with no windows of its own
         totals = self.rt.all_reduce_sum([sums.get(k, 0.0) for k in keys] + [seen])
         if totals[-1] == 0:
-            raise ValueError(f"{self.stage.name} stage: the validation split has no windows")
+            raise TrainingError(f"{self.stage.name} stage: the validation split has no windows")
         return {f"valid_{k}": totals[j] / totals[-1] for j, k in enumerate(keys)}
 
     def fit(self, resume: bool = False) -> Path:
         """Train the remaining epochs; returns the folder of the best checkpoint."""
         seed_everything(self.seed + self.rt.rank)
+        if self.rt.is_main:  # from here until the last epoch, best/ is not a finished stage
+            self.done_path.unlink(missing_ok=True)
         if resume:
             self.resume()
         self._write_metrics()
@@ -199,6 +223,10 @@ class StageTrainer:
             metrics = {"stage": self.stage.name, "epoch": epoch + 1, **self._train_epoch(epoch), **self._validate(),
                        "lr": self.scheduler.get_last_lr()[0]}
             score = metrics[f"valid_{self.stage.select_on}"]
+            if not math.isfinite(score):
+                raise TrainingError(f"{self.stage.name} stage diverged: validation {self.stage.select_on} is {score} "
+                                    f"at epoch {epoch + 1} (try a lower lr); the last good state is in "
+                                    f"{self.last_path}")
             improved = score < self.best
             if improved:
                 self.best = score
@@ -214,6 +242,9 @@ class StageTrainer:
                             ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
             self.rt.barrier()
         self._check_ranks_in_sync()
+        if self.rt.is_main:
+            atomic_write_text(self.done_path, json.dumps(self.settings, sort_keys=True, indent=2, default=str))
+        self.rt.barrier()
         return self.best_dir
 
     def _check_ranks_in_sync(self) -> None:

@@ -2,19 +2,25 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable
+
+from torch import nn
 
 from ..data import WindowDataset, build_datasets
-from ..errors import CheckpointError, ConfigError, KronosInputError
+from ..errors import CheckpointError, ConfigError, KronosInputError, TrainingError
 from ..model import Kronos, KronosTokenizer
+from ..model.hub import init_arg_mismatch, weights_digest
 from .checkpoint import seed_everything
-from .config import FinetuneConfig, load_config
+from .config import FinetuneConfig, StageConfig, load_config
 from .distributed import Runtime, setup, teardown
-from .loop import StageTrainer
-from .stages import predictor_stage, tokenizer_stage
+from .loop import StageTrainer, agreed, differing_keys
+from .stages import Stage, predictor_stage, tokenizer_stage
 
 logger = logging.getLogger(__name__)
 
@@ -25,17 +31,26 @@ def checkpoint_exists(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
-def _load_or_build(cls, source: str | bool, config: dict | None, what: str):
-    """``source`` (Hub id or folder) when given, else a fresh model from ``config``."""
+def load_or_build(cls: type, source: str | bool, config: dict | None, what: str) -> nn.Module:
+    """``source`` (Hub id or folder) with ``config`` overriding its arguments, else a new model from ``config``."""
+    missing, unknown = init_arg_mismatch(cls, config or {})
+    if unknown:
+        raise ConfigError(f"{what}_config has unknown key(s) {unknown} for {cls.__name__}")
     if source:
-        return cls.from_pretrained(str(source))
-    if not config:
-        raise ConfigError(f"pre_trained_{what} is false, so {what}_config must give the model's arguments")
+        return cls.from_pretrained(str(source), **(config or {}))
+    if missing:
+        raise ConfigError(f"pre_trained_{what} is false, so {what}_config must give every argument of "
+                          f"{cls.__name__}; missing {missing}")
     return cls(**config)
 
 
 class SequentialTrainer:
-    """Runs the enabled stages in order and returns the folders of their best checkpoints."""
+    """Runs the enabled stages in order and returns the folders of their best checkpoints.
+
+    A stage's folder holds ``done.json`` (the settings it was trained with) once all its epochs ran. With
+    ``skip_existing`` a finished stage with the same settings is not trained again; one with other settings
+    (other dates, data, model or tokenizer) is an error rather than a silently stale model.
+    """
 
     def __init__(self, config: FinetuneConfig, runtime: Runtime | None = None, resume: bool = False,
                  datasets: dict[str, WindowDataset] | None = None):
@@ -46,9 +61,15 @@ class SequentialTrainer:
         self._datasets = datasets
 
     @property
-    def datasets(self):
+    def datasets(self) -> dict[str, WindowDataset]:
+        """Train and valid windows; rank 0 builds (and caches) them before the other ranks read them."""
         if self._datasets is None:
-            self._datasets = build_datasets(self.config.data)
+            data = dataclasses.replace(self.config.data, splits=("train", "valid"))
+            if self.rt.is_main:
+                self._datasets = build_datasets(data)
+            self.rt.barrier()
+            if not self.rt.is_main:
+                self._datasets = build_datasets(data)
         return self._datasets
 
     def run(self, stages: tuple[str, ...] | None = None) -> dict[str, Path]:
@@ -57,18 +78,10 @@ class SequentialTrainer:
             stages = tuple(s for s, on in zip(STAGES, (cfg.train_tokenizer, cfg.train_basemodel)) if on)
         results = {}
         if "tokenizer" in stages:
-            results["tokenizer"] = self._stage("tokenizer", self._train_tokenizer)
+            results["tokenizer"] = self._train_tokenizer()
         if "predictor" in stages:
-            results["predictor"] = self._stage("predictor", self._train_predictor)
+            results["predictor"] = self._train_predictor()
         return results
-
-    def _stage(self, name: str, train) -> Path:
-        best = Path(self.config.output_dir).expanduser() / name / "best"
-        if self.config.skip_existing and checkpoint_exists(best) and not self.resume:
-            if self.rt.is_main:
-                logger.info("%s stage skipped: %s already holds a checkpoint (skip_existing)", name, best)
-            return best
-        return train()
 
     def tokenizer_for_predictor(self) -> KronosTokenizer:
         """The finetuned tokenizer of this run when it exists, else ``pre_trained_tokenizer``."""
@@ -82,29 +95,57 @@ class SequentialTrainer:
 
     def _train_tokenizer(self) -> Path:
         cfg = self.config
-        seed_everything(cfg.seed)
-        tokenizer = _load_or_build(KronosTokenizer, cfg.pre_trained_tokenizer, cfg.tokenizer_config, "tokenizer")
-        return self._fit(tokenizer_stage(tokenizer), cfg.tokenizer_training, cfg.tokenizer_dir)
+        model = {"source": cfg.pre_trained_tokenizer, "config": cfg.tokenizer_config}
+
+        def build() -> Stage:
+            return tokenizer_stage(load_or_build(KronosTokenizer, cfg.pre_trained_tokenizer, cfg.tokenizer_config,
+                                                 "tokenizer"))
+
+        return self._stage("tokenizer", build, cfg.tokenizer_training, cfg.tokenizer_dir, model)
 
     def _train_predictor(self) -> Path:
         cfg = self.config
-        seed_everything(cfg.seed)
         tokenizer = self.tokenizer_for_predictor().to(self.rt.device)
-        predictor = _load_or_build(Kronos, cfg.pre_trained_predictor, cfg.predictor_config, "predictor")
-        if (predictor.s1_bits, predictor.s2_bits) != (tokenizer.s1_bits, tokenizer.s2_bits):
-            raise ConfigError(f"the predictor's vocabulary (s1_bits={predictor.s1_bits}, s2_bits={predictor.s2_bits})"
-                              f" does not match the tokenizer's (s1_bits={tokenizer.s1_bits}, "
-                              f"s2_bits={tokenizer.s2_bits})")
-        return self._fit(predictor_stage(predictor, tokenizer, cfg.teacher_forcing), cfg.predictor_training,
-                         cfg.predictor_dir)
+        model = {"source": cfg.pre_trained_predictor, "config": cfg.predictor_config,
+                 "teacher_forcing": cfg.teacher_forcing, "tokenizer": weights_digest(tokenizer)}
 
-    def _fit(self, stage, stage_config, out_dir: Path) -> Path:
+        def build() -> Stage:
+            predictor = load_or_build(Kronos, cfg.pre_trained_predictor, cfg.predictor_config, "predictor")
+            if (predictor.s1_bits, predictor.s2_bits) != (tokenizer.s1_bits, tokenizer.s2_bits):
+                raise ConfigError(f"the predictor's vocabulary (s1_bits={predictor.s1_bits}, "
+                                  f"s2_bits={predictor.s2_bits}) does not match the tokenizer's "
+                                  f"(s1_bits={tokenizer.s1_bits}, s2_bits={tokenizer.s2_bits})")
+            return predictor_stage(predictor, tokenizer, cfg.teacher_forcing)
+
+        return self._stage("predictor", build, cfg.predictor_training, cfg.predictor_dir, model)
+
+    def _stage(self, name: str, build: Callable[[], Stage], stage_config: StageConfig, out_dir: Path,
+               model: dict) -> Path:
         data = self.datasets
-        trainer = StageTrainer(stage, data["train"], data["valid"], stage_config, out_dir, self.rt, self.config.seed)
+        settings = json.loads(json.dumps({
+            "stage": name, "model": model, "training": dataclasses.asdict(stage_config), "seed": self.config.seed,
+            "data": {split: data[split].fingerprint() for split in ("train", "valid")},
+        }, default=str))
+        done = out_dir / "done.json"
+        previous = agreed(self.rt, json.loads(done.read_text()) if done.exists() else None, f"the content of {done}")
+        if self.config.skip_existing and previous is not None and not self.resume:
+            if previous != settings:
+                raise ConfigError(f"{out_dir} holds a {name} trained with other settings (they differ in "
+                                  f"{differing_keys(previous, settings)}): use another output_dir, or set "
+                                  f"skip_existing: false to train it again")
+            if self.rt.is_main:
+                logger.info("%s stage skipped: %s already holds it (skip_existing)", name, out_dir / "best")
+            return out_dir / "best"
+        seed_everything(self.config.seed)
+        trainer = StageTrainer(build(), data["train"], data["valid"], stage_config, out_dir, self.rt,
+                               self.config.seed, settings)
         if self.rt.is_main:
-            logger.info("%s stage: %d train / %d valid windows, %d steps per epoch, output %s", stage.name,
+            logger.info("%s stage: %d train / %d valid windows, %d steps per epoch, output %s", name,
                         len(data["train"]), len(data["valid"]), trainer.steps_per_epoch, out_dir)
-        return trainer.fit(resume=self.resume)
+        best = trainer.fit(resume=self.resume)
+        if not agreed(self.rt, checkpoint_exists(best), f"whether {best} exists"):
+            raise TrainingError(f"{name} stage ended without a checkpoint in {best}")
+        return best
 
 
 def main(stages: tuple[str, ...] | None = None, argv: list[str] | None = None) -> None:
@@ -120,7 +161,7 @@ def main(stages: tuple[str, ...] | None = None, argv: list[str] | None = None) -
     try:
         config = load_config(args.config)
         SequentialTrainer(config, setup(config.device), resume=args.resume).run(stages)
-    except (ConfigError, KronosInputError, CheckpointError) as err:
+    except (ConfigError, KronosInputError, CheckpointError, TrainingError) as err:
         print(f"error: {err}", file=sys.stderr)
         teardown(exit_code=2)
     teardown()

@@ -17,13 +17,14 @@ Losses = dict[str, torch.Tensor]
 class Stage:
     """What the generic loop needs to know about a stage: the trainable model and its losses.
 
-    ``compute(model, x, stamp)`` returns named scalars; "loss" is optimized and ``select_on`` picks the best
-    checkpoint on the validation split.
+    ``compute(model, x, stamp)`` returns the scalars named in ``metrics``; "loss" is optimized and
+    ``select_on`` picks the best checkpoint on the validation split.
     """
 
     name: str
     model: nn.Module
     compute: Callable[[nn.Module, torch.Tensor, torch.Tensor], Losses]
+    metrics: tuple[str, ...]
     select_on: str = "loss"
 
 
@@ -36,7 +37,7 @@ def tokenizer_stage(tokenizer: KronosTokenizer) -> Stage:
         return {"loss": (mse_s1 + mse_full + bsq_loss) / 2, "recon_s1": mse_s1, "recon": mse_full,
                 "bsq": bsq_loss}
 
-    return Stage("tokenizer", tokenizer, compute, select_on="recon")
+    return Stage("tokenizer", tokenizer, compute, ("loss", "recon_s1", "recon", "bsq"), select_on="recon")
 
 
 def predictor_stage(predictor: Kronos, tokenizer: KronosTokenizer, teacher_forcing: bool = True) -> Stage:
@@ -51,4 +52,4 @@ def predictor_stage(predictor: Kronos, tokenizer: KronosTokenizer, teacher_forci
         loss, ce_s1, ce_s2 = predictor.compute_loss(s1_logits, s2_logits, s1[:, 1:], s2[:, 1:])
         return {"loss": loss, "s1": ce_s1, "s2": ce_s2}
 
-    return Stage("predictor", predictor, compute)
+    return Stage("predictor", predictor, compute, ("loss", "s1", "s2"))
