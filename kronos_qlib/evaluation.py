@@ -1,6 +1,8 @@
 """Reading recorded qrun experiments back and putting them side by side (scripts/compare.py, the notebooks)."""
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +31,15 @@ class RecordedRun:
 
 
 def init_recorder_store(mlflow_uri: str, provider_uri: str | None = None) -> None:
-    """Point Qlib's experiment manager at an MLflow store (e.g. ``sqlite:///mlruns.db``)."""
+    """Point Qlib's experiment manager at an MLflow store (e.g. ``sqlite:///mlruns.db``), quietly: reading a few
+    small artifacts needs neither MLflow's progress bars nor Qlib's start-up log."""
     import qlib
 
-    kwargs = {"provider_uri": provider_uri} if provider_uri else {}
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    kwargs = {"provider_uri": str(Path(provider_uri).expanduser())} if provider_uri else {}
     qlib.init(exp_manager={"class": "MLflowExpManager", "module_path": "qlib.workflow.expm",
-                           "kwargs": {"uri": mlflow_uri, "default_exp_name": "compare"}}, **kwargs)
+                           "kwargs": {"uri": mlflow_uri, "default_exp_name": "compare"}},
+              logging_level=logging.WARNING, **kwargs)
 
 
 def load_run(experiment: str, recorder_id: str | None = None) -> RecordedRun:
@@ -57,6 +62,11 @@ def load_run(experiment: str, recorder_id: str | None = None) -> RecordedRun:
                            rec.load_object("portfolio_analysis/report_normal_1day.pkl"))
     except Exception as err:  # the recorder raises several types for a missing artifact
         raise ConfigError(f"run {recorder_id} of '{experiment}' lacks a signal or portfolio artifact: {err}") from err
+
+
+def annualized(returns: pd.Series) -> float:
+    """Annualized mean daily return, with Qlib's convention for daily data (238 trading days, summed)."""
+    return _risk(returns)["annualized_return"]
 
 
 def _risk(returns: pd.Series) -> dict[str, float]:
@@ -100,6 +110,12 @@ def quantile_returns(run: RecordedRun, groups: int = 5) -> pd.DataFrame:
         return day["label"].groupby(bucket, observed=False).mean()
 
     return joined.groupby(level="datetime").apply(by_group)
+
+
+def universe_return(run: RecordedRun) -> pd.Series:
+    """Daily return of holding every scored stock equally (mean label), before costs: the naive alternative a
+    top-k portfolio should beat, since a cap-weighted index can lag its average member for years."""
+    return run.label.iloc[:, 0].groupby(level="datetime").mean()
 
 
 def drawdown(returns: pd.Series) -> pd.Series:

@@ -24,14 +24,14 @@ def check_provider(provider_uri: str | Path) -> Path:
     return path
 
 
-def init_qlib(provider_uri: str | Path, region: str = "cn") -> Path:
+def init_qlib(provider_uri: str | Path, region: str = "cn", logging_level: int = logging.INFO) -> Path:
     """Initialize Qlib on ``provider_uri`` unless it already serves that folder (qrun initializes it first)."""
     import qlib
     from qlib.config import C
 
     path = check_provider(provider_uri)
     if not C.registered or Path(C.dpm.get_data_uri()).resolve() != path:
-        qlib.init(provider_uri=str(path), region=region)
+        qlib.init(provider_uri=str(path), region=region, logging_level=logging_level)
     return path
 
 
