@@ -37,7 +37,11 @@ def rss_mb() -> float:
 
 
 def load_workload(provider: str, n_series: int):
-    """The last 90 traded bars up to the decision date of up to n_series CSI300 members, and the next 10 days."""
+    """The last 90 traded bars up to the decision date of n_series stocks, and the next 10 trading days.
+
+    CSI300 members with 90 traded bars come first; when fewer qualify (suspensions, missing data), other
+    A-shares of the provider fill the batch, so the workload always has n_series series.
+    """
     from qlib.data import D
 
     from kronos_qlib.data import init_qlib, load_bars, membership
@@ -47,15 +51,17 @@ def load_workload(provider: str, n_series: int):
     at = calendar.get_loc(pd.Timestamp(DECISION_DATE))
     future = calendar[at + 1:at + 1 + PRED_LEN]
     members = sorted(membership("csi300", DECISION_DATE, DECISION_DATE))
-    bars = load_bars(members, calendar[at - 2 * CONTEXT], DECISION_DATE)
-    dfs, x_ts = [], []
-    for inst in members:
-        traded = bars.xs(inst).dropna().iloc[-CONTEXT:]
-        if len(traded) == CONTEXT:
+    others = sorted(set(membership("all", DECISION_DATE, DECISION_DATE)) - set(members) - {"SH000300"})
+    bars = load_bars(members + others, calendar[at - 2 * CONTEXT], DECISION_DATE)
+    groups = dict(tuple(bars.groupby(level="instrument")))
+    dfs, x_ts, n_members = [], [], 0
+    for inst in (i for i in members + others if i in groups):
+        traded = groups[inst].droplevel("instrument").dropna().iloc[-CONTEXT:]
+        if len(traded) == CONTEXT and traded.index[-1] == pd.Timestamp(DECISION_DATE) and len(dfs) < n_series:
             dfs.append(traded)
             x_ts.append(traded.index.to_series())
-    dfs, x_ts = dfs[:n_series], x_ts[:n_series]
-    return dfs, x_ts, [future.to_series()] * len(dfs)
+            n_members += inst in members
+    return dfs, x_ts, [future.to_series()] * len(dfs), n_members
 
 
 def worker(args) -> None:
@@ -64,14 +70,15 @@ def worker(args) -> None:
     from kronos_qlib import Kronos, KronosPredictor, KronosTokenizer
     from kronos_qlib.model.configs import RELEASED
 
-    dfs, x_ts, y_ts = load_workload(args.provider, args.n_series)
+    dfs, x_ts, y_ts, n_members = load_workload(args.provider, args.n_series)
     torch.manual_seed(0)
     tokenizer, model = KronosTokenizer(**RELEASED[TOKENIZER]), Kronos(**RELEASED[MODELS[args.model]])
     predictor = KronosPredictor(model, tokenizer, device="cpu", max_context=512, batch_size=args.batch_size)
     use_cache = args.mode == "cached"
     predictor.predict_paths(dfs[:4], x_ts[:4], y_ts[:4], PRED_LEN, sample_count=SAMPLES, use_cache=use_cache)
     baseline = rss_mb()
-    out = {"model": args.model, "mode": args.mode, "n_series": len(dfs), "baseline_rss_mb": baseline}
+    out = {"model": args.model, "mode": args.mode, "n_series": len(dfs), "n_members": n_members,
+           "baseline_rss_mb": baseline}
     for name, kwargs in [("sampled", dict(T=1.0, top_k=0, top_p=0.9)), ("greedy", dict(T=1.0, top_k=1, top_p=1.0))]:
         began = time.perf_counter()
         paths = predictor.predict_paths(dfs, x_ts, y_ts, PRED_LEN, sample_count=SAMPLES, seed=0,
@@ -108,7 +115,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.text(i + 0.2, r["cached_sps"], f"{r['speedup']:.1f}x", ha="center", va="bottom")
     ax.set_xticks(x, names)
     ax.set_ylabel("series per second")
-    ax.set_title(f"CSI300 daily: {rows[0]['n_series']} series, {CONTEXT} bars, {PRED_LEN} steps, {SAMPLES} samples")
+    ax.set_title(f"daily bars: {rows[0]['n_series']} series, {CONTEXT} bars, {PRED_LEN} steps, {SAMPLES} samples")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -149,7 +156,8 @@ def main() -> None:
     plot(rows, HERE / "sampling.png")
     lines = [
         "## Sampling speed (`benchmarks/bench_sampling.py`)", "",
-        f"Workload: {rows[0]['n_series']} CSI300 members on {DECISION_DATE} (`../shared/cn_data`), "
+        f"Workload: {rows[0]['n_series']} stocks on {DECISION_DATE} (`../shared/cn_data`: "
+        f"{rows[0]['runs']['cached']['n_members']} CSI300 members with 90 traded bars, the rest other A-shares), "
         f"{CONTEXT}-bar daily context, {PRED_LEN} steps, {SAMPLES} sample paths each (T=1, top_p=0.9), "
         f"batches of {args.batch_size} series, CPU with {args.threads} threads, random weights, "
         f"Kronos-Tokenizer-base config. Machine: {machine()}.", "",
