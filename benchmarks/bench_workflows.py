@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from results import machine, update_section  # noqa: E402
 
+from kronos_qlib.training.config import PRESETS  # noqa: E402
 from kronos_qlib.workflow_runner import prepare_workflow, run_qrun  # noqa: E402
 
 
@@ -58,6 +60,8 @@ def main() -> None:
                 (work / "runs" / "kronos_csi300_cpu" / stage / "metrics.jsonl").read_text().splitlines()]
         training[stage] = (sum(r["epoch_s"] for r in rows), len(rows), rows[-1])
     tok, pred = training["tokenizer"], training["predictor"]
+    bits = PRESETS["cpu"]["predictor_config"]
+    uniform = (math.log(2 ** bits["s1_bits"]) + math.log(2 ** bits["s2_bits"])) / 2  # mean CE of a uniform guess
     lines = [
         "## Workflows in full (`benchmarks/bench_workflows.py`)", "",
         "`qrun workflows/kronos_csi300.yaml` with the `cpu` preset and `qrun workflows/lightgbm_csi300.yaml`, "
@@ -69,7 +73,8 @@ def main() -> None:
         f"Inside the Kronos run: tokenizer {tok[1]} epochs in {tok[0] / 60:.1f} min (final valid reconstruction MSE "
         f"{tok[2]['valid_recon']:.3f} on normalized bars), predictor {pred[1]} epochs in {pred[0] / 60:.1f} min "
         f"(final valid cross-entropy {pred[2]['valid_loss']:.3f}; s1 {pred[2]['valid_s1']:.3f}, "
-        f"s2 {pred[2]['valid_s2']:.3f}; a uniform guess over the 64-token vocabularies scores 4.159); the rest "
+        f"s2 {pred[2]['valid_s2']:.3f}; a uniform guess over the {2 ** bits['s1_bits']} + {2 ** bits['s2_bits']}-token "
+        f"vocabularies scores {uniform:.3f}); the rest "
         "is loading, forecasting every member every test day (5 paths, 10 steps) and the backtest.", "",
         compare.stdout.split("\nwritten:")[0].strip(), "",
         "![cumulative excess return](workflows_cumulative_excess.png)",

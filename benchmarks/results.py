@@ -9,8 +9,11 @@ from pathlib import Path
 
 import torch
 
+from kronos_qlib.files import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = "# Benchmark results\n\nEvery figure below was written by the script named in its section; rerun it to reproduce.\n"
+HEADER = ("# Benchmark results\n\nEvery figure below was written by the script named in its section; "
+          "rerun it to reproduce.\n")
 
 
 def machine() -> str:
@@ -40,6 +43,4 @@ def update_section(name: str, markdown: str) -> None:
     block = f"{begin}\n{markdown.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, RESULTS)
+    atomic_write_text(RESULTS, text)

@@ -13,6 +13,7 @@ from pathlib import Path
 from kronos_qlib.errors import ConfigError
 from kronos_qlib.evaluation import (comparison_table, format_table, init_recorder_store, load_run,
                                     plot_cumulative_excess, signal_correlation)
+from kronos_qlib.files import atomic_write_text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,12 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = comparison_table(runs)
-    table.to_csv(out / "comparison.csv")
+    atomic_write_text(out / "comparison.csv", table.to_csv())
     text = format_table(table)
     if len(runs) == 2:
         corr = signal_correlation(*runs)
         text += f"\n\nDaily rank correlation of the two signals: mean {corr.mean():.3f} over {len(corr)} days."
-    (out / "comparison.md").write_text(text + "\n")
+    atomic_write_text(out / "comparison.md", text + "\n")
     plot_cumulative_excess(runs, out / "cumulative_excess.png")
     print(text)
     print(f"\nwritten: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'cumulative_excess.png'}")

@@ -97,6 +97,23 @@ def _load_panel(config: DataConfig) -> tuple[BarPanel, Spans]:
     return BarPanel.from_frame(load_bars(sorted(spans), history_start(first, config.lookback), last)), spans
 
 
+def _save_cache(path: Path, panel: BarPanel, spans: Spans) -> None:
+    flat = [(inst, a, b) for inst, periods in spans.items() for a, b in periods]
+    arrays = {**asdict(panel), "span_instrument": np.array([inst for inst, _, _ in flat]),
+              "span_start": np.array([a for _, a, _ in flat], dtype="datetime64[ns]"),
+              "span_end": np.array([b for _, _, b in flat], dtype="datetime64[ns]")}
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _load_cache(path: Path) -> tuple[BarPanel, Spans]:
+    with np.load(path, allow_pickle=False) as data:
+        panel = BarPanel(**{k: data[k] for k in ("instruments", "offsets", "dates", "values", "stamps")})
+        spans: Spans = {}
+        for inst, a, b in zip(data["span_instrument"], data["span_start"], data["span_end"]):
+            spans.setdefault(str(inst), []).append((pd.Timestamp(a), pd.Timestamp(b)))
+    return panel, spans
+
+
 def build_datasets(config: DataConfig) -> dict[str, WindowDataset]:
     """Window datasets for ``config.splits``, from the on-disk cache when the settings were seen before."""
     provider = init_qlib(config.provider_uri, config.region)
@@ -105,19 +122,12 @@ def build_datasets(config: DataConfig) -> dict[str, WindowDataset]:
         cache = Path(config.cache_dir).expanduser() / f"windows-{_cache_key(config, provider)}.npz"
     began = time.perf_counter()
     if cache is not None and cache.exists():
-        with np.load(cache, allow_pickle=False) as data:
-            panel = BarPanel(**{k: data[k] for k in ("instruments", "offsets", "dates", "values", "stamps")})
-            spans: Spans = {}
-            for inst, a, b in zip(data["span_instrument"], data["span_start"], data["span_end"]):
-                spans.setdefault(str(inst), []).append((pd.Timestamp(a), pd.Timestamp(b)))
+        panel, spans = _load_cache(cache)
         logger.info("loaded processed data from %s in %.1fs", cache, time.perf_counter() - began)
     else:
         panel, spans = _load_panel(config)
         if cache is not None:
-            flat = [(inst, a, b) for inst, periods in spans.items() for a, b in periods]
-            atomic_write(cache, lambda f: np.savez(f, **{**asdict(panel), "span_instrument": np.array([f[0] for f in flat]),
-                              "span_start": np.array([f[1] for f in flat], dtype="datetime64[ns]"),
-                              "span_end": np.array([f[2] for f in flat], dtype="datetime64[ns]")}))
+            _save_cache(cache, panel, spans)
         logger.info("loaded %d instruments in %.1fs", len(panel.instruments), time.perf_counter() - began)
     ranges = {s: config.date_range(s) for s in config.splits}
     return split_datasets(panel, spans, ranges, config.spec, config.market)

@@ -39,6 +39,16 @@ def agreed(runtime: Runtime, value, what: str):
     return value
 
 
+def best_dir(out_dir: Path) -> Path:
+    """Where a stage keeps its best checkpoint (``save_pretrained`` layout)."""
+    return Path(out_dir) / "best"
+
+
+def done_path(out_dir: Path) -> Path:
+    """Written when every epoch of a stage has run: marks ``best/`` as a finished stage for ``skip_existing``."""
+    return Path(out_dir) / "done.json"
+
+
 def differing_keys(a: dict, b: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
@@ -106,20 +116,12 @@ class StageTrainer:
         return self.out_dir / "last.pt"
 
     @property
-    def best_dir(self) -> Path:
-        return self.out_dir / "best"
-
-    @property
     def metrics_path(self) -> Path:
         return self.out_dir / "metrics.jsonl"
 
-    @property
-    def done_path(self) -> Path:
-        """Written when every epoch has run: marks ``best/`` as a finished stage for ``skip_existing``."""
-        return self.out_dir / "done.json"
-
     def _write_metrics(self) -> None:
-        """(Re)write the JSON-lines log from the history: empty for a fresh run, complete after a resume."""
+        """Rewrite the JSON-lines log from the history, atomically: at the start (empty for a fresh run, complete
+        after a resume) and after every epoch."""
         if self.rt.is_main:
             atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in self.history))
 
@@ -214,7 +216,7 @@ class StageTrainer:
         """Train the remaining epochs; returns the folder of the best checkpoint."""
         seed_everything(self.seed + self.rt.rank)
         if self.rt.is_main:  # from here until the last epoch, best/ is not a finished stage
-            self.done_path.unlink(missing_ok=True)
+            done_path(self.out_dir).unlink(missing_ok=True)
         if resume:
             self.resume()
         self._write_metrics()
@@ -231,26 +233,26 @@ class StageTrainer:
             if improved:
                 self.best = score
                 if self.rt.is_main:
-                    self.model.save_pretrained(self.best_dir)
+                    self.model.save_pretrained(best_dir(self.out_dir))
             metrics.update(best=improved, epoch_s=time.perf_counter() - began)
             self.history.append(metrics)
             self._checkpoint(epoch)
+            self._write_metrics()
             if self.rt.is_main:
-                with self.metrics_path.open("a") as f:
-                    f.write(json.dumps(metrics) + "\n")
                 logger.info("%s epoch %d/%d: %s", self.stage.name, epoch + 1, self.config.epochs,
                             ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
             self.rt.barrier()
         self._check_ranks_in_sync()
         if self.rt.is_main:
-            atomic_write_text(self.done_path, json.dumps(self.settings, sort_keys=True, indent=2, default=str))
+            atomic_write_text(done_path(self.out_dir),
+                              json.dumps(self.settings, sort_keys=True, indent=2, default=str))
         self.rt.barrier()
-        return self.best_dir
+        return best_dir(self.out_dir)
 
     def _check_ranks_in_sync(self) -> None:
         digests = self.rt.all_gather(weights_digest(self.model))
         if len(set(digests)) != 1:
-            raise RuntimeError(f"{self.stage.name} stage: ranks ended with different weights: {digests}")
+            raise TrainingError(f"{self.stage.name} stage: ranks ended with different weights: {digests}")
         if self.rt.is_main:
             logger.info("%s stage done on %d rank(s); final weights sha1 %s", self.stage.name,
                         self.rt.world_size, digests[0])

@@ -19,7 +19,7 @@ from ..model.hub import init_arg_mismatch, weights_digest
 from .checkpoint import seed_everything
 from .config import FinetuneConfig, StageConfig, load_config
 from .distributed import Runtime, setup, teardown
-from .loop import StageTrainer, agreed, differing_keys
+from .loop import StageTrainer, agreed, best_dir, differing_keys, done_path
 from .stages import Stage, predictor_stage, tokenizer_stage
 
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class SequentialTrainer:
 
     def tokenizer_for_predictor(self) -> KronosTokenizer:
         """The finetuned tokenizer of this run when it exists, else ``pre_trained_tokenizer``."""
-        trained = self.config.tokenizer_dir / "best"
+        trained = best_dir(self.config.tokenizer_dir)
         if checkpoint_exists(trained):
             return KronosTokenizer.from_pretrained(trained)
         if not self.config.pre_trained_tokenizer:
@@ -126,7 +126,7 @@ class SequentialTrainer:
             "stage": name, "model": model, "training": dataclasses.asdict(stage_config), "seed": self.config.seed,
             "data": {split: data[split].fingerprint() for split in ("train", "valid")},
         }, default=str))
-        done = out_dir / "done.json"
+        done = done_path(out_dir)
         previous = agreed(self.rt, json.loads(done.read_text()) if done.exists() else None, f"the content of {done}")
         if self.config.skip_existing and previous is not None and not self.resume:
             if previous != settings:
@@ -134,8 +134,8 @@ class SequentialTrainer:
                                   f"{differing_keys(previous, settings)}): use another output_dir, or set "
                                   f"skip_existing: false to train it again")
             if self.rt.is_main:
-                logger.info("%s stage skipped: %s already holds it (skip_existing)", name, out_dir / "best")
-            return out_dir / "best"
+                logger.info("%s stage skipped: %s already holds it (skip_existing)", name, best_dir(out_dir))
+            return best_dir(out_dir)
         seed_everything(self.config.seed)
         trainer = StageTrainer(build(), data["train"], data["valid"], stage_config, out_dir, self.rt,
                                self.config.seed, settings)
