@@ -4,12 +4,12 @@
 ``module_path: kronos_qlib``) are imported on first use, so that the networks load without importing Qlib.
 """
 from .errors import CheckpointError, ConfigError, KronosInputError, TrainingError
-from .inference import KronosPredictor
+from .inference import ForecastSpec, KronosPredictor, Sampling
 from .model import Kronos, KronosTokenizer
 
 __version__ = "0.1.0"
-__all__ = ["CheckpointError", "ConfigError", "Kronos", "KronosBarsHandler", "KronosInputError", "KronosModel",
-           "KronosPredictor", "KronosTokenizer", "TrainingError"]
+__all__ = ["CheckpointError", "ConfigError", "ForecastSpec", "Kronos", "KronosBarsHandler", "KronosInputError",
+           "KronosModel", "KronosPredictor", "KronosTokenizer", "Sampling", "TrainingError"]
 
 
 def __getattr__(name: str):

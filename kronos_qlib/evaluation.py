@@ -23,6 +23,7 @@ class RecordedRun:
     ic: pd.Series
     rank_ic: pd.Series
     report: pd.DataFrame  # daily: return, bench, cost, turnover, ...
+    curves: pd.DataFrame  # per-epoch training metrics "<stage>/<name>" by epoch (empty for models that log none)
 
     def excess_return(self, with_cost: bool = True) -> pd.Series:
         """Daily portfolio return over the benchmark, net of trading cost unless ``with_cost`` is False."""
@@ -59,9 +60,17 @@ def load_run(experiment: str, recorder_id: str | None = None) -> RecordedRun:
     try:
         return RecordedRun(experiment, recorder_id, rec.load_object("pred.pkl"), rec.load_object("label.pkl"),
                            rec.load_object("sig_analysis/ic.pkl"), rec.load_object("sig_analysis/ric.pkl"),
-                           rec.load_object("portfolio_analysis/report_normal_1day.pkl"))
+                           rec.load_object("portfolio_analysis/report_normal_1day.pkl"), training_curves(rec))
     except Exception as err:  # the recorder raises several types for a missing artifact
         raise ConfigError(f"run {recorder_id} of '{experiment}' lacks a signal or portfolio artifact: {err}") from err
+
+
+def training_curves(recorder) -> pd.DataFrame:
+    """Every per-epoch metric a run logged as ``<stage>/<name>`` (KronosModel's training), indexed by epoch."""
+    keys = [key for key in recorder.list_metrics() if "/" in key]
+    history = {key: pd.Series({m.step: m.value for m in recorder.client.get_metric_history(recorder.id, key)})
+               for key in keys}
+    return pd.DataFrame(history).rename_axis("epoch").sort_index()
 
 
 def annualized(returns: pd.Series) -> float:
@@ -102,14 +111,51 @@ def comparison_table(runs: list[RecordedRun]) -> pd.DataFrame:
 
 def quantile_returns(run: RecordedRun, groups: int = 5) -> pd.DataFrame:
     """Mean label (next-day return) of each score quantile per day; column 1 holds the lowest scores."""
-    joined = pd.concat([run.pred.iloc[:, 0].rename("score"), run.label.iloc[:, 0].rename("label")], axis=1).dropna()
+    return group_returns(run.pred.iloc[:, 0], run.label.iloc[:, 0], groups)
 
+
+def _joined(score: pd.Series, label: pd.Series) -> pd.DataFrame:
+    return pd.concat([score.rename("score"), label.rename("label")], axis=1, join="inner").dropna()
+
+
+def group_returns(score: pd.Series, label: pd.Series, groups: int = 5) -> pd.DataFrame:
+    """Mean label of each score quantile per day (``(datetime, instrument)``-indexed series); column 1 holds the
+    lowest scores."""
     def by_group(day: pd.DataFrame) -> pd.Series:
         ranks = day["score"].rank(method="first")
         bucket = pd.qcut(ranks, groups, labels=range(1, groups + 1))
         return day["label"].groupby(bucket, observed=False).mean()
 
-    return joined.groupby(level="datetime").apply(by_group)
+    return _joined(score, label).groupby(level="datetime").apply(by_group)
+
+
+def daily_ic(score: pd.Series, label: pd.Series, method: str = "pearson") -> pd.Series:
+    """Cross-sectional correlation of score and label per day (``method="spearman"``: RankIC)."""
+    return _joined(score, label).groupby(level="datetime").apply(lambda d: d["score"].corr(d["label"], method=method))
+
+
+def residualize(score: pd.Series, control: pd.Series) -> pd.Series:
+    """The part of ``score`` that ``control`` does not explain: per day, the residual of a least-squares fit of
+    score on control (with intercept). Its IC with the label is the score's partial (residual) IC."""
+    joined = pd.concat([score.rename("score"), control.rename("control")], axis=1, join="inner").dropna()
+
+    def residual(day: pd.DataFrame) -> pd.Series:
+        x = day["control"] - day["control"].mean()
+        beta = (x * day["score"]).sum() / (x * x).sum() if (x * x).sum() > 0 else 0.0
+        return day["score"] - day["score"].mean() - beta * x
+
+    return joined.groupby(level="datetime", group_keys=False).apply(residual).rename(score.name)
+
+
+def signal_metrics(score: pd.Series, label: pd.Series, groups: int = 5) -> dict[str, float]:
+    """IC, ICIR, RankIC, RankICIR and the daily long-short (top minus bottom quantile) spread with its t-statistic,
+    as Qlib's SigAnaRecord reports them (ICIR: mean / std of the daily values, not annualized)."""
+    ic, rank_ic = daily_ic(score, label), daily_ic(score, label, "spearman")
+    quantiles = group_returns(score, label, groups)
+    spread = (quantiles[groups] - quantiles[1]).dropna()
+    return {"IC": ic.mean(), "ICIR": ic.mean() / ic.std(), "RankIC": rank_ic.mean(),
+            "RankICIR": rank_ic.mean() / rank_ic.std(), "long-short spread (daily)": spread.mean(),
+            "long-short t": spread.mean() / spread.std() * np.sqrt(len(spread)), "days": float(len(ic))}
 
 
 def universe_return(run: RecordedRun) -> pd.Series:
@@ -149,6 +195,26 @@ def plot_cumulative_excess(runs: list[RecordedRun], path: str | Path | None = No
         ax.figure.tight_layout()
         ax.figure.savefig(path, dpi=120)
     return ax
+
+
+def plot_training_curves(run: RecordedRun, path: str | Path | None = None):
+    """Train and valid loss of each stage by epoch (one panel per stage), as recorded under qrun."""
+    import matplotlib.pyplot as plt
+
+    stages = sorted({key.split("/")[0] for key in run.curves.columns})
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.5), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        for split in ("train", "valid"):
+            column = f"{stage}/{split}_loss"
+            if column in run.curves:
+                ax.plot(run.curves.index, run.curves[column], marker="o", label=f"{split} loss")
+        ax.set_title(f"{run.experiment}: {stage} stage")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
 
 
 def format_table(table: pd.DataFrame) -> str:

@@ -17,13 +17,22 @@ STD_EPS = 1e-5
 
 
 def as_datetimes(timestamps, name: str) -> pd.DatetimeIndex:
-    """Timestamps as a DatetimeIndex; anything that is not already datetime-typed is an error."""
+    """Timestamps as a strictly increasing DatetimeIndex; anything else is an error naming the position.
+
+    Unsorted or repeated bars would give a plausible but wrong forecast, so they are refused, not sorted.
+    """
     index = pd.Index(timestamps)
     if not pd.api.types.is_datetime64_any_dtype(index.dtype):
         raise KronosInputError(f"{name} must hold datetimes (datetime64 or pd.Timestamp), got dtype {index.dtype}")
     if index.hasnans:
         raise KronosInputError(f"{name} holds a missing timestamp (NaT) at position {int(np.argmax(index.isna()))}")
-    return pd.DatetimeIndex(index)
+    index = pd.DatetimeIndex(index)
+    not_after = np.flatnonzero(index[1:] <= index[:-1])
+    if not_after.size:
+        pos = int(not_after[0]) + 1
+        raise KronosInputError(f"{name} must be strictly increasing: position {pos} ({index[pos]}) is not after "
+                               f"position {pos - 1} ({index[pos - 1]})")
+    return index
 
 
 def time_features(timestamps: pd.DatetimeIndex) -> np.ndarray:
@@ -49,15 +58,26 @@ def complete_bars(df: pd.DataFrame, name: str = "df") -> pd.DataFrame:
     if missing:
         raise KronosInputError(f"{name} has no column(s) {missing}; it needs {list(PRICE_COLUMNS)} "
                                f"and optionally volume and amount")
-    bars = df[list(PRICE_COLUMNS)].astype(np.float64)
+    bars = pd.DataFrame({c: _numeric(df, c, name) for c in PRICE_COLUMNS}, index=df.index)
     if "volume" not in df.columns:
         bars["volume"] = 0.0
         bars["amount"] = 0.0
     else:
-        bars["volume"] = df["volume"].astype(np.float64)
-        bars["amount"] = df["amount"].astype(np.float64) if "amount" in df.columns else amount_from_volume(bars)
+        bars["volume"] = _numeric(df, "volume", name)
+        bars["amount"] = _numeric(df, "amount", name) if "amount" in df.columns else amount_from_volume(bars)
     check_finite(bars.to_numpy(), name, df.index)
     return bars
+
+
+def _numeric(df: pd.DataFrame, column: str, name: str) -> pd.Series:
+    """A column as float64; a value that is no number (e.g. the text "abc") is an error naming column and row."""
+    values = pd.to_numeric(df[column], errors="coerce")
+    bad = (values.isna() & df[column].notna()).to_numpy()
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise KronosInputError(f"{name} has a non-numeric value {df[column].iloc[row]!r} in column '{column}' at "
+                               f"row {df.index[row]!r} (position {row})")
+    return values.astype(np.float64)
 
 
 def check_finite(values: np.ndarray, name: str, rows=None) -> None:

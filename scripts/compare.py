@@ -1,5 +1,5 @@
-"""Put recorded qrun experiments side by side: a table of signal and portfolio metrics and a PNG of
-cumulative excess returns.
+"""Put recorded qrun experiments side by side: a table of signal and portfolio metrics, a PNG of cumulative
+excess returns, and the training curves of each run that recorded them (Kronos: <experiment>_training.png).
 
     python scripts/compare.py                          # kronos_csi300 vs lightgbm_csi300 in ./mlruns.db
     python scripts/compare.py --experiments kronos_csi300 lightgbm_csi300 --out results/compare
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from kronos_qlib.errors import ConfigError
 from kronos_qlib.evaluation import (comparison_table, format_table, init_recorder_store, load_run,
-                                    plot_cumulative_excess, signal_correlation)
+                                    plot_cumulative_excess, plot_training_curves, signal_correlation)
 from kronos_qlib.files import atomic_write_text
 
 
@@ -42,8 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         text += f"\n\nDaily rank correlation of the two signals: mean {corr.mean():.3f} over {len(corr)} days."
     atomic_write_text(out / "comparison.md", text + "\n")
     plot_cumulative_excess(runs, out / "cumulative_excess.png")
+    written = [out / "comparison.md", out / "comparison.csv", out / "cumulative_excess.png"]
+    for run in runs:
+        if not run.curves.empty:
+            written.append(out / f"{run.experiment}_training.png")
+            plot_training_curves(run, written[-1])
     print(text)
-    print(f"\nwritten: {out / 'comparison.md'}, {out / 'comparison.csv'}, {out / 'cumulative_excess.png'}")
+    print(f"\nwritten: {', '.join(map(str, written))}")
     return 0
 
 

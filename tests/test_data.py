@@ -3,13 +3,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kronos_qlib import ConfigError, KronosInputError
-from kronos_qlib.data import (BarPanel, DataConfig, WindowDataset, WindowSpec, build_datasets, init_qlib, load_bars,
-                              membership, window_starts)
+from kronos_qlib import ConfigError, ForecastSpec, KronosInputError
+from kronos_qlib.data import (BarPanel, DataConfig, WindowDataset, build_datasets, init_qlib, load_bars, membership,
+                              window_starts)
 
 from conftest import CN_DATA
 
-SPEC = WindowSpec(lookback=30, horizon=5)
+SPEC = ForecastSpec(lookback=30, pred_len=5)
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,14 @@
-"""KronosPredictor reproduces the original's greedy forecasts, cached or not, and samples reproducibly."""
+"""KronosPredictor reproduces the original's greedy forecasts, cached or not, and samples reproducibly: a
+series' paths depend on its own bars and the settings, not on its batch."""
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from kronos_qlib import KronosInputError, KronosPredictor
-from kronos_qlib.features import complete_bars
-from kronos_qlib.inference import filter_logits
+from kronos_qlib import ConfigError, ForecastSpec, KronosInputError, KronosPredictor, Sampling
+from kronos_qlib.features import complete_bars, time_features
+from kronos_qlib.inference import filter_logits, sample_token
+from kronos_qlib.inference.sampling import path_streams
 
 from conftest import CONFORMANCE
 
@@ -63,6 +65,56 @@ def test_seed_makes_sampling_reproducible(kp, bars):
     np.testing.assert_array_equal(first, again)
     assert not np.allclose(first, other)
     assert np.unique(first[0, :, -1, 3]).size > 1, "sample paths of one series should differ"
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_paths_do_not_depend_on_batching_or_position(predictor, tokenizer, bars, batch_size):
+    parts = [window(bars, 23 * i, 90 - 5 * (i % 2), 10) for i in range(9)]  # two context lengths
+    reference = KronosPredictor(predictor, tokenizer, device="cpu", batch_size=3)
+    expected = reference.predict_paths(*map(list, zip(*parts)), 10, sample_count=3, seed=11)
+    kp = KronosPredictor(predictor, tokenizer, device="cpu", batch_size=batch_size)
+    order = np.random.default_rng(batch_size).permutation(len(parts))
+    shuffled = kp.predict_paths(*map(list, zip(*[parts[i] for i in order])), 10, sample_count=3, seed=11)
+    np.testing.assert_array_equal(shuffled, expected[order])
+
+
+def test_explicit_keys_pick_the_draws(kp, bars):
+    x = bars[COLUMNS].to_numpy()[:90].reshape(3, 30, 6)
+    stamps = time_features(bars["timestamps"][:90]).reshape(3, 30, 5)
+    y_stamp = np.repeat(time_features(bars["timestamps"][90:95])[None], 3, axis=0)
+    sampling = Sampling(sample_count=4, seed=0)
+    paths = kp.predict_paths_from_arrays(x, stamps, y_stamp, sampling, keys=np.array([5, 6, 7]))
+    again = kp.predict_paths_from_arrays(x[::-1], stamps[::-1], y_stamp, sampling, keys=np.array([7, 6, 5]))
+    np.testing.assert_array_equal(again[::-1], paths)
+    other = kp.predict_paths_from_arrays(x, stamps, y_stamp, sampling, keys=np.array([8, 6, 7]))
+    assert not np.allclose(other[0], paths[0])
+    np.testing.assert_array_equal(other[1:], paths[1:])
+    with pytest.raises(KronosInputError, match="keys must be 3 integers >= 0"):
+        kp.predict_paths_from_arrays(x, stamps, y_stamp, sampling, keys=np.array([1, -2, 3]))
+
+
+def test_inverse_cdf_draws_follow_the_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(40_000, 4)
+    streams = path_streams(torch.arange(40_000), 1)
+    tokens = sample_token(logits, Sampling(top_p=1.0), streams, draw=3)[:, 0]
+    np.testing.assert_allclose(torch.bincount(tokens, minlength=4) / 40_000, probs, atol=0.01)
+    other_draw = sample_token(logits, Sampling(top_p=1.0), streams, draw=4)[:, 0]
+    assert (tokens == other_draw).float().mean() < 0.5, "draws of one stream must be independent"
+    nucleus = sample_token(logits, Sampling(top_p=0.6), streams, draw=3)[:, 0]
+    assert set(nucleus.tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_the_decode_loop_runs_no_input_checks(kp, bars, monkeypatch, use_cache):
+    """Each check syncs a GPU with the host: the sampler checks its inputs once, the networks' steps never."""
+    import kronos_qlib.model.predictor as network
+
+    calls = []
+    for name in ("check_token_ids", "check_stamp"):
+        monkeypatch.setattr(network, name, lambda *args, _name=name: calls.append(_name))
+    sampled(kp, bars, 0, use_cache=use_cache, n=2)
+    assert calls == []
 
 
 def test_cache_and_recompute_draw_the_same_paths(kp, bars):
@@ -130,18 +182,28 @@ def test_nan_price_names_column_and_row(kp, bars):
         kp.predict(df, x_ts, y_ts, 5)
 
 
-def test_array_input_is_checked(kp, bars):
-    from kronos_qlib.features import time_features
+def test_non_numeric_price_names_column_and_row(kp, bars):
+    df, x_ts, y_ts = window(bars, 0, 30, 5)
+    df = df.astype({"high": object})
+    df.loc[12, "high"] = "abc"
+    with pytest.raises(KronosInputError, match=r"non-numeric value 'abc' in column 'high' at row 12"):
+        kp.predict(df, x_ts, y_ts, 5)
 
+
+def test_array_input_is_checked(kp, bars):
     x = bars[COLUMNS].to_numpy()[:60].reshape(2, 30, 6).copy()
     stamps = time_features(bars["timestamps"][:60]).reshape(2, 30, 5)
     y_stamp = np.repeat(time_features(bars["timestamps"][60:65])[None], 2, axis=0)
-    assert kp.predict_paths_from_arrays(x, stamps, y_stamp, sample_count=2, seed=0).shape == (2, 2, 5, 6)
+    sampling = Sampling(sample_count=2)
+    assert kp.predict_paths_from_arrays(x, stamps, y_stamp, sampling).shape == (2, 2, 5, 6)
     x[1, 7, 4] = np.nan
     with pytest.raises(KronosInputError, match="bars of series 1 has a non-finite value .* 'volume' at position 7"):
-        kp.predict_paths_from_arrays(x, stamps, y_stamp)
+        kp.predict_paths_from_arrays(x, stamps, y_stamp, sampling)
     with pytest.raises(KronosInputError, match="time features must be"):
-        kp.predict_paths_from_arrays(x, stamps[:, :20], y_stamp)
+        kp.predict_paths_from_arrays(x, stamps[:, :20], y_stamp, sampling)
+    stamps[0, 3, 4] = 13
+    with pytest.raises(KronosInputError, match=r"'month' must lie in \[0, 13\)"):
+        kp.predict_paths_from_arrays(x[:1], stamps[:1], y_stamp[:1], sampling)
 
 
 def test_too_few_context_bars(kp, bars):
@@ -162,6 +224,71 @@ def test_timestamps_must_be_datetimes(kp, bars):
         kp.predict(df, x_ts.astype(str), y_ts, 5)
     with pytest.raises(KronosInputError, match="y_timestamp of series 0 must hold datetimes"):
         kp.predict(df, x_ts, np.arange(5), 5)
+
+
+@pytest.mark.parametrize("which,position", [("unsorted", 4), ("reversed", 1), ("duplicate", 9)])
+def test_x_timestamps_must_increase(kp, bars, which, position):
+    df, x_ts, y_ts = window(bars, 0, 30, 5)
+    x_ts = x_ts.to_numpy().copy()
+    if which == "unsorted":
+        x_ts[[3, 4]] = x_ts[[4, 3]]
+    elif which == "reversed":
+        x_ts = x_ts[::-1]
+    else:
+        x_ts[9] = x_ts[8]
+    with pytest.raises(KronosInputError, match=f"x_timestamp of series 0 must be strictly increasing: position "
+                                               f"{position} "):
+        kp.predict(df, x_ts, y_ts, 5)
+
+
+def test_forecast_timestamps_must_follow_the_history(kp, bars):
+    df, x_ts, y_ts = window(bars, 0, 30, 5)
+    with pytest.raises(KronosInputError, match=r"y_timestamp of series 0 must come after the history: position 0"):
+        kp.predict(df, x_ts, x_ts[-5:], 5)
+    repeated = y_ts.to_numpy().copy()
+    repeated[2] = repeated[1]
+    with pytest.raises(KronosInputError, match="y_timestamp of series 0 must be strictly increasing: position 2"):
+        kp.predict(df, x_ts, repeated, 5)
+
+
+def test_numpy_integers_work_like_ints(predictor, tokenizer, bars):
+    args = window(bars, 0, 30, 5)
+    kp = KronosPredictor(predictor, tokenizer, device="cpu", batch_size=np.int64(2))
+    numpy_ints = kp.predict(*args, np.int64(5), top_k=np.int32(0), sample_count=np.int64(2), seed=np.uint8(3))
+    pd.testing.assert_frame_equal(numpy_ints, kp.predict(*args, 5, top_k=0, sample_count=2, seed=3))
+    assert type(ForecastSpec(lookback=np.int16(30)).lookback) is int
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.0, True])
+def test_impossible_batch_size(predictor, tokenizer, batch_size):
+    with pytest.raises(KronosInputError, match=f"batch_size must be an integer >= 1, got {batch_size!r}"):
+        KronosPredictor(predictor, tokenizer, device="cpu", batch_size=batch_size)
+
+
+@pytest.mark.parametrize("cls,kwargs,message", [
+    (ForecastSpec, {"lookback": 1}, "lookback must be an integer >= 2, got 1"),
+    (ForecastSpec, {"pred_len": 0}, "pred_len must be an integer >= 1"),
+    (ForecastSpec, {"pred_len": True}, "pred_len must be an integer >= 1, got True"),
+    (ForecastSpec, {"clip": 0}, "clip must be > 0"),
+    (ForecastSpec, {"clip": "5"}, "clip must be a number"),
+    (ForecastSpec, {"pred_len": 20, "max_context": 16}, r"pred_len \(20\) cannot exceed max_context \(16\)"),
+    (Sampling, {"seed": -1}, "seed must be an integer >= 0"),
+    (Sampling, {"sample_count": 2.5}, "sample_count must be an integer >= 1"),
+])
+def test_settings_are_checked_where_they_are_built(cls, kwargs, message):
+    with pytest.raises(KronosInputError, match=message):
+        cls(**kwargs)
+
+
+def test_settings_from_a_config_mapping():
+    assert Sampling.build({"T": 0.5, "seed": np.int64(4)}, "sampling") == Sampling(T=0.5, seed=4)
+    assert ForecastSpec.build(None, "forecast") == ForecastSpec()
+    assert Sampling.build({"seed": 1}, "sampling").to_dict() == dict(T=1.0, top_k=0, top_p=0.9, sample_count=5,
+                                                                     seed=1)
+    with pytest.raises(ConfigError, match=r"forecast has unknown key\(s\) \['horizon'\]"):
+        ForecastSpec.build({"horizon": 5}, "forecast")
+    with pytest.raises(ConfigError, match="sampling must be a mapping"):
+        Sampling.build([1.0], "sampling")
 
 
 def test_missing_price_column(kp, bars):

@@ -1,4 +1,8 @@
 """KronosModel and KronosBarsHandler inside Qlib, in-process: signals, point-in-time scores, the forecast cache."""
+import logging
+import pickle
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,10 +10,8 @@ from qlib.data.dataset import DatasetH
 
 from kronos_qlib import CheckpointError, ConfigError, KronosBarsHandler, KronosInputError, KronosModel
 from kronos_qlib.data import init_qlib, load_bars, membership
-from kronos_qlib.signals import SIGNALS, compute_signal
 
 from conftest import CN_DATA
-from kronos_qlib.workflow_runner import small_kronos_kwargs
 
 SEGMENTS = {"train": ("2016-01-01", "2016-06-30"), "valid": ("2016-07-01", "2016-09-30"),
             "test": ("2016-10-10", "2016-10-21")}
@@ -22,10 +24,17 @@ def dataset():
     return DatasetH(handler=handler, segments=SEGMENTS)
 
 
+def tiny_model_kwargs(out: Path) -> dict:
+    """The tiny preset, trained for one short epoch per stage: fast, and enough to exercise every step."""
+    return {"finetune": {"preset": "tiny", "output_dir": str(out / "checkpoints"), "device": "cpu"},
+            "forecast": {"lookback": 20, "pred_len": 5}, "sampling": {"sample_count": 3}, "batch_size": 128,
+            "cache_dir": str(out / "forecasts")}
+
+
 @pytest.fixture(scope="module")
 def fitted(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("kronos-model")
-    model = KronosModel(**{**small_kronos_kwargs(out), "sample_count": 3, "batch_size": 128})
+    model = KronosModel(**tiny_model_kwargs(out))
     model.fit(dataset)
     return model, out
 
@@ -40,6 +49,14 @@ def test_handler_keeps_history_before_joining_and_the_membership(dataset):
     assert bars.xs("SH600037").index.min() < pd.Timestamp("2016-01-01")
     label = dataset.prepare("test", col_set="label")
     assert label.shape[1] == 1 and label.notna().any().any()
+
+
+def test_the_recorded_model_names_its_forecast_folder(fitted):
+    """qrun pickles the model right after fit (params.pkl), before predict: the cache folder is known by then."""
+    model, out = fitted
+    recorded = pickle.loads(pickle.dumps(model))
+    assert recorded.forecast_folder.parent == out / "forecasts"
+    assert (recorded.forecast_folder / "key.json").exists()
 
 
 def test_predict_scores_every_member_every_day(fitted, dataset):
@@ -80,6 +97,39 @@ def test_forecasts_are_cached_and_other_signals_reuse_them(fitted, dataset, monk
         model.signal = "expected_return"
     assert other.index.equals(first.index) and not np.allclose(other, first)
     assert set(other.unique()) <= {i / 3 for i in range(4)}, "prob_up of 3 paths"
+    model.signal = "vol_scaled_return"  # needs each context's observed closes, which come from the data
+    try:
+        scaled = model.predict(dataset, "test")
+    finally:
+        model.signal = "expected_return"
+    assert scaled.index.equals(first.index) and np.isfinite(scaled).all() and not np.allclose(scaled, first)
+
+
+def test_scores_do_not_depend_on_the_batch_size(fitted, dataset):
+    model, out = fitted
+    two_days = slice(pd.Timestamp("2016-10-10"), pd.Timestamp("2016-10-11"))
+    scores = {}
+    for batch_size in (np.int64(4), 128):
+        other = KronosModel(**{**tiny_model_kwargs(out), "batch_size": batch_size, "cache_dir": None})
+        other.tokenizer, other.model = model.tokenizer, model.model
+        scores[int(batch_size)] = other.predict(dataset, two_days)
+    pd.testing.assert_series_equal(scores[4], scores[128])
+
+
+def test_a_corrupted_cache_day_is_sampled_again(fitted, dataset, caplog):
+    model, _ = fitted
+    folder = model.forecast_folder
+    first = model.predict(dataset, "test")
+    assert model.forecast_folder == folder
+    day_file = model.forecast_folder / "2016-10-12.npz"
+    assert (model.forecast_folder / "key.json").exists() and day_file.exists()
+    day_file.write_bytes(day_file.read_bytes()[:1000])  # a truncated write
+    with caplog.at_level(logging.WARNING, logger="kronos_qlib"):
+        again = model.predict(dataset, "test")
+    pd.testing.assert_series_equal(again, first)
+    assert any(str(day_file) in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    with np.load(day_file) as data:
+        assert data["paths"].shape == (len(first.xs(pd.Timestamp("2016-10-12"))), 3, 5, 6)
 
 
 def test_scores_do_not_see_the_future(fitted, dataset, monkeypatch):
@@ -105,26 +155,6 @@ def test_scores_do_not_see_the_future(fitted, dataset, monkeypatch):
     days = before.index.get_level_values("datetime")
     pd.testing.assert_series_equal(after[days <= t], before[days <= t])
     assert not np.allclose(after[days > t], before[days > t])
-
-
-def test_signals_from_paths():
-    last = np.array([10.0, 20.0])
-    closes = np.array([[[10.0, 11.0], [10.0, 9.0], [10.0, 13.0]],      # series 0: 3 paths, 2 steps
-                       [[20.0, 21.0], [20.0, 22.0], [20.0, 19.0]]])
-    paths = np.zeros((2, 3, 2, 6))
-    paths[..., 3] = closes
-    np.testing.assert_allclose(compute_signal("expected_return", paths, last), [0.1, 1 / 30])
-    np.testing.assert_allclose(compute_signal("median_return", paths, last), [0.1, 0.05])
-    np.testing.assert_allclose(compute_signal("prob_up", paths, last), [2 / 3, 2 / 3])
-    np.testing.assert_allclose(compute_signal("mean_path_return", paths, last), [0.05, 1 / 60])
-    ret0 = np.array([0.1, -0.1, 0.3])
-    np.testing.assert_allclose(compute_signal("mean_over_std", paths, last)[0], ret0.mean() / ret0.std(), rtol=1e-6)
-    np.testing.assert_allclose(compute_signal("expected_return", paths, last, horizon=1), [0.0, 0.0])
-    assert set(SIGNALS) == {"expected_return", "mean_path_return", "median_return", "prob_up", "mean_over_std"}
-    with pytest.raises(KronosInputError, match="unknown signal 'alpha'"):
-        compute_signal("alpha", paths, last)
-    with pytest.raises(KronosInputError, match="sample_count >= 2"):
-        compute_signal("mean_over_std", paths[:, :1], last)
 
 
 # ----------------------------------------------------------------------------------------------- bad input
@@ -169,13 +199,21 @@ def test_checkpoint_folder_that_does_not_exist(dataset, tmp_path):
 
 
 def test_bad_model_arguments():
-    with pytest.raises(ConfigError, match="unknown signal 'momentum'"):
+    with pytest.raises(KronosInputError, match="unknown signal 'momentum'"):
         KronosModel(signal="momentum")
     with pytest.raises(KronosInputError, match="top_p must lie in"):
-        KronosModel(top_p=2.0)
+        KronosModel(sampling={"top_p": 2.0})
+    with pytest.raises(ConfigError, match=r"KronosModel sampling has unknown key\(s\) \['topp'\]"):
+        KronosModel(sampling={"topp": 0.9})
+    with pytest.raises(ConfigError, match=r"KronosModel forecast has unknown key\(s\) \['horizon'\]"):
+        KronosModel(forecast={"horizon": 5})
+    with pytest.raises(KronosInputError, match="batch_size must be an integer >= 1, got 0"):
+        KronosModel(batch_size=0)
     with pytest.raises(ConfigError, match="finetune.data is not used"):
         KronosModel(finetune={"data": {}})
-    with pytest.raises(ConfigError, match=r"signal_horizon must lie in \[1, pred_len=10\], got 11"):
-        KronosModel(signal_horizon=11)
-    with pytest.raises(ConfigError, match="'mean_over_std' needs sample_count >= 2"):
-        KronosModel(signal="mean_over_std", sample_count=1)
+    with pytest.raises(KronosInputError, match=r"end step 11\) lies outside the forecast"):
+        KronosModel(signal_end=11)
+    with pytest.raises(KronosInputError, match=r"start step 10, end step 10\) lies outside the forecast"):
+        KronosModel(signal_start=10)
+    with pytest.raises(KronosInputError, match="'mean_over_std' needs sample_count >= 2"):
+        KronosModel(signal="mean_over_std", sampling={"sample_count": 1})

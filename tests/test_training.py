@@ -11,14 +11,14 @@ import yaml
 from safetensors.torch import load_file
 
 from kronos_qlib import ConfigError, Kronos, KronosTokenizer, TrainingError
-from kronos_qlib.training import SequentialTrainer, config_from_dict, load_config
-from kronos_qlib.training.distributed import Runtime
-from kronos_qlib.workflow_runner import TINY_PREDICTOR, TINY_TOKENIZER
 from kronos_qlib.model.hub import weights_digest
+from kronos_qlib.training import PRESETS, SequentialTrainer, config_from_dict, load_config
+from kronos_qlib.training.distributed import Runtime
 
 from conftest import CN_DATA, REPO
 
 STAGE = dict(epochs=2, batch_size=16, max_train_windows=256, max_valid_windows=128)
+TINY_TOKENIZER, TINY_PREDICTOR = PRESETS["tiny"]["tokenizer_config"], PRESETS["tiny"]["predictor_config"]
 
 
 @pytest.fixture(scope="session")
@@ -69,14 +69,17 @@ def test_both_stages_in_one_process(trained):
     assert first["valid_loss"] < torch.log(torch.tensor(16.0)).item() * 1.05, "better than a uniform guess"
 
 
-def test_skip_existing(trained, data_cache, caplog):
+@pytest.mark.parametrize("resume", [False, True])
+def test_skip_existing(trained, data_cache, caplog, resume):
+    """A finished stage with the same settings is reused, with --resume too (KronosModel always resumes)."""
     out, paths = trained
     stamp = {p: (p / "model.safetensors").stat().st_mtime_ns for p in paths.values()}
     with caplog.at_level(logging.INFO):
-        again = SequentialTrainer(config_from_dict(tiny_config(out, data_cache, skip_existing=True))).run()
+        again = SequentialTrainer(config_from_dict(tiny_config(out, data_cache, skip_existing=True)),
+                                  resume=resume).run()
     assert again == paths
     assert {p: (p / "model.safetensors").stat().st_mtime_ns for p in paths.values()} == stamp
-    assert caplog.text.count("skipped") == 2
+    assert caplog.text.count("reused") == 2
 
 
 def predictor_run(out_dir, trained, data_cache, resume=False):
@@ -89,19 +92,9 @@ def predictor_run(out_dir, trained, data_cache, resume=False):
 def test_killed_run_resumes_to_the_same_weights(trained, data_cache, tmp_path, monkeypatch):
     reference = predictor_run(tmp_path / "straight", trained, data_cache)["predictor"]
 
-    import kronos_qlib.training.loop as loop
-    real_save = loop.save_atomic
-    writes = []
-
-    def save_then_die(obj, path):  # the process dies right after the first epoch's checkpoint
-        real_save(obj, path)
-        writes.append(path)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "save_atomic", save_then_die)
+    crash_after_epochs(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         predictor_run(tmp_path / "killed", trained, data_cache)
-    monkeypatch.setattr(loop, "save_atomic", real_save)
     assert read_metrics(tmp_path / "killed" / "predictor" / "metrics.jsonl") == [], "killed before logging"
     torch.manual_seed(12345)  # whatever the process did in between must not matter
     resumed = predictor_run(tmp_path / "killed", trained, data_cache, resume=True)["predictor"]
@@ -137,25 +130,61 @@ def test_torchrun_two_ranks(trained, data_cache, tmp_path):
     assert "different weights" not in log
 
 
-def test_a_crashed_stage_is_not_skipped(trained, data_cache, tmp_path, monkeypatch):
-    """best/ exists after the first epoch, but only done.json marks a finished stage."""
-    out = tmp_path / "crashed"
+def crash_after_epochs(monkeypatch, epochs: int) -> None:
+    """Make the training process die right after its ``epochs``-th checkpoint is written."""
     import kronos_qlib.training.loop as loop
-    real_save = loop.save_atomic
+    real_save, written = loop.save_atomic, []
 
     def save_then_die(obj, path):
         real_save(obj, path)
-        raise KeyboardInterrupt
+        written.append(path)
+        if len(written) == epochs:
+            monkeypatch.setattr(loop, "save_atomic", real_save)
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(loop, "save_atomic", save_then_die)
+
+
+def folder_state(folder):
+    """What a user made in a stage folder: file -> bytes (best/ by its weights)."""
+    files = [folder / "last.pt", folder / "metrics.jsonl", folder / "best" / "model.safetensors"]
+    return {f.name: f.read_bytes() for f in files if f.exists()}
+
+
+def test_a_crashed_stage_is_refused_without_resume_and_continued_with_it(trained, data_cache, tmp_path,
+                                                                         monkeypatch):
+    """After a crash, a plain re-run neither skips the unfinished stage nor silently starts it over."""
+    out = tmp_path / "crashed"
+    crash_after_epochs(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         predictor_run(out, trained, data_cache)
-    monkeypatch.setattr(loop, "save_atomic", real_save)
-    assert (out / "predictor" / "best" / "model.safetensors").exists()
-    assert not (out / "predictor" / "done.json").exists()
-    predictor_run(out, trained, data_cache)  # skip_existing is on, yet the stage trains again
-    assert [r["epoch"] for r in read_metrics(out / "predictor" / "metrics.jsonl")] == [1, 2, 3]
-    assert (out / "predictor" / "done.json").exists()
+    folder = out / "predictor"
+    assert [r["epoch"] for r in read_metrics(folder / "metrics.jsonl")] == [1], "died before logging epoch 2"
+    assert not (folder / "done.json").exists()
+    before = folder_state(folder)
+    with pytest.raises(ConfigError, match=r"predictor holds an unfinished predictor run \(1 epoch\(s\) logged\): "
+                                          r"pass --resume to continue it"):
+        predictor_run(out, trained, data_cache)
+    assert folder_state(folder) == before, "the refused run must not touch the folder"
+    predictor_run(out, trained, data_cache, resume=True)
+    assert [r["epoch"] for r in read_metrics(folder / "metrics.jsonl")] == [1, 2, 3]
+    assert (folder / "done.json").exists()
+
+
+def test_cli_refuses_a_crashed_stage_naming_resume(trained, data_cache, tmp_path, monkeypatch):
+    out = tmp_path / "cli"
+    crash_after_epochs(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        predictor_run(out, trained, data_cache)
+    config_file = tmp_path / "cli.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config(out, data_cache, train_tokenizer=False,
+                                                      pre_trained_tokenizer=str(trained[1]["tokenizer"]),
+                                                      predictor_training=dict(STAGE, epochs=3, lr=1e-3))))
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "train_predictor.py"), "--config",
+                             str(config_file)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"error: {out / 'predictor'} holds an unfinished predictor run" in result.stderr
+    assert "pass --resume" in result.stderr
 
 
 def test_finished_stage_with_other_settings_is_an_error(trained, data_cache):
@@ -166,11 +195,42 @@ def test_finished_stage_with_other_settings_is_an_error(trained, data_cache):
         SequentialTrainer(config_from_dict(changed)).run()
 
 
-def test_resume_with_other_settings_is_an_error(trained, data_cache):
-    out, _ = trained
+def test_refused_resume_leaves_a_finished_stage_finished(trained, data_cache, caplog):
+    """--resume with other settings on a finished stage is refused and deletes nothing: done.json stays, and the
+    next plain run reuses the stage."""
+    out, paths = trained
+    done = (out / "tokenizer" / "done.json").read_text()
     changed = tiny_config(out, data_cache, tokenizer_training=dict(STAGE, epochs=3))
+    with pytest.raises(ConfigError, match="holds a tokenizer trained with other settings"):
+        SequentialTrainer(config_from_dict(changed), resume=True).run()
+    assert (out / "tokenizer" / "done.json").read_text() == done
+    with caplog.at_level(logging.INFO):
+        assert SequentialTrainer(config_from_dict(tiny_config(out, data_cache))).run() == paths
+    assert caplog.text.count("reused") == 2
+
+
+def test_resume_with_other_settings_is_an_error(trained, data_cache, tmp_path, monkeypatch):
+    """An unfinished stage resumed with other settings: refused, its files untouched."""
+    out = tmp_path / "other"
+    crash_after_epochs(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        predictor_run(out, trained, data_cache)
+    before = folder_state(out / "predictor")
+    changed = tiny_config(out, data_cache, train_tokenizer=False, pre_trained_tokenizer=str(trained[1]["tokenizer"]),
+                          predictor_training=dict(STAGE, epochs=3, lr=5e-4))
     with pytest.raises(ConfigError, match="last.pt was written with other settings"):
         SequentialTrainer(config_from_dict(changed), resume=True).run()
+    assert folder_state(out / "predictor") == before
+
+
+def test_training_again_with_skip_existing_false(trained, data_cache, tmp_path):
+    out = tmp_path / "again"
+    predictor_run(out, trained, data_cache)
+    config = tiny_config(out, data_cache, train_tokenizer=False, pre_trained_tokenizer=str(trained[1]["tokenizer"]),
+                         skip_existing=False, predictor_training=dict(STAGE, epochs=1, lr=1e-3))
+    SequentialTrainer(config_from_dict(config)).run()
+    assert [r["epoch"] for r in read_metrics(out / "predictor" / "metrics.jsonl")] == [1]
+    assert json.loads((out / "predictor" / "done.json").read_text())["training"]["epochs"] == 1
 
 
 def test_diverged_training_stops_with_a_clear_error(trained, data_cache, tmp_path, monkeypatch):

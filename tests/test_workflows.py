@@ -1,35 +1,93 @@
-"""The qrun workflows end to end on ../shared/cn_data at a tiny scale, then scripts/compare.py on both runs.
+"""The shipped workflow files, read exactly as qrun reads them and run by the real `qrun` at the smoke scale.
 
-The workflow files themselves are run, with only dates, model sizes and output folders shrunk, and the data
-folder given through QLIB_DATA exactly as a user would.
+Nothing here rewrites a workflow: each file is rendered by Qlib's own ``render_template`` (the whole text is a
+Jinja template, comments included) and run by the ``qrun`` command, changed only through the environment
+variables the file reads (``workflows/smoke.env``, QLIB_DATA, KRONOS_CACHE).
 """
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-import yaml
+from qlib.cli.run import render_template
+from ruamel.yaml import YAML
 
-from kronos_qlib.workflow_runner import prepare_workflow, run_qrun
+from kronos_qlib.qrun import WORKFLOWS, run_qrun, smoke_env
 
 from conftest import CN_DATA, REPO
 
+QRUN_WORKFLOWS = ["kronos_csi300.yaml", "lightgbm_csi300.yaml"]
+VARIABLES = ["QLIB_DATA", "KRONOS_CACHE", "KRONOS_PRESET", "TRAIN_START", "TRAIN_END", "VALID_START", "VALID_END",
+             "TEST_START", "TEST_END", "BACKTEST_END"]
 
+
+def render(path, monkeypatch, env: dict) -> dict:
+    """The file as qrun reads it under ``env`` (and nothing else of the caller's environment)."""
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    text = render_template(str(path))
+    assert "{{" not in text and "{%" not in text
+    return YAML(typ="safe", pure=True).load(text)
+
+
+@pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_file_renders_as_qrun_reads_it(path, monkeypatch):
+    assert isinstance(render(path, monkeypatch, {}), dict)
+
+
+def dates(config: dict) -> dict:
+    task = config["task"]
+    backtest = next(r for r in task["record"] if r["class"] == "PortAnaRecord")["kwargs"]["config"]["backtest"]
+    handler = task["dataset"]["kwargs"]["handler"]["kwargs"]
+    return {"segments": task["dataset"]["kwargs"]["segments"], "backtest": [backtest["start_time"],
+            backtest["end_time"]], "handler": [handler["start_time"], handler["end_time"]]}
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, {"train": ["2010-01-01", "2017-12-31"], "valid": ["2018-01-01", "2019-12-31"],
+          "test": ["2020-01-01", "2022-12-30"], "backtest_end": "2022-12-29"}),
+    (smoke_env(), {"train": ["2016-01-01", "2016-06-30"], "valid": ["2016-07-01", "2016-09-30"],
+                   "test": ["2016-10-10", "2016-11-04"], "backtest_end": "2016-11-03"}),
+], ids=["defaults", "smoke"])
+def test_both_workflows_take_the_same_dates_from_the_environment(monkeypatch, env, expected):
+    kronos, lgb = (render(WORKFLOWS / name, monkeypatch, env) for name in QRUN_WORKFLOWS)
+    assert dates(kronos) == dates(lgb)
+    got = dates(kronos)
+    assert got["segments"] == {k: expected[k] for k in ("train", "valid", "test")}
+    assert got["backtest"] == [expected["test"][0], expected["backtest_end"]]
+    assert got["handler"] == [expected["train"][0], expected["test"][1]]
+    lgb_handler = lgb["task"]["dataset"]["kwargs"]["handler"]["kwargs"]
+    assert [lgb_handler["fit_start_time"], lgb_handler["fit_end_time"]] == expected["train"]
+
+
+def test_kronos_workflow_sets_each_setting_once(monkeypatch):
+    config = render(WORKFLOWS / "kronos_csi300.yaml", monkeypatch, {"KRONOS_PRESET": "small", "QLIB_DATA": "/data"})
+    kwargs = config["task"]["model"]["kwargs"]
+    assert config["qlib_init"]["provider_uri"] == "/data"
+    assert kwargs["finetune"] == {"preset": "small", "output_dir": "runs/kronos_csi300_small_2010-01-01_2019-12-31"}
+    assert config["task"]["dataset"]["kwargs"]["handler"]["kwargs"]["history"] == kwargs["forecast"]["lookback"]
+    assert kwargs["cache_dir"] == "~/.cache/kronos_qlib/forecasts"
+
+
+# --------------------------------------------------------------------------------------- qrun, smoke scale
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
+    """Both workflows through qrun at the smoke scale, then the Kronos one again (reusing what the first made)."""
     tmp = tmp_path_factory.mktemp("workflows")
-    for name in ("kronos_csi300.yaml", "lightgbm_csi300.yaml"):
-        config = prepare_workflow(name, tmp, scale="small")
-        assert yaml.safe_load(config.read_text())["qlib_init"]["provider_uri"].startswith("{{ QLIB_DATA")
-        run_qrun(config, cwd=tmp, qlib_data=CN_DATA, timeout=1200)
-    return tmp
+    env = {**smoke_env(), "QLIB_DATA": str(CN_DATA), "KRONOS_CACHE": str(tmp / "forecasts")}
+    logs = {name: run_qrun(name, cwd=tmp, env=env, timeout=1200) for name in QRUN_WORKFLOWS}
+    logs["again"] = run_qrun("kronos_csi300.yaml", cwd=tmp, env=env, timeout=1200)
+    return tmp, {name: result.stdout + result.stderr for name, result in logs.items()}
 
 
 @pytest.mark.parametrize("experiment", ["kronos_csi300", "lightgbm_csi300"])
 def test_recorded_signal_and_portfolio(recorded, experiment):
     from kronos_qlib.evaluation import init_recorder_store, load_run, summarize
 
-    init_recorder_store(f"sqlite:///{recorded / 'mlruns.db'}")
+    init_recorder_store(f"sqlite:///{recorded[0] / 'mlruns.db'}")
     run = load_run(experiment)
     assert len(run.ic) >= 15 and run.ic.notna().all(), run.ic
     assert len(run.report) >= 15
@@ -40,20 +98,67 @@ def test_recorded_signal_and_portfolio(recorded, experiment):
     assert summary["turnover (daily mean)"] > 0
 
 
+def test_qrun_output_shows_what_kronos_does_and_stays_readable(recorded):
+    tmp, logs = recorded
+    first, again = logs["kronos_csi300.yaml"], logs["again"]
+    folder = Path("runs") / "kronos_csi300_tiny_2016-01-01_2016-09-30"  # output_dir, relative to where qrun ran
+    for stage in ("tokenizer", "predictor"):
+        assert f"{stage} stage: " in first and f"training in {folder / stage}" in first
+        assert f"{stage} epoch 1/1: " in first
+        assert f"{stage} stage reused: {folder / stage / 'best'}" in again
+    assert "sampled" in first and "from the cache" in first
+    assert "0 sampled" in again, "the second run reads every forecast from the cache"
+    # progress bars redrawn into a file: a few lines, not one per step
+    assert len(first) < 100_000 and first.count("\r") < 200, (len(first), first.count("\r"))
+
+
+def test_training_curves_and_settings_are_in_the_recorder(recorded):
+    """Under qrun, KronosModel logs each epoch of both stages, its resolved settings and its checkpoints."""
+    from qlib.workflow import R
+
+    from kronos_qlib.evaluation import init_recorder_store, load_run
+
+    init_recorder_store(f"sqlite:///{recorded[0] / 'mlruns.db'}")
+    run = load_run("kronos_csi300")
+    for column in ("tokenizer/train_loss", "tokenizer/valid_recon", "tokenizer/valid_bsq", "predictor/train_loss",
+                   "predictor/valid_s1", "predictor/valid_s2", "predictor/lr"):
+        assert column in run.curves and run.curves[column].notna().all(), (column, run.curves.columns)
+    assert list(run.curves.index) == [1], "the tiny preset trains one epoch per stage"
+    recorder = R.get_recorder(recorder_id=run.recorder_id, experiment_name="kronos_csi300")
+    params, tags = recorder.list_params(), recorder.list_tags()
+    assert params["kronos.finetune.preset"] == "tiny" and params["kronos.sampling.sample_count"] == "5"
+    assert params["kronos.forecast.lookback"] == "90" and params["kronos.finetune.tokenizer_config.d_model"] == "32"
+    folder = recorded[0] / "runs" / "kronos_csi300_tiny_2016-01-01_2016-09-30"
+    assert tags["kronos.predictor_checkpoint"] == str(folder / "predictor" / "best")
+
+
+def test_forecast_quality_of_the_recorded_run(recorded):
+    out = recorded[0] / "quality"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "evaluate_forecasts.py"), "--run", "kronos_csi300",
+                             "--mlflow-uri", f"sqlite:///{recorded[0] / 'mlruns.db'}", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (out / "table.md").read_text()
+    assert "crps_skill_vs_rw" in table and "random_walk" in table
+    assert {p.name for p in out.glob("*.png")} >= {"coverage.png", "pit.png", "crps.png"}
+
+
 def test_compare_script(recorded):
-    out = recorded / "compare"
+    out = recorded[0] / "compare"
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), "--mlflow-uri",
-                             f"sqlite:///{recorded / 'mlruns.db'}", "--out", str(out)],
+                             f"sqlite:///{recorded[0] / 'mlruns.db'}", "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / "comparison.md").read_text()
     assert "| kronos_csi300 |" in table and "| lightgbm_csi300 |" in table and "nan" not in table.lower()
     assert (out / "cumulative_excess.png").stat().st_size > 10_000
+    assert (out / "kronos_csi300_training.png").stat().st_size > 10_000
+    assert not (out / "lightgbm_csi300_training.png").exists(), "LightGBM logs no epochs"
     assert (out / "comparison.csv").exists()
 
 
 def test_compare_names_a_missing_experiment(recorded):
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), "--mlflow-uri",
-                             f"sqlite:///{recorded / 'mlruns.db'}", "--experiments", "nope", "--out",
-                             str(recorded / "x")], capture_output=True, text=True, timeout=300)
+                             f"sqlite:///{recorded[0] / 'mlruns.db'}", "--experiments", "nope", "--out",
+                             str(recorded[0] / "x")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "no recorded experiment 'nope'" in result.stderr

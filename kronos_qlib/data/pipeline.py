@@ -14,7 +14,8 @@ import pandas as pd
 from ..errors import ConfigError, KronosInputError
 from ..files import atomic_write
 from .qlib_source import Spans, history_start, init_qlib, load_bars, membership
-from .windows import BarPanel, WindowDataset, WindowSpec, window_starts
+from ..inference.spec import ForecastSpec
+from .windows import BarPanel, WindowDataset, window_starts
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ class DataConfig:
     splits: tuple[str, ...] = field(default=SPLITS)
 
     @property
-    def spec(self) -> WindowSpec:
-        return WindowSpec(self.lookback, self.horizon, self.clip)
+    def spec(self) -> ForecastSpec:
+        """The windows' shape as the forecast specification (``horizon`` is its ``pred_len``)."""
+        return ForecastSpec(lookback=self.lookback, pred_len=self.horizon, clip=self.clip)
 
     def date_range(self, split: str) -> tuple[pd.Timestamp, pd.Timestamp]:
         start, end = (pd.Timestamp(d) for d in getattr(self, split))
@@ -73,7 +75,7 @@ def check_split_length(split: str, start: pd.Timestamp, end: pd.Timestamp, horiz
 
 
 def split_datasets(panel: BarPanel, spans: Spans, ranges: dict[str, tuple[pd.Timestamp, pd.Timestamp]],
-                   spec: WindowSpec, market: str) -> dict[str, WindowDataset]:
+                   spec: ForecastSpec, market: str) -> dict[str, WindowDataset]:
     """One WindowDataset per named date range; an empty one is an error naming it."""
     datasets = {}
     for split, (start, end) in ranges.items():
@@ -81,7 +83,7 @@ def split_datasets(panel: BarPanel, spans: Spans, ranges: dict[str, tuple[pd.Tim
         if len(starts) == 0:
             raise KronosInputError(
                 f"split '{split}' ({pd.Timestamp(start).date()}..{pd.Timestamp(end).date()}) of market '{market}' "
-                f"has no window of {spec.lookback} + {spec.horizon} traded bars"
+                f"has no window of {spec.lookback} + {spec.pred_len} traded bars"
             )
         logger.info("%s: %d windows", split, len(starts))
         datasets[split] = WindowDataset(panel, starts, spec)

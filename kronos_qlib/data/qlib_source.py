@@ -15,12 +15,15 @@ Spans = dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]]
 
 
 def check_provider(provider_uri: str | Path) -> Path:
-    """The provider folder, resolved; a clear error if it is not a Qlib data folder."""
+    """The provider folder, resolved; a clear error, saying how to get one, if it is not a Qlib data folder."""
     path = Path(provider_uri).expanduser().resolve()
+    get_data = f"python scripts/get_data.py --target {path}"
     if not path.is_dir():
-        raise ConfigError(f"Qlib provider folder '{provider_uri}' does not exist")
+        raise ConfigError(f"Qlib provider folder '{provider_uri}' does not exist: get CN daily data with "
+                          f"`{get_data}`, or set QLIB_DATA to your Qlib data folder")
     if not (path / "calendars").is_dir() or not (path / "instruments").is_dir():
-        raise ConfigError(f"'{provider_uri}' is not a Qlib data folder: it needs calendars/ and instruments/")
+        raise ConfigError(f"'{provider_uri}' is not a Qlib data folder: it needs calendars/ and instruments/ "
+                          f"(`{get_data} --force` replaces it with CN daily data)")
     return path
 
 

@@ -1,6 +1,6 @@
 """Training windows over a panel of daily bars: which windows exist, and what a window looks like to a model.
 
-Suspended days (NaN bars) are dropped: a window is ``lookback + horizon`` consecutive *traded* bars of one
+Suspended days (NaN bars) are dropped: a window is ``lookback + pred_len`` consecutive *traded* bars of one
 instrument, and its time features carry the real dates, so a window across a suspension joins the prices on
 either side of the gap as a holder of the stock would see them.
 """
@@ -15,18 +15,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..features import BAR_COLUMNS, normalize, time_features
+from ..inference.spec import ForecastSpec
 from .qlib_source import Spans
-
-
-@dataclass(frozen=True)
-class WindowSpec:
-    lookback: int = 90
-    horizon: int = 10
-    clip: float = 5.0
-
-    @property
-    def length(self) -> int:
-        return self.lookback + self.horizon
 
 
 @dataclass
@@ -53,11 +43,11 @@ class BarPanel:
                    stamps=time_features(dates))
 
 
-def window_starts(panel: BarPanel, spec: WindowSpec, start: str | pd.Timestamp, end: str | pd.Timestamp,
+def window_starts(panel: BarPanel, spec: ForecastSpec, start: str | pd.Timestamp, end: str | pd.Timestamp,
                   spans: Spans | None = None) -> np.ndarray:
     """Row indices where the windows of a split begin.
 
-    A window belongs to the split [start, end] when all its ``horizon`` target bars lie inside it; its
+    A window belongs to the split [start, end] when all its ``pred_len`` target bars lie inside it; its
     context may reach back before ``start``. With ``spans`` (point-in-time index membership) its targets must
     also lie inside one membership period: the window ends while its stock is a member, and the stock was
     already a member when its first target began, so no stock enters the training universe because of what
@@ -89,7 +79,7 @@ class WindowDataset(Dataset):
     Normalization uses the mean and std of the lookback bars only and is applied to the whole window, clipped.
     """
 
-    def __init__(self, panel: BarPanel, starts: np.ndarray, spec: WindowSpec):
+    def __init__(self, panel: BarPanel, starts: np.ndarray, spec: ForecastSpec):
         self.panel, self.starts, self.spec = panel, np.asarray(starts, dtype=np.int64), spec
 
     def __len__(self) -> int:
@@ -106,7 +96,9 @@ class WindowDataset(Dataset):
 
     def fingerprint(self) -> str:
         """SHA-1 of the window settings, which windows there are and every bar they draw from."""
-        digest = hashlib.sha1(repr(self.spec).encode())
+        spec = self.spec  # in the text of the former WindowSpec, so stages finished before still match
+        digest = hashlib.sha1(f"WindowSpec(lookback={spec.lookback}, horizon={spec.pred_len}, clip={spec.clip!r})"
+                              .encode())
         owners = np.searchsorted(self.panel.offsets, self.starts, side="right") - 1
         for array in (self.panel.instruments[owners].astype("U"), self.panel.dates[self.starts], self.panel.values):
             digest.update(np.ascontiguousarray(array).tobytes())

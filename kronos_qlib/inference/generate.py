@@ -8,15 +8,22 @@ the context part of the final window is decoded once per series and only the new
 While the window still starts at the first bar, cached and recomputed steps compute the same function. Once
 the sequence outgrows ``max_context`` the window slides and every kept position would see a different past,
 so those steps rebuild the window from scratch: results stay equal to full recomputation.
+
+Inputs are checked once per call, before the loop: the networks' own checks would sync a GPU with the host
+at every generated token.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
 
 from ..errors import KronosInputError
 from ..model import Kronos, KronosTokenizer
-from .sampling import sample_token
+from ..model.predictor import check_stamp
+from .sampling import path_streams, sample_token
+from .spec import ForecastSpec, Sampling
 
 
 def _take_last(logits: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,14 +32,15 @@ def _take_last(logits: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tenso
 
 @torch.inference_mode()
 def sample_paths(tokenizer: KronosTokenizer, model: Kronos, x: torch.Tensor, x_stamp: torch.Tensor,
-                 y_stamp: torch.Tensor, *, max_context: int, temperature: float = 1.0, top_k: int = 0,
-                 top_p: float = 1.0, sample_count: int = 1, use_cache: bool = True,
-                 generator: torch.Generator | None = None, progress: tqdm | None = None) -> torch.Tensor:
-    """Sample ``sample_count`` continuations of each normalized context.
+                 y_stamp: torch.Tensor, keys: torch.Tensor, spec: ForecastSpec, sampling: Sampling, *,
+                 use_cache: bool = True, progress: tqdm | None = None) -> torch.Tensor:
+    """Sample ``sampling.sample_count`` continuations of each normalized context.
 
     Args:
-        x: (batch, n_context, d_in) normalized, clipped bars; all series share the context length.
-        x_stamp, y_stamp: (batch, n_context, 5) and (batch, pred_len, 5) time features.
+        x: (batch, spec.lookback, d_in) normalized, clipped bars.
+        x_stamp, y_stamp: (batch, spec.lookback, 5) and (batch, spec.pred_len, 5) time features.
+        keys: (batch,) int64 keys (:func:`~kronos_qlib.inference.sampling.series_key`): a series' draws depend
+            on its key only, not on the rest of the batch.
         use_cache: False recomputes the whole window at every step, as the original does (for checking).
         progress: anything with ``update(n)`` (e.g. a tqdm bar), advanced once per step.
 
@@ -40,17 +48,20 @@ def sample_paths(tokenizer: KronosTokenizer, model: Kronos, x: torch.Tensor, x_s
         (batch, sample_count, pred_len, d_in) normalized bars.
     """
     batch, n_context, _ = x.shape
-    pred_len = y_stamp.shape[1]
+    pred_len, max_context, sample_count = spec.pred_len, spec.max_context, sampling.sample_count
+    if (n_context, tuple(x_stamp.shape), tuple(y_stamp.shape), tuple(keys.shape)) != \
+            (spec.lookback, (batch, n_context, 5), (batch, pred_len, 5), (batch,)):
+        raise KronosInputError(f"inputs do not match {spec}: bars {tuple(x.shape)}, time features "
+                               f"{tuple(x_stamp.shape)} and {tuple(y_stamp.shape)}, keys {tuple(keys.shape)}")
     total = n_context + pred_len
-    if pred_len > max_context:
-        raise KronosInputError(f"pred_len ({pred_len}) cannot exceed max_context ({max_context})")
     capacity = min(total, max_context)
     n_seq = batch * sample_count
+    streams = path_streams(keys, sample_count)
 
-    def draw(logits: torch.Tensor) -> torch.Tensor:
-        return sample_token(logits, temperature, top_k, top_p, generator)
+    decode_s1 = partial(model.decode_s1, validate=False)
 
     stamps = torch.cat([x_stamp, y_stamp], dim=1)
+    check_stamp(stamps)  # once: the loop's steps run unchecked
     stamps_rep = stamps.repeat_interleave(sample_count, dim=0)
     if use_cache:
         ctx_s1, ctx_s2 = tokenizer.encode(x, half=True)
@@ -67,28 +78,27 @@ def sample_paths(tokenizer: KronosTokenizer, model: Kronos, x: torch.Tensor, x_s
         current = n_context + step
         start = max(0, current - max_context)
         if not use_cache:  # decode_s2 without a cache needs the whole window as its memory
-            logits, context = model.decode_s1(s1[:, start:current], s2[:, start:current],
-                                              stamps_rep[:, start:current])
+            logits, context = decode_s1(s1[:, start:current], s2[:, start:current], stamps_rep[:, start:current])
             logits = logits[:, -1]
         elif start != cache_start:  # first step, or a window that slid: (re)build the cache
             cache_start = start
             if step == 0:  # every sample shares the context: prefill once per series, share it
                 cache = model.new_cache(current - start)
-                logits, context = _take_last(*model.decode_s1(ctx_s1[:, start:], ctx_s2[:, start:],
-                                                              stamps[:, start:current], cache))
+                logits, context = _take_last(*decode_s1(ctx_s1[:, start:], ctx_s2[:, start:],
+                                                        stamps[:, start:current], cache))
                 cache.share_prefix(sample_count, capacity - (current - start))
                 logits = logits.repeat_interleave(sample_count, dim=0)
                 context = context.repeat_interleave(sample_count, dim=0)
             else:
                 cache = model.new_cache(capacity)
-                logits, context = _take_last(*model.decode_s1(s1[:, start:current], s2[:, start:current],
-                                                              stamps_rep[:, start:current], cache))
-        new_s1 = draw(logits)
-        new_s2 = draw(model.decode_s2(context, new_s1, cache)[:, -1])
+                logits, context = _take_last(*decode_s1(s1[:, start:current], s2[:, start:current],
+                                                        stamps_rep[:, start:current], cache))
+        new_s1 = sample_token(logits, sampling, streams, 2 * step)
+        new_s2 = sample_token(model.decode_s2(context, new_s1, cache, validate=False)[:, -1], sampling, streams,
+                              2 * step + 1)
         s1[:, current], s2[:, current] = new_s1[:, 0], new_s2[:, 0]
         if use_cache and step + 1 < pred_len and max(0, current + 1 - max_context) == cache_start:
-            logits, context = _take_last(*model.decode_s1(new_s1, new_s2, stamps_rep[:, current:current + 1],
-                                                          cache))
+            logits, context = _take_last(*decode_s1(new_s1, new_s2, stamps_rep[:, current:current + 1], cache))
         if progress is not None:
             progress.update(1)
 

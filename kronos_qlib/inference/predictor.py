@@ -1,20 +1,22 @@
 """KronosPredictor: K-line history in, forecast paths out, in price units."""
 from __future__ import annotations
 
+import secrets
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ..errors import KronosInputError
 from ..features import (BAR_COLUMNS, as_datetimes, check_finite, complete_bars, denormalize, normalize,
                         time_features)
+from ..logs import progress_bar
 from ..model import Kronos, KronosTokenizer
 from .generate import sample_paths
-from .sampling import check_sampling_args
+from .sampling import series_key
+from .spec import ForecastSpec, Sampling, as_int
 
 
 def default_device() -> torch.device:
@@ -28,12 +30,14 @@ def default_device() -> torch.device:
 
 @dataclass
 class _Series:
-    """One series made ready for the model: normalized context, time features and the statistics to undo."""
+    """One series made ready for the model: normalized context, time features, the statistics to undo and
+    the key its random draws come from."""
     x: np.ndarray
     x_stamp: np.ndarray
     y_stamp: np.ndarray
     mean: np.ndarray
     std: np.ndarray
+    key: int
 
 
 class KronosPredictor:
@@ -43,6 +47,10 @@ class KronosPredictor:
     clipped to +-clip; forecasts are sampled in that space and mapped back to prices. Columns are
     open, high, low, close, volume, amount (see :func:`kronos_qlib.features.complete_bars` for the fill rules).
 
+    A series' paths depend on the weights, the settings and its key only: without explicit keys, the key is a
+    hash of the seed and the series' own normalized bars and time stamps, so neither its position in the list
+    nor ``batch_size`` changes them.
+
     Args:
         batch_size: series per forward pass (each with ``sample_count`` paths); bounds memory.
     """
@@ -51,14 +59,13 @@ class KronosPredictor:
 
     def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device: str | torch.device | None = None,
                  max_context: int = 512, clip: float = 5, batch_size: int = 64):
-        if max_context < 1:
-            raise KronosInputError(f"max_context must be >= 1, got {max_context}")
+        # checked as in every ForecastSpec; lookback and pred_len come with each call (see _spec)
+        limits = ForecastSpec(pred_len=1, clip=clip, max_context=max_context)
+        self.max_context, self.clip = limits.max_context, limits.clip
+        self.batch_size = as_int("batch_size", batch_size, 1)
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer.to(self.device).eval()
-        self.max_context = max_context
-        self.clip = clip
-        self.batch_size = batch_size
 
     # ----------------------------------------------------------------------------------------------- public API
     def predict(self, df: pd.DataFrame, x_timestamp, y_timestamp, pred_len: int, T: float = 1.0, top_k: int = 0,
@@ -84,24 +91,28 @@ class KronosPredictor:
                       seed: int | None = None, use_cache: bool = True, verbose: bool = False) -> np.ndarray:
         """Every sampled path in price units: an array (n_series, sample_count, pred_len, 6).
 
-        The last axis follows :attr:`columns`. ``seed`` makes the draws reproducible on a given device.
+        The last axis follows :attr:`columns`. The same ``seed`` gives the same paths for the same series;
+        ``None`` draws a fresh seed.
         """
-        check_sampling_args(T, top_k, top_p, sample_count)
-        series = self._prepare(df_list, x_timestamp_list, y_timestamp_list, pred_len)
-        return self._sample(series, pred_len, T, top_k, top_p, sample_count, seed, use_cache, verbose)
+        sampling = Sampling(T=T, top_k=top_k, top_p=top_p, sample_count=sample_count,
+                            seed=secrets.randbelow(2 ** 63) if seed is None else seed)
+        pred_len = self._spec(2, pred_len).pred_len
+        series = self._prepare(df_list, x_timestamp_list, y_timestamp_list, pred_len, sampling.seed)
+        return self._sample(series, pred_len, sampling, use_cache, verbose)
 
-    def predict_paths_from_arrays(self, bars: np.ndarray, x_stamp: np.ndarray, y_stamp: np.ndarray, T: float = 1.0,
-                                  top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
-                                  seed: int | None = None, use_cache: bool = True, verbose: bool = False
-                                  ) -> np.ndarray:
+    def predict_paths_from_arrays(self, bars: np.ndarray, x_stamp: np.ndarray, y_stamp: np.ndarray,
+                                  sampling: Sampling, keys: np.ndarray | None = None, use_cache: bool = True,
+                                  verbose: bool = False) -> np.ndarray:
         """:meth:`predict_paths` for callers that already hold arrays, e.g. a panel of daily bars.
 
         Args:
             bars: (n_series, n_context, 6) raw bars in the order of :attr:`columns`.
             x_stamp, y_stamp: (n_series, n_context, 5) and (n_series, pred_len, 5) time features
                 (:func:`kronos_qlib.features.time_features`).
+            keys: (n_series,) integers in [0, 2**63) that pick each series' draws (e.g.
+                :func:`~kronos_qlib.inference.sampling.series_key` of the seed, date and instrument); by default
+                a hash of ``sampling.seed`` and the series' normalized bars and stamps.
         """
-        check_sampling_args(T, top_k, top_p, sample_count)
         bars = np.asarray(bars, dtype=np.float64)
         x_stamp, y_stamp = np.asarray(x_stamp, dtype=np.float32), np.asarray(y_stamp, dtype=np.float32)
         if bars.ndim != 3 or bars.shape[-1] != len(self.columns) or bars.shape[1] < 2:
@@ -111,46 +122,53 @@ class KronosPredictor:
                 or y_stamp.shape[1] < 1 or y_stamp.shape[2] != 5:
             raise KronosInputError(f"time features must be (n_series, n_context, 5) and (n_series, pred_len >= 1, 5)"
                                    f" for bars {bars.shape}, got {x_stamp.shape} and {y_stamp.shape}")
+        if keys is not None:
+            keys = np.asarray(keys)
+            if keys.shape != (len(bars),) or not np.issubdtype(keys.dtype, np.integer) or (keys < 0).any():
+                raise KronosInputError(f"keys must be {len(bars)} integers >= 0, one per series, got {keys!r}")
         check_finite(bars, "bars of series")
-        pred_len = y_stamp.shape[1]
-        series = []
-        for i in range(len(bars)):
-            x, mean, std = normalize(bars[i], self.clip)
-            series.append(_Series(x, x_stamp[i], y_stamp[i], mean, std))
-        return self._sample(series, pred_len, T, top_k, top_p, sample_count, seed, use_cache, verbose)
+        pred_len = self._spec(bars.shape[1], y_stamp.shape[1]).pred_len
+        series = [self._series(bars[i], x_stamp[i], y_stamp[i], sampling.seed, None if keys is None else keys[i])
+                  for i in range(len(bars))]
+        return self._sample(series, pred_len, sampling, use_cache, verbose)
 
-    def _sample(self, series: list[_Series], pred_len: int, T: float, top_k: int, top_p: float, sample_count: int,
-                seed: int | None, use_cache: bool, verbose: bool) -> np.ndarray:
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(seed)
-        out = np.empty((len(series), sample_count, pred_len, len(self.columns)), dtype=np.float64)
+    # -------------------------------------------------------------------------------------------------- helpers
+    def _spec(self, lookback: int, pred_len: int) -> ForecastSpec:
+        """The specification of a forecast from ``lookback`` bars (raises if ``pred_len`` is impossible)."""
+        return ForecastSpec(lookback, pred_len, self.clip, self.max_context)
+
+    def _sample(self, series: list[_Series], pred_len: int, sampling: Sampling, use_cache: bool,
+                verbose: bool) -> np.ndarray:
+        out = np.empty((len(series), sampling.sample_count, pred_len, len(self.columns)), dtype=np.float64)
         batches = self._batches(series)
-        with tqdm(total=len(batches) * pred_len, desc="Kronos sampling", unit="step", disable=not verbose,
-                  leave=False) as bar:
+        with progress_bar(total=len(batches) * pred_len, desc="Kronos sampling", unit="step", disable=not verbose,
+                          leave=False) as bar:
             for idx in batches:
-                normed = sample_paths(
-                    self.tokenizer, self.model, *self._tensors([series[i] for i in idx]),
-                    max_context=self.max_context, temperature=T, top_k=top_k, top_p=top_p,
-                    sample_count=sample_count, use_cache=use_cache, generator=generator, progress=bar,
-                ).float().cpu().numpy()
+                chunk = [series[i] for i in idx]
+                normed = sample_paths(self.tokenizer, self.model, *self._tensors(chunk),
+                                      self._spec(len(chunk[0].x), pred_len), sampling, use_cache=use_cache,
+                                      progress=bar).float().cpu().numpy()
                 for row, i in enumerate(idx):
                     out[i] = denormalize(normed[row], series[i].mean, series[i].std)
         return out
 
-    # -------------------------------------------------------------------------------------------------- helpers
-    def _prepare(self, df_list, x_timestamp_list, y_timestamp_list, pred_len: int) -> list[_Series]:
-        if isinstance(pred_len, bool) or not isinstance(pred_len, (int, np.integer)) or pred_len < 1:
-            raise KronosInputError(f"pred_len must be an integer >= 1, got {pred_len!r}")
+    def _series(self, bars: np.ndarray, x_stamp: np.ndarray, y_stamp: np.ndarray, seed: int,
+                key: int | None) -> _Series:
+        x, mean, std = normalize(bars, self.clip)
+        if key is None:
+            key = series_key(seed, x.tobytes(), x_stamp.tobytes(), y_stamp.tobytes())
+        return _Series(x, x_stamp, y_stamp, mean, std, int(key))
+
+    def _prepare(self, df_list, x_timestamp_list, y_timestamp_list, pred_len: int, seed: int) -> list[_Series]:
         if isinstance(df_list, pd.DataFrame) or not (len(df_list) == len(x_timestamp_list) == len(y_timestamp_list)):
             raise KronosInputError("df_list, x_timestamp_list and y_timestamp_list must be lists of equal length")
         if not df_list:
             raise KronosInputError("df_list is empty: nothing to forecast")
-        return [self._prepare_one(df, x_ts, y_ts, pred_len, f"series {i}")
+        return [self._prepare_one(df, x_ts, y_ts, pred_len, seed, f"series {i}")
                 for i, (df, x_ts, y_ts) in enumerate(zip(df_list, x_timestamp_list, y_timestamp_list))]
 
-    def _prepare_one(self, df: pd.DataFrame, x_timestamp, y_timestamp, pred_len: int, name: str) -> _Series:
+    def _prepare_one(self, df: pd.DataFrame, x_timestamp, y_timestamp, pred_len: int, seed: int,
+                     name: str) -> _Series:
         bars = complete_bars(df, name)
         if len(bars) < 2:
             raise KronosInputError(f"{name} has {len(bars)} context bar(s); at least 2 are needed to normalize")
@@ -160,8 +178,10 @@ class KronosPredictor:
             raise KronosInputError(f"x_timestamp of {name} has {len(x_ts)} entries for {len(bars)} bars")
         if len(y_ts) != pred_len:
             raise KronosInputError(f"y_timestamp of {name} has {len(y_ts)} entries but pred_len is {pred_len}")
-        x, mean, std = normalize(bars.to_numpy(), self.clip)
-        return _Series(x, time_features(x_ts), time_features(y_ts), mean, std)
+        if y_ts[0] <= x_ts[-1]:
+            raise KronosInputError(f"y_timestamp of {name} must come after the history: position 0 ({y_ts[0]}) is "
+                                   f"not after the last x_timestamp ({x_ts[-1]}, position {len(x_ts) - 1})")
+        return self._series(bars.to_numpy(), time_features(x_ts), time_features(y_ts), seed, None)
 
     def _batches(self, series: list[_Series]) -> list[list[int]]:
         """Indices grouped by context length (exact, no padding), in chunks of at most ``batch_size``."""
@@ -171,7 +191,8 @@ class KronosPredictor:
         return [idx[j:j + self.batch_size] for idx in by_length.values()
                 for j in range(0, len(idx), self.batch_size)]
 
-    def _tensors(self, chunk: list[_Series]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _tensors(self, chunk: list[_Series]) -> tuple[torch.Tensor, ...]:
         def stack(name: str) -> torch.Tensor:
             return torch.from_numpy(np.stack([getattr(s, name) for s in chunk])).to(self.device)
-        return stack("x"), stack("x_stamp"), stack("y_stamp")
+        keys = torch.tensor([s.key for s in chunk], dtype=torch.int64, device=self.device)
+        return stack("x"), stack("x_stamp"), stack("y_stamp"), keys

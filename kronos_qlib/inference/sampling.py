@@ -1,20 +1,56 @@
-"""Drawing one token from logits: temperature, then top-k, then nucleus (top-p)."""
+"""Drawing one token from logits: temperature, then top-k, then nucleus (top-p), from counter-based draws.
+
+Every sampled token's uniform is a hash of (the series' key, the sample path, the draw), computed on the
+device with integer tensor ops: a series' paths depend on its key and the settings only, not on the batch it
+shares, the batch size or the process that samples it, and drawing never syncs with the host.
+"""
 from __future__ import annotations
+
+import hashlib
 
 import torch
 
-from ..errors import KronosInputError
+from .spec import Sampling
+
+_MASK32 = 0xFFFFFFFF
 
 
-def check_sampling_args(temperature: float, top_k: int, top_p: float, sample_count: int) -> None:
-    if not temperature > 0:
-        raise KronosInputError(f"T (temperature) must be > 0, got {temperature}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise KronosInputError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
-    if not 0 < top_p <= 1:
-        raise KronosInputError(f"top_p must lie in (0, 1], got {top_p}")
-    if isinstance(sample_count, bool) or not isinstance(sample_count, int) or sample_count < 1:
-        raise KronosInputError(f"sample_count must be an integer >= 1, got {sample_count!r}")
+def _mul32(x, c: int):
+    """(x * c) mod 2**32 for 0 <= x < 2**32 in 16-bit halves of ``c``: no product reaches 2**63, so int64
+    tensors and Python ints compute the same, with no signed overflow."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
+
+
+def _hash32(x):
+    """lowbias32 (C. Wellons): a well-mixing bijection on 32-bit values, for Python ints and int64 tensors."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def series_key(seed: int, *parts: str | bytes) -> int:
+    """A stable 63-bit key from the seed and whatever identifies a series (unlike ``hash()``, not salted)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in (str(seed), *parts):
+        data = part.encode() if isinstance(part, str) else bytes(part)
+        digest.update(len(data).to_bytes(8, "little") + data)
+    return int.from_bytes(digest.digest(), "little") >> 1
+
+
+def path_streams(keys: torch.Tensor, sample_count: int) -> torch.Tensor:
+    """One 32-bit stream id per (series, sample path), series-major: (len(keys) * sample_count,) int64."""
+    lo = (keys & _MASK32).repeat_interleave(sample_count)
+    hi = ((keys >> 32) & _MASK32).repeat_interleave(sample_count)
+    path = torch.arange(sample_count, device=keys.device).repeat(len(keys))
+    return _hash32(_hash32(_hash32(hi) ^ lo) ^ path)
+
+
+def uniforms(streams: torch.Tensor, draw: int) -> torch.Tensor:
+    """The ``draw``-th uniform in (0, 1) of every stream, as float32 (24 random bits)."""
+    h = _hash32(_hash32(streams ^ _hash32(draw)) ^ draw)
+    return ((h >> 8).to(torch.float32) + 0.5) / 2 ** 24
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -37,10 +73,12 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token per row of (batch, vocab) logits, as (batch, 1) ids. top_k == 1 is greedy and draws nothing."""
-    if top_k == 1:
+def sample_token(logits: torch.Tensor, sampling: Sampling, streams: torch.Tensor, draw: int) -> torch.Tensor:
+    """One token per row of (rows, vocab) logits, as (rows, 1) ids, by inverse CDF of the row's ``draw``-th
+    uniform. Greedy settings (top_k == 1) take the argmax and draw nothing."""
+    if sampling.greedy:
         return logits.argmax(dim=-1, keepdim=True)
-    filtered = filter_logits(logits.float() / temperature, top_k, top_p)
-    return torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator)
+    filtered = filter_logits(logits.float() / sampling.T, sampling.top_k, sampling.top_p)
+    cdf = filtered.softmax(dim=-1).cumsum(dim=-1)
+    target = uniforms(streams, draw).unsqueeze(-1) * cdf[:, -1:]
+    return torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)

@@ -1,6 +1,12 @@
-"""Qlib integration: the bars handler, the Model subclass and its forecast cache."""
+"""Qlib integration: the bars handler, the Model subclass and its forecast cache.
+
+Importing it (qrun does, through ``module_path: kronos_qlib``) lets kronos_qlib's log lines appear where Qlib's do.
+"""
+from ..logs import follow_qlib_logging
 from .forecast_cache import ForecastCache
 from .handler import KronosBarsHandler
 from .model import KronosModel
+
+follow_qlib_logging()
 
 __all__ = ["ForecastCache", "KronosBarsHandler", "KronosModel"]

@@ -2,23 +2,54 @@
 
 Keyed by everything that determines a forecast (both networks' weights, the sampling settings, the data):
 re-running a backtest or trying another signal reads the paths instead of sampling them again, and a long
-prediction that is interrupted resumes from the last finished day.
+prediction that is interrupted resumes from the last finished day. A day file that cannot be read (truncated,
+corrupted) is logged with its path and treated as absent, so its day is sampled and written again.
+
+Layout of ``<root>/<digest>/``: ``key.json`` (the settings) and one ``YYYY-MM-DD.npz`` per day with arrays
+``instruments`` (n,), ``paths`` (n, sample_count, pred_len, 6) in price units and ``last_close`` (n,).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..errors import KronosInputError
 from ..files import atomic_write, atomic_write_text
+
+logger = logging.getLogger(__name__)
+#: What reading a damaged .npz raises, depending on where it is damaged.
+_READ_ERRORS = (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError)
+#: Bump when the layout above changes: the key, and so the folder, changes with it.
+FORMAT_VERSION = 2
+
+
+def read_day(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(instruments (n,) str, paths (n, sample_count, pred_len, 6), last_close (n,)) of one day file; an error
+    naming the file when it is damaged or not of this layout."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"instruments", "paths", "last_close"} - set(data.files)
+            if missing:
+                raise KronosInputError(f"forecast file '{path}' lacks the array(s) {', '.join(sorted(missing))}")
+            instruments, paths, last_close = data["instruments"].astype(str), data["paths"], data["last_close"]
+    except _READ_ERRORS as err:
+        raise KronosInputError(f"forecast file '{path}' cannot be read ({type(err).__name__}: {err})") from err
+    if paths.ndim != 4 or not len(instruments) == len(paths) == len(last_close):
+        raise KronosInputError(f"forecast file '{path}': paths must be (instruments, sample_count, pred_len, 6) "
+                               f"for {len(instruments)} instruments and closes, got {paths.shape}")
+    return instruments, paths, last_close.astype(np.float64)
 
 
 class ForecastCache:
     def __init__(self, root: str | Path | None, key: dict):
         """``root`` None disables the cache; ``key`` is any JSON-able description of the forecast settings."""
+        key = {**key, "version": FORMAT_VERSION}
         digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
         self.folder = None if root is None else Path(root).expanduser() / digest
         if self.folder is not None:
@@ -30,11 +61,15 @@ class ForecastCache:
 
     def load(self, date: pd.Timestamp) -> dict[str, tuple[np.ndarray, float]]:
         """instrument -> (paths (sample_count, pred_len, 6), last close) cached for ``date``."""
-        if self.folder is None or not self._path(date).exists():
+        path = None if self.folder is None else self._path(date)
+        if path is None or not path.exists():
             return {}
-        with np.load(self._path(date), allow_pickle=False) as data:
-            return {str(inst): (paths, float(close))
-                    for inst, paths, close in zip(data["instruments"], data["paths"], data["last_close"])}
+        try:
+            instruments, paths, last_close = read_day(path)
+        except KronosInputError as error:
+            logger.warning("%s: its day is sampled again", error)
+            return {}
+        return {inst: (p, float(close)) for inst, p, close in zip(instruments, paths, last_close)}
 
     def save(self, date: pd.Timestamp, forecasts: dict[str, tuple[np.ndarray, float]]) -> None:
         """Write all forecasts of ``date`` (cached ones included) atomically."""

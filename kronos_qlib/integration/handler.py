@@ -1,15 +1,21 @@
 """KronosBarsHandler: the raw daily bars Kronos reads, with history before the first segment."""
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import pandas as pd
 from qlib.config import C
 from qlib.data import D
 from qlib.data.dataset.handler import DataHandlerLP
 
 from ..data import check_provider, membership
+from ..data.check import check_data
 from ..data.qlib_source import Spans, derive_missing_amount, history_start
 from ..errors import ConfigError
 from ..features import BAR_COLUMNS
+
+logger = logging.getLogger(__name__)
 
 #: Qlib's usual label: the return from the next close to the one after (a signal at t trades at t + 1).
 DEFAULT_LABEL = "Ref($close, -2) / Ref($close, -1) - 1"
@@ -36,9 +42,11 @@ class KronosBarsHandler(DataHandlerLP):
             provider = C.dpm.get_data_uri(freq)
         except KeyError as err:
             raise ConfigError("Qlib is not initialized: call qlib.init(provider_uri=...) first") from err
-        check_provider(provider)
         if history < 0:
             raise ConfigError(f"history must be >= 0 trading days, got {history}")
+        provider = check_provider(provider)
+        if freq == "day":
+            check_bars_data(provider, instruments, start_time, end_time, history)
         if isinstance(instruments, str):
             self.universe: Spans = membership(instruments, start_time, end_time)
         else:
@@ -59,3 +67,16 @@ class KronosBarsHandler(DataHandlerLP):
         """All raw bars up to ``end``, indexed (instrument, datetime), columns BAR_COLUMNS."""
         frame = self.fetch(slice(None, pd.Timestamp(end)), col_set="feature", data_key=DataHandlerLP.DK_R)
         return derive_missing_amount(frame.swaplevel().sort_index().astype("float64"))
+
+
+def check_bars_data(provider: Path, instruments: str | list[str], start_time, end_time, history: int) -> None:
+    """Stop with the data check's errors before Qlib fails deep inside; log its warnings.
+
+    The benchmark is the backtest's business, not the handler's: ``python -m kronos_qlib.data check`` covers it.
+    """
+    report = check_data(provider, instruments, start_time, end_time, benchmark=None, history=history)
+    for warning in report.warnings:
+        logger.warning("Qlib data %s: %s", provider, warning)
+    if not report.ok:
+        raise ConfigError(f"the Qlib data folder {provider} cannot serve this run:\n"
+                          + "\n".join(f"- {error}" for error in report.errors))

@@ -1,7 +1,9 @@
 """KronosModel: the Qlib ``Model`` that finetunes (or loads) Kronos and scores stocks from sampled paths."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,21 +12,25 @@ from qlib.config import C
 from qlib.data import D
 from qlib.data.dataset import DatasetH
 from qlib.model.base import Model
-from tqdm.auto import tqdm
 
 from ..data import BarPanel, check_split_length, data_fingerprint, split_datasets
 from ..errors import ConfigError, KronosInputError
 from ..features import CLOSE, time_features
-from ..inference import KronosPredictor
-from ..inference.sampling import check_sampling_args
+from ..inference import ForecastSpec, KronosPredictor, Sampling, series_key
+from ..inference.spec import as_int
+from ..logs import progress_bar
 from ..model import Kronos, KronosTokenizer
 from ..model.hub import weights_digest
-from ..signals import SIGNALS, compute_signal
+from ..signals import check_signal, compute_signal
 from ..training import SequentialTrainer, config_from_dict
 from .forecast_cache import ForecastCache
 from .handler import KronosBarsHandler
+from .recorder import active_recorder, log_settings, log_stage
 
 logger = logging.getLogger(__name__)
+#: Missing forecasts are sampled in chunks of whole days holding at least this many batches, and each day of a
+#: chunk is saved once the chunk is done: large batches across days, and an interrupted run loses one chunk.
+CHUNK_BATCHES = 4
 
 
 def _future_days(calendar: pd.DatetimeIndex, day: pd.Timestamp, n: int) -> pd.DatetimeIndex:
@@ -44,53 +50,66 @@ class KronosModel(Model):
         tokenizer, predictor: Hub ids or local folders, used when ``finetune`` is not given.
         finetune: a finetuning configuration (the keys of ``workflows/finetune_csi300.yaml`` without ``data``,
             e.g. ``{preset: cpu, output_dir: runs/kronos}``): ``fit`` trains on the dataset's train and valid
-            segments and predicts with the result. Stages whose checkpoints exist are skipped (skip_existing).
-        lookback, pred_len: context bars per forecast and steps forecast; training windows use the same.
-        sample_count, T, top_k, top_p, seed: sampling; each day is seeded from ``seed`` and its date.
-        signal: one of :data:`kronos_qlib.signals.SIGNALS`; ``signal_horizon`` the scored step (default last).
-        cache_dir: where sampled paths are kept (None: no cache).
+            segments and predicts with the result. A finished stage with the same settings is reused, an
+            interrupted one resumes.
+        forecast: :class:`~kronos_qlib.inference.ForecastSpec` fields (lookback, pred_len, clip, max_context);
+            training windows use the same.
+        sampling: :class:`~kronos_qlib.inference.Sampling` fields (T, top_k, top_p, sample_count, seed). A
+            series' paths depend on the seed, its day and instrument only, not on batching.
+        signal: one of :data:`kronos_qlib.signals.SIGNALS`, scored over the path from step ``signal_start`` to
+            step ``signal_end`` (default: from step 1, the first close a trade at t + 1 gets, to the last step).
+        batch_size: series per forward pass; it changes speed and memory, never the forecasts.
+        cache_dir: where sampled paths are kept (None: no cache); after ``fit``, ``forecast_folder`` is the
+            folder ``predict`` reads and writes (see :mod:`kronos_qlib.integration.forecast_cache` for its
+            layout), also in the model qrun records.
     """
 
     def __init__(self, tokenizer: str = "NeoQuasar/Kronos-Tokenizer-base", predictor: str = "NeoQuasar/Kronos-small",
-                 finetune: dict | None = None, lookback: int = 90, pred_len: int = 10, sample_count: int = 5,
-                 T: float = 1.0, top_k: int = 0, top_p: float = 0.9, seed: int = 0, signal: str = "expected_return",
-                 signal_horizon: int | None = None, max_context: int = 512, clip: float = 5.0, batch_size: int = 64,
-                 device: str | None = None, cache_dir: str | None = "~/.cache/kronos_qlib/forecasts"):
-        check_sampling_args(T, top_k, top_p, sample_count)
-        if signal not in SIGNALS:
-            raise ConfigError(f"unknown signal '{signal}' (known signals: {', '.join(SIGNALS)})")
+                 finetune: dict | None = None, forecast: dict | ForecastSpec | None = None,
+                 sampling: dict | Sampling | None = None, signal: str = "expected_return", signal_start: int = 1,
+                 signal_end: int | None = None, batch_size: int = 64, device: str | None = None,
+                 cache_dir: str | None = "~/.cache/kronos_qlib/forecasts"):
+        self.forecast = ForecastSpec.build(forecast, "KronosModel forecast")
+        self.sampling = Sampling.build(sampling, "KronosModel sampling")
+        self.batch_size = as_int("batch_size", batch_size, 1)
+        self.signal_end = check_signal(signal, self.forecast.pred_len, self.sampling.sample_count, signal_start,
+                                       signal_end)
         if finetune is not None and "data" in finetune:
             raise ConfigError("finetune.data is not used: KronosModel trains on the dataset's segments")
-        if lookback < 2 or pred_len < 1:
-            raise ConfigError(f"lookback must be >= 2 and pred_len >= 1, got {lookback} and {pred_len}")
-        if signal_horizon is not None and not 1 <= signal_horizon <= pred_len:
-            raise ConfigError(f"signal_horizon must lie in [1, pred_len={pred_len}], got {signal_horizon}")
-        if signal == "mean_over_std" and sample_count < 2:
-            raise ConfigError("the signal 'mean_over_std' needs sample_count >= 2 (a spread across paths)")
         self.tokenizer_source, self.predictor_source = tokenizer, predictor
         self.finetune = finetune
-        self.lookback, self.pred_len = lookback, pred_len
-        self.sampling = dict(T=T, top_k=top_k, top_p=top_p, sample_count=sample_count)
-        self.seed = seed
-        self.signal, self.signal_horizon = signal, signal_horizon
-        self.max_context, self.clip, self.batch_size, self.device = max_context, clip, batch_size, device
-        self.cache_dir = cache_dir
+        self.signal, self.signal_start = signal, int(signal_start)
+        self.device, self.cache_dir = device, cache_dir
         self.tokenizer: KronosTokenizer | None = None
         self.model: Kronos | None = None
+        self.forecast_folder: Path | None = None
 
     # ------------------------------------------------------------------------------------------------- fit
     def fit(self, dataset: DatasetH, reweighter=None) -> None:
         if reweighter is not None:
             raise ConfigError("KronosModel does not support sample reweighting")
+        handler = self._handler(dataset)
+        recorder = active_recorder()
         if self.finetune is None:
             self._load(self.tokenizer_source, self.predictor_source)
-            return
+        else:
+            trainer = self._finetune(dataset, handler)
+            if recorder is not None:
+                log_settings(recorder, finetune=dataclasses.asdict(trainer.config))
+                for stage in ("tokenizer", "predictor"):
+                    log_stage(recorder, trainer.folder(stage))
+        if recorder is not None:
+            log_settings(recorder, forecast=self.forecast.to_dict(), sampling=self.sampling.to_dict())
+        # qrun pickles the model (params.pkl) right after fit, before predict: the recorded model names its cache
+        self.forecast_folder = self._cache(handler).folder
+
+    def _finetune(self, dataset: DatasetH, handler: KronosBarsHandler) -> SequentialTrainer:
         config = config_from_dict(dict(self.finetune), where="KronosModel finetune")
-        config.data.lookback, config.data.horizon, config.data.clip = self.lookback, self.pred_len, self.clip
-        handler = self._handler(dataset)
+        spec = self.forecast
+        config.data.lookback, config.data.horizon, config.data.clip = spec.lookback, spec.pred_len, spec.clip
         ranges = {s: self._segment(dataset, s) for s in ("train", "valid")}
         for split, (start, end) in ranges.items():
-            check_split_length(split, start, end, self.pred_len)
+            check_split_length(split, start, end, spec.pred_len)
         panel = BarPanel.from_frame(handler.bars(max(end for _, end in ranges.values())))
         datasets = split_datasets(panel, handler.universe, ranges, config.data.spec, handler.market)
         # resume=True: a finished stage with the same settings is reused, a killed one continues
@@ -101,6 +120,7 @@ class KronosModel(Model):
                               "(pre_trained_predictor)")
         self.tokenizer = trainer.tokenizer_for_predictor()
         self.model = Kronos.from_pretrained(str(predictor))
+        return trainer
 
     def _load(self, tokenizer: str | Path, predictor: str | Path) -> None:
         self.tokenizer = KronosTokenizer.from_pretrained(str(tokenizer))
@@ -110,7 +130,8 @@ class KronosModel(Model):
     def predict(self, dataset: DatasetH, segment: str | slice = "test") -> pd.Series:
         """Score of every universe member with ``lookback`` traded bars up to each trading day of ``segment``.
 
-        The score at day t uses bars up to t's close only; Qlib's strategies trade on it from t + 1.
+        The score at day t uses bars up to t's close only; Qlib's strategies trade on it from t + 1. Forecasts
+        missing from the cache are sampled in large batches across days; each day is saved once it is done.
         """
         if self.model is None:
             raise ValueError("KronosModel is not fitted: call fit(dataset) first (it loads the checkpoints)")
@@ -122,31 +143,61 @@ class KronosModel(Model):
             raise KronosInputError(f"segment '{segment}' ({start.date()}..{end.date()}) has no trading days")
         panel = BarPanel.from_frame(handler.bars(end))
         requests = self._requests(panel, handler, days, segment)
-        predictor = KronosPredictor(self.model, self.tokenizer, device=self.device, max_context=self.max_context,
-                                    clip=self.clip, batch_size=self.batch_size)
-        cache = ForecastCache(self.cache_dir, self._cache_key(handler, predictor))
-        scores, sampled, reused = [], 0, 0
-        for day in tqdm(sorted(requests), desc="Kronos forecasts", unit="day", dynamic_ncols=True):
-            rows = requests[day]
+        predictor = KronosPredictor(self.model, self.tokenizer, device=self.device,
+                                    max_context=self.forecast.max_context, clip=self.forecast.clip,
+                                    batch_size=self.batch_size)
+        cache = self._cache(handler)
+        self.forecast_folder = cache.folder
+        scores, partial = [], {}
+        for day in sorted(requests):
             forecasts = cache.load(day)
-            missing = [inst for inst in rows if inst not in forecasts]
-            if missing:
-                forecasts.update(self._forecast(predictor, panel, calendar, day, {i: rows[i] for i in missing}))
-                cache.save(day, forecasts)
-            sampled, reused = sampled + len(missing), reused + len(rows) - len(missing)
-            names = sorted(rows)
-            paths = np.stack([forecasts[n][0] for n in names]).astype(np.float64)
-            last_close = np.array([forecasts[n][1] for n in names])
-            values = compute_signal(self.signal, paths, last_close, self.signal_horizon)
-            scores.append(pd.Series(values, index=pd.MultiIndex.from_product([[day], names],
-                                                                             names=["datetime", "instrument"])))
-        logger.info("KronosModel: %d forecasts on %d days (%d sampled, %d from the cache), signal %s",
-                    sampled + reused, len(requests), sampled, reused, self.signal)
+            if forecasts.keys() >= requests[day].keys():
+                scores.append(self._scores(day, forecasts, requests[day], panel))
+            else:
+                partial[day] = forecasts
+        missing = {day: {inst: row for inst, row in requests[day].items() if inst not in partial[day]}
+                   for day in partial}
+        n_missing = sum(map(len, missing.values()))
+        with progress_bar(total=n_missing, desc="Kronos forecasts", unit="series") as bar:
+            for chunk in self._chunks(missing):
+                sampled = self._forecast(predictor, panel, calendar, {day: missing[day] for day in chunk})
+                for day in chunk:
+                    forecasts = {**partial.pop(day), **sampled[day]}
+                    cache.save(day, forecasts)
+                    scores.append(self._scores(day, forecasts, requests[day], panel))
+                    bar.update(len(missing[day]))
+        n_total = sum(map(len, requests.values()))
+        logger.info("KronosModel: %d forecasts on %d days (%d sampled, %d from the cache in %s), signal %s",
+                    n_total, len(requests), n_missing, n_total - n_missing, self.forecast_folder, self.signal)
         return pd.concat(scores).rename("score").sort_index()
+
+    def _chunks(self, missing: dict[pd.Timestamp, dict[str, int]]) -> Iterator[list[pd.Timestamp]]:
+        """Consecutive days holding at least CHUNK_BATCHES batches of missing forecasts (the last may hold less)."""
+        chunk, size = [], 0
+        for day, rows in missing.items():
+            chunk.append(day)
+            size += len(rows)
+            if size >= CHUNK_BATCHES * self.batch_size:
+                yield chunk
+                chunk, size = [], 0
+        if chunk:
+            yield chunk
+
+    def _scores(self, day: pd.Timestamp, forecasts: dict[str, tuple[np.ndarray, float]], rows: dict[str, int],
+                panel: BarPanel) -> pd.Series:
+        """The day's signal; the observed closes of each context go along for the signals that need them."""
+        names = sorted(rows)
+        paths = np.stack([forecasts[n][0] for n in names]).astype(np.float64)
+        last_close = np.array([forecasts[n][1] for n in names])
+        contexts = np.array([rows[n] for n in names])[:, None] + np.arange(1 - self.forecast.lookback, 1)
+        values = compute_signal(self.signal, paths, last_close, self.signal_start, self.signal_end,
+                                history=panel.values[contexts, CLOSE])
+        return pd.Series(values, index=pd.MultiIndex.from_product([[day], names], names=["datetime", "instrument"]))
 
     def _requests(self, panel: BarPanel, handler: KronosBarsHandler, days: pd.DatetimeIndex,
                   segment) -> dict[pd.Timestamp, dict[str, int]]:
         """day -> {instrument: panel row of its bar that day} for members traded that day with enough history."""
+        lookback = self.forecast.lookback
         requests: dict[pd.Timestamp, dict[str, int]] = {}
         traded_any = False
         for i, inst in enumerate(panel.instruments):
@@ -157,7 +208,7 @@ class KronosModel(Model):
                 pos = np.searchsorted(dates, member_days.values)
                 traded = (pos < len(dates)) & (dates[np.minimum(pos, len(dates) - 1)] == member_days.values)
                 traded_any |= bool(traded.any())
-                enough = traded & (pos >= self.lookback - 1)
+                enough = traded & (pos >= lookback - 1)
                 for day, p in zip(member_days[enough], pos[enough]):
                     requests.setdefault(day, {})[str(inst)] = first + int(p)
         if not traded_any:
@@ -165,23 +216,29 @@ class KronosModel(Model):
                                    f"({days[0].date()}..{days[-1].date()})")
         if not requests:
             raise KronosInputError(
-                f"no member of '{handler.market}' has {self.lookback} traded bars of history on any day of segment "
+                f"no member of '{handler.market}' has {lookback} traded bars of history on any day of segment "
                 f"'{segment}' ({days[0].date()}..{days[-1].date()}, {len(days)} trading days); the data starts "
                 f"{pd.Timestamp(panel.dates.min()).date()}: start the handler earlier or lower lookback"
             )
         return requests
 
-    def _forecast(self, predictor: KronosPredictor, panel: BarPanel, calendar: pd.DatetimeIndex, day: pd.Timestamp,
-                  rows: dict[str, int]) -> dict[str, tuple[np.ndarray, float]]:
-        names = sorted(rows)
-        windows = np.stack([np.arange(rows[n] - self.lookback + 1, rows[n] + 1) for n in names])
-        y_stamp = time_features(_future_days(calendar, day, self.pred_len))
-        day_seed = (self.seed * 1_000_003 + int(day.strftime("%Y%m%d"))) % 2**63
+    def _forecast(self, predictor: KronosPredictor, panel: BarPanel, calendar: pd.DatetimeIndex,
+                  rows: dict[pd.Timestamp, dict[str, int]]) -> dict[pd.Timestamp, dict[str, tuple[np.ndarray, float]]]:
+        """Sample the given (day, instrument) forecasts in one call; each draws from its own (seed, day,
+        instrument) key, so neither the chunk nor the batch it lands in changes it."""
+        spec = self.forecast
+        series = [(day, inst) for day in rows for inst in sorted(rows[day])]
+        ends = np.array([rows[day][inst] for day, inst in series])
+        windows = ends[:, None] + np.arange(1 - spec.lookback, 1)
+        y_stamps = {day: time_features(_future_days(calendar, day, spec.pred_len)) for day in rows}
+        keys = np.array([series_key(self.sampling.seed, f"{day:%Y-%m-%d}", inst) for day, inst in series])
         paths = predictor.predict_paths_from_arrays(panel.values[windows], panel.stamps[windows],
-                                                    np.repeat(y_stamp[None], len(names), axis=0), seed=day_seed,
-                                                    **self.sampling)
-        last_close = panel.values[windows[:, -1], CLOSE]
-        return {n: (p.astype(np.float32), float(c)) for n, p, c in zip(names, paths, last_close)}
+                                                    np.stack([y_stamps[day] for day, _ in series]), self.sampling,
+                                                    keys=keys)
+        out: dict[pd.Timestamp, dict[str, tuple[np.ndarray, float]]] = {day: {} for day in rows}
+        for (day, inst), p, close in zip(series, paths, panel.values[ends, CLOSE]):
+            out[day][inst] = (p.astype(np.float32), float(close))
+        return out
 
     # ------------------------------------------------------------------------------------------------ helpers
     @staticmethod
@@ -201,11 +258,11 @@ class KronosModel(Model):
         start, end = dataset.segments[segment]
         return pd.Timestamp(start), pd.Timestamp(end)
 
-    def _cache_key(self, handler: KronosBarsHandler, predictor: KronosPredictor) -> dict:
-        """Everything a day's paths depend on; batching and device change the random draws, so they count."""
+    def _cache(self, handler: KronosBarsHandler) -> ForecastCache:
+        """The cache keyed by everything a day's paths depend on; not batch_size or device, which change no
+        draw."""
         provider = Path(C.dpm.get_data_uri()).resolve()
-        return {"tokenizer": weights_digest(self.tokenizer), "predictor": weights_digest(self.model),
-                "batch_size": self.batch_size, "device": predictor.device.type,
-                "lookback": self.lookback, "pred_len": self.pred_len, "seed": self.seed, **self.sampling,
-                "max_context": self.max_context, "clip": self.clip, "provider": str(provider),
-                "data": data_fingerprint(provider, handler.market), "market": handler.market, "version": 1}
+        return ForecastCache(self.cache_dir, {
+            "tokenizer": weights_digest(self.tokenizer), "predictor": weights_digest(self.model),
+            "forecast": self.forecast.to_dict(), "sampling": self.sampling.to_dict(), "provider": str(provider),
+            "data": data_fingerprint(provider, handler.market), "market": handler.market})

@@ -21,7 +21,7 @@ def check_features(x: torch.Tensor, d_in: int, name: str = "x") -> None:
 def check_token_ids(ids: torch.Tensor, vocab_size: int, name: str) -> None:
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise KronosInputError(f"{name} must be an integer tensor of token ids, got dtype {ids.dtype}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+    if ids.numel() and bool(((ids < 0) | (ids >= vocab_size)).any()):  # one host sync; min/max only on error
         raise KronosInputError(
             f"{name} holds token ids outside the vocabulary [0, {vocab_size}): min {int(ids.min())}, "
             f"max {int(ids.max())}"

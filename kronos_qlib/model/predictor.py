@@ -58,13 +58,21 @@ class TemporalEmbedding(nn.Module):
             setattr(self, f"{name}_embed", make(size, d_model))
 
     def forward(self, stamp: torch.Tensor) -> torch.Tensor:
+        """Unchecked: callers validate with :func:`check_stamp` (a check syncs a GPU with the host)."""
         stamp = stamp.long()
+        return sum(getattr(self, f"{name}_embed")(stamp[..., i]) for i, name in enumerate(TIME_FEATURES))
+
+
+def check_stamp(stamp: torch.Tensor) -> None:
+    """Every time feature must index its embedding table; one host sync unless a value is out of range."""
+    stamp = stamp.long()
+    sizes = torch.tensor(list(TIME_FEATURES.values()), device=stamp.device)
+    if stamp.numel() and bool(((stamp < 0) | (stamp >= sizes)).any()):
         for i, (name, size) in enumerate(TIME_FEATURES.items()):
             column = stamp[..., i]
-            if column.numel() and (int(column.min()) < 0 or int(column.max()) >= size):
+            if int(column.min()) < 0 or int(column.max()) >= size:
                 raise KronosInputError(f"time feature '{name}' must lie in [0, {size}), got values in "
                                        f"[{int(column.min())}, {int(column.max())}]")
-        return sum(getattr(self, f"{name}_embed")(stamp[..., i]) for i, name in enumerate(TIME_FEATURES))
 
 
 class DependencyAwareLayer(nn.Module):
@@ -163,13 +171,14 @@ class Kronos(nn.Module, HubModelMixin):
             raise KronosInputError(f"token ids must have shape (batch, length), got {tuple(s1_ids.shape)}")
         check_token_ids(s1_ids, self.s1_vocab_size, "s1_ids")
         check_token_ids(s2_ids, self.s2_vocab_size, "s2_ids")
-        if stamp is not None and tuple(stamp.shape) != (*s1_ids.shape, len(TIME_FEATURES)):
-            raise KronosInputError(f"stamp must have shape (batch, length, {len(TIME_FEATURES)}) matching the "
-                                   f"token ids {tuple(s1_ids.shape)}, got {tuple(stamp.shape)}")
+        if stamp is not None:
+            if tuple(stamp.shape) != (*s1_ids.shape, len(TIME_FEATURES)):
+                raise KronosInputError(f"stamp must have shape (batch, length, {len(TIME_FEATURES)}) matching "
+                                       f"the token ids {tuple(s1_ids.shape)}, got {tuple(stamp.shape)}")
+            check_stamp(stamp)
 
     def _trunk(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None,
                cache: PredictorCache | None = None) -> torch.Tensor:
-        self._check_tokens(s1_ids, s2_ids, stamp)
         x = self.embedding(s1_ids, s2_ids)
         if stamp is not None:
             x = x + self.time_emb(stamp)
@@ -186,6 +195,7 @@ class Kronos(nn.Module, HubModelMixin):
         s2 is conditioned on ``s1_targets`` with teacher forcing, otherwise on s1 tokens sampled from the s1
         logits. The conditioning is causal in train and eval alike, so a validation loss sees no future token.
         """
+        self._check_tokens(s1_ids, s2_ids, stamp)
         context = self._trunk(s1_ids, s2_ids, stamp)
         s1_logits = self.head(context)
         if use_teacher_forcing:
@@ -206,27 +216,31 @@ class Kronos(nn.Module, HubModelMixin):
         return self.head.compute_loss(s1_logits, s2_logits, s1_targets, s2_targets)
 
     def decode_s1(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None = None,
-                  cache: PredictorCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  cache: PredictorCache | None = None, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(s1 logits, normed hidden states) of the given positions: the first half of a generation step.
 
         With ``cache`` the positions continue after those already cached, and their hidden states are
-        projected into the dependency layer's memory for :meth:`decode_s2`.
+        projected into the dependency layer's memory for :meth:`decode_s2`. ``validate=False`` skips the
+        input checks, which sync a GPU with the host: for a sampler that checked its inputs once.
         """
+        if validate:
+            self._check_tokens(s1_ids, s2_ids, stamp)
         context = self._trunk(s1_ids, s2_ids, stamp, cache)
         if cache is not None:
             cache.dependency.append(*self.dep_layer.cross_attn.project_memory(context))
         return self.head(context), context
 
-    def decode_s2(self, context: torch.Tensor, s1_ids: torch.Tensor, cache: PredictorCache | None = None
-                  ) -> torch.Tensor:
+    def decode_s2(self, context: torch.Tensor, s1_ids: torch.Tensor, cache: PredictorCache | None = None,
+                  validate: bool = True) -> torch.Tensor:
         """s2 logits conditioned on ``s1_ids``: the second half of a generation step.
 
         A one-token ``s1_ids`` (batch, 1) is the generation step: it attends to the whole window and the
         result, shape (batch, 1, vocab), is the logits of the last position. With ``s1_ids`` as long as the
         context, every position is conditioned on its own s1 token. With ``cache`` only the last hidden state
-        of ``context`` is needed; the window's memory comes from the cache.
+        of ``context`` is needed; the window's memory comes from the cache. ``validate`` as in :meth:`decode_s1`.
         """
-        check_token_ids(s1_ids, self.s1_vocab_size, "s1_ids")
+        if validate:
+            check_token_ids(s1_ids, self.s1_vocab_size, "s1_ids")
         sibling = self.embedding.emb_s1(s1_ids)
         if cache is None:
             return self.head.cond_forward(self.dep_layer(context, sibling))

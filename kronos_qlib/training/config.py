@@ -46,7 +46,8 @@ class FinetuneConfig:
     device: str | None = None
     train_tokenizer: bool = True
     train_basemodel: bool = True
-    #: Skip a stage whose best checkpoint already exists in output_dir.
+    #: Reuse a stage that finished (done.json) with the same settings; one finished with other settings is an
+    #: error. False trains a finished stage again from scratch. An unfinished stage needs --resume either way.
     skip_existing: bool = True
     #: Hub id or local folder to start from; false builds a fresh model from *_config.
     pre_trained_tokenizer: str | bool = "NeoQuasar/Kronos-Tokenizer-base"
@@ -60,14 +61,6 @@ class FinetuneConfig:
     #: Name of the preset this configuration started from (informational).
     preset: str | None = None
 
-    @property
-    def tokenizer_dir(self) -> Path:
-        return Path(self.output_dir).expanduser() / "tokenizer"
-
-    @property
-    def predictor_dir(self) -> Path:
-        return Path(self.output_dir).expanduser() / "predictor"
-
 
 def _released(tokenizer: str, predictor: str, batch_size: int) -> dict:
     return {
@@ -78,25 +71,37 @@ def _released(tokenizer: str, predictor: str, batch_size: int) -> dict:
     }
 
 
+def _from_scratch(bits: int, tokenizer: dict, predictor: dict, epochs: tuple[int, int], batch_size: int,
+                  windows: tuple[int, int]) -> dict:
+    """Small models trained from scratch (nothing to download): their sizes, then the training budget."""
+    def training(stage_epochs: int, grad_clip: float) -> dict:
+        return {"epochs": stage_epochs, "batch_size": batch_size, "lr": 1e-3, "grad_clip": grad_clip,
+                "max_train_windows": windows[0], "max_valid_windows": windows[1]}
+
+    return {
+        "pre_trained_tokenizer": False, "pre_trained_predictor": False,
+        "tokenizer_config": dict(d_in=6, ffn_dropout_p=0.0, attn_dropout_p=0.0, resid_dropout_p=0.0, s1_bits=bits,
+                                 s2_bits=bits, beta=0.05, gamma0=1.0, gamma=1.1, zeta=0.05, group_size=4,
+                                 **tokenizer),
+        "predictor_config": dict(s1_bits=bits, s2_bits=bits, ffn_dropout_p=0.1, attn_dropout_p=0.0,
+                                 resid_dropout_p=0.1, token_dropout_p=0.0, learn_te=True, **predictor),
+        "tokenizer_training": training(epochs[0], 2.0), "predictor_training": training(epochs[1], 3.0),
+    }
+
+
 #: Starting points for ``preset:``. mini/small/base finetune the released checkpoints (GPU-sized);
-#: ``cpu`` trains small models from scratch and learns something real on a 2-core CPU in well under an hour.
+#: ``cpu`` trains small models from scratch and learns something real on a 2-core CPU in about 15 minutes;
+#: ``tiny`` (the smoke-test scale: CI, trying a workflow end to end in a few minutes) only checks that it all runs.
 PRESETS: dict[str, dict] = {
     "mini": _released("NeoQuasar/Kronos-Tokenizer-2k", "NeoQuasar/Kronos-mini", 64),
     "small": _released("NeoQuasar/Kronos-Tokenizer-base", "NeoQuasar/Kronos-small", 50),
     "base": _released("NeoQuasar/Kronos-Tokenizer-base", "NeoQuasar/Kronos-base", 32),
-    "cpu": {
-        "pre_trained_tokenizer": False, "pre_trained_predictor": False,
-        "tokenizer_config": dict(d_in=6, d_model=64, n_heads=4, ff_dim=128, n_enc_layers=3, n_dec_layers=3,
-                                 ffn_dropout_p=0.0, attn_dropout_p=0.0, resid_dropout_p=0.0, s1_bits=6,
-                                 s2_bits=6, beta=0.05, gamma0=1.0, gamma=1.1, zeta=0.05, group_size=4),
-        "predictor_config": dict(s1_bits=6, s2_bits=6, n_layers=3, d_model=128, n_heads=4, ff_dim=256,
-                                 ffn_dropout_p=0.1, attn_dropout_p=0.0, resid_dropout_p=0.1,
-                                 token_dropout_p=0.0, learn_te=True),
-        "tokenizer_training": {"epochs": 4, "batch_size": 64, "lr": 1e-3, "grad_clip": 2.0,
-                               "max_train_windows": 16384, "max_valid_windows": 4096},
-        "predictor_training": {"epochs": 6, "batch_size": 64, "lr": 1e-3, "grad_clip": 3.0,
-                               "max_train_windows": 16384, "max_valid_windows": 4096},
-    },
+    "cpu": _from_scratch(6, dict(d_model=64, n_heads=4, ff_dim=128, n_enc_layers=3, n_dec_layers=3),
+                         dict(n_layers=3, d_model=128, n_heads=4, ff_dim=256), epochs=(4, 6), batch_size=64,
+                         windows=(16384, 4096)),
+    "tiny": _from_scratch(4, dict(d_model=32, n_heads=2, ff_dim=64, n_enc_layers=2, n_dec_layers=2),
+                          dict(n_layers=2, d_model=32, n_heads=2, ff_dim=64), epochs=(1, 1), batch_size=16,
+                          windows=(256, 64)),
 }
 
 

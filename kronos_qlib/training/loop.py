@@ -17,14 +17,15 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm.auto import tqdm
 
 from ..errors import ConfigError, TrainingError
 from ..files import atomic_write_text
+from ..logs import progress_bar
 from ..model.hub import weights_digest
 from .checkpoint import load_state, rng_state, save_atomic, seed_everything, set_rng_state
 from .config import StageConfig
 from .distributed import Runtime
+from .stage_folder import StageFolder, differing_keys
 from .stages import Stage
 
 logger = logging.getLogger(__name__)
@@ -37,20 +38,6 @@ def agreed(runtime: Runtime, value, what: str):
         raise TrainingError(f"ranks disagree on {what} ({values}): with several nodes, output_dir must be on a "
                             f"filesystem they share")
     return value
-
-
-def best_dir(out_dir: Path) -> Path:
-    """Where a stage keeps its best checkpoint (``save_pretrained`` layout)."""
-    return Path(out_dir) / "best"
-
-
-def done_path(out_dir: Path) -> Path:
-    """Written when every epoch of a stage has run: marks ``best/`` as a finished stage for ``skip_existing``."""
-    return Path(out_dir) / "done.json"
-
-
-def differing_keys(a: dict, b: dict) -> list[str]:
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 class EpochSampler(DistributedSampler):
@@ -79,10 +66,10 @@ def validation_indices(n: int, max_samples: int | None, seed: int, runtime: Runt
 
 
 class StageTrainer:
-    def __init__(self, stage: Stage, train_set: Dataset, valid_set: Dataset, config: StageConfig, out_dir: Path,
-                 runtime: Runtime, seed: int, settings: dict):
+    def __init__(self, stage: Stage, train_set: Dataset, valid_set: Dataset, config: StageConfig,
+                 folder: StageFolder, runtime: Runtime, seed: int, settings: dict):
         """``settings`` describes everything the result depends on; a resumed run must match it."""
-        self.stage, self.config, self.out_dir, self.rt, self.seed = stage, config, Path(out_dir), runtime, seed
+        self.stage, self.config, self.folder, self.rt, self.seed = stage, config, folder, runtime, seed
         self.settings = settings
         self.model = stage.model.to(runtime.device)
         self.amp = (torch.autocast("cuda", dtype=torch.bfloat16) if runtime.device.type == "cuda"
@@ -111,28 +98,24 @@ class StageTrainer:
         self.start_epoch = 0
         self.history: list[dict] = []  # per-epoch metrics, kept in last.pt so a resumed log is complete
 
-    @property
-    def last_path(self) -> Path:
-        return self.out_dir / "last.pt"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.out_dir / "metrics.jsonl"
-
     def _write_metrics(self) -> None:
         """Rewrite the JSON-lines log from the history, atomically: at the start (empty for a fresh run, complete
         after a resume) and after every epoch."""
         if self.rt.is_main:
-            atomic_write_text(self.metrics_path, "".join(json.dumps(m) + "\n" for m in self.history))
+            atomic_write_text(self.folder.metrics, "".join(json.dumps(m) + "\n" for m in self.history))
 
     # ---------------------------------------------------------------------------------------------- state
     def resume(self) -> bool:
         """Continue from ``last.pt`` if there is one; True when something was restored."""
-        if not agreed(self.rt, self.last_path.exists(), f"whether {self.last_path} exists"):
+        last = self.folder.last
+        if not agreed(self.rt, last.exists(), f"whether {last} exists"):
+            if self.rt.is_main:
+                logger.warning("%s: %s has no last.pt (killed during its first epoch): starting at epoch 1",
+                               self.stage.name, self.folder.path)
             return False
-        state = load_state(self.last_path)
+        state = load_state(last)
         if state["settings"] != self.settings:
-            raise ConfigError(f"{self.last_path} was written with other settings (they differ in "
+            raise ConfigError(f"{last} was written with other settings (they differ in "
                               f"{differing_keys(state['settings'], self.settings)}): resume with the same "
                               f"configuration, or train into another output_dir")
         self.model.load_state_dict(state["model"])
@@ -146,8 +129,8 @@ class StageTrainer:
                            self.rt.world_size, len(state["rng"]))
             seed_everything(self.seed + 1000 * self.start_epoch + self.rt.rank)
         if self.rt.is_main:
-            logger.info("%s: resumed from %s at epoch %d (best %s %.5f)", self.stage.name, self.last_path,
-                        self.start_epoch, self.stage.select_on, self.best)
+            logger.info("%s: resumed from %s at epoch %d (best %s %.5f)", self.stage.name, last,
+                        self.start_epoch + 1, self.stage.select_on, self.best)
         return True
 
     def _checkpoint(self, epoch: int) -> None:
@@ -155,7 +138,7 @@ class StageTrainer:
         if self.rt.is_main:
             save_atomic({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                          "scheduler": self.scheduler.state_dict(), "epoch": epoch, "best": self.best,
-                         "history": self.history, "settings": self.settings, "rng": states}, self.last_path)
+                         "history": self.history, "settings": self.settings, "rng": states}, self.folder.last)
 
     # --------------------------------------------------------------------------------------------- epochs
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -164,8 +147,8 @@ class StageTrainer:
         sums: dict[str, float] = {}
         seen, accum = 0, self.config.accumulation_steps
         began = time.perf_counter()
-        batches = tqdm(self.train_loader, desc=f"{self.stage.name} epoch {epoch + 1}/{self.config.epochs}",
-                       disable=not self.rt.is_main, leave=False, dynamic_ncols=True)
+        batches = progress_bar(self.train_loader, desc=f"{self.stage.name} epoch {epoch + 1}/{self.config.epochs}",
+                               disable=not self.rt.is_main, leave=False)
         usable = self.steps_per_epoch * accum
         for i, (x, stamp) in enumerate(batches):
             if i >= usable:
@@ -185,7 +168,8 @@ class StageTrainer:
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach()) * len(x)
             seen += len(x)
-            batches.set_postfix(loss=f"{sums['loss'] / seen:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            batches.set_postfix(loss=f"{sums['loss'] / seen:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                                refresh=False)
         elapsed = time.perf_counter() - began
         keys = self.stage.metrics
         totals = self.rt.all_reduce_sum([sums[k] for k in keys] + [seen])
@@ -213,10 +197,11 @@ class StageTrainer:
         return {f"valid_{k}": totals[j] / totals[-1] for j, k in enumerate(keys)}
 
     def fit(self, resume: bool = False) -> Path:
-        """Train the remaining epochs; returns the folder of the best checkpoint."""
+        """Train the remaining epochs (from ``last.pt`` with ``resume``); returns the best checkpoint's folder.
+
+        The folder must be in progress or freshly started (see :class:`StageFolder`): this only trains.
+        """
         seed_everything(self.seed + self.rt.rank)
-        if self.rt.is_main:  # from here until the last epoch, best/ is not a finished stage
-            done_path(self.out_dir).unlink(missing_ok=True)
         if resume:
             self.resume()
         self._write_metrics()
@@ -228,12 +213,12 @@ class StageTrainer:
             if not math.isfinite(score):
                 raise TrainingError(f"{self.stage.name} stage diverged: validation {self.stage.select_on} is {score} "
                                     f"at epoch {epoch + 1} (try a lower lr); the last good state is in "
-                                    f"{self.last_path}")
+                                    f"{self.folder.last}")
             improved = score < self.best
             if improved:
                 self.best = score
                 if self.rt.is_main:
-                    self.model.save_pretrained(best_dir(self.out_dir))
+                    self.model.save_pretrained(self.folder.best)
             metrics.update(best=improved, epoch_s=time.perf_counter() - began)
             self.history.append(metrics)
             self._checkpoint(epoch)
@@ -244,10 +229,9 @@ class StageTrainer:
             self.rt.barrier()
         self._check_ranks_in_sync()
         if self.rt.is_main:
-            atomic_write_text(done_path(self.out_dir),
-                              json.dumps(self.settings, sort_keys=True, indent=2, default=str))
+            self.folder.finish(self.settings)
         self.rt.barrier()
-        return best_dir(self.out_dir)
+        return self.folder.best
 
     def _check_ranks_in_sync(self) -> None:
         digests = self.rt.all_gather(weights_digest(self.model))

@@ -19,16 +19,13 @@ from ..model.hub import init_arg_mismatch, weights_digest
 from .checkpoint import seed_everything
 from .config import FinetuneConfig, StageConfig, load_config
 from .distributed import Runtime, setup, teardown
-from .loop import StageTrainer, agreed, best_dir, differing_keys, done_path
+from .loop import StageTrainer, agreed
+from .stage_folder import Plan, StageFolder
 from .stages import Stage, predictor_stage, tokenizer_stage
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("tokenizer", "predictor")
-
-
-def checkpoint_exists(folder: Path) -> bool:
-    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
 def load_or_build(cls: type, source: str | bool, config: dict | None, what: str) -> nn.Module:
@@ -47,9 +44,9 @@ def load_or_build(cls: type, source: str | bool, config: dict | None, what: str)
 class SequentialTrainer:
     """Runs the enabled stages in order and returns the folders of their best checkpoints.
 
-    A stage's folder holds ``done.json`` (the settings it was trained with) once all its epochs ran. With
-    ``skip_existing`` a finished stage with the same settings is not trained again; one with other settings
-    (other dates, data, model or tokenizer) is an error rather than a silently stale model.
+    Each stage's folder decides what happens (:class:`StageFolder`): with ``skip_existing`` a finished stage with
+    the same settings is reused and one with other settings (dates, data, model, tokenizer) is an error rather
+    than a silently stale model; an unfinished one is continued with ``resume`` and refused without it.
     """
 
     def __init__(self, config: FinetuneConfig, runtime: Runtime | None = None, resume: bool = False,
@@ -83,14 +80,18 @@ class SequentialTrainer:
             results["predictor"] = self._train_predictor()
         return results
 
+    def folder(self, stage: str) -> StageFolder:
+        """The folder of ``stage`` ("tokenizer" or "predictor") in output_dir."""
+        return StageFolder(Path(self.config.output_dir).expanduser() / stage, stage)
+
     def tokenizer_for_predictor(self) -> KronosTokenizer:
-        """The finetuned tokenizer of this run when it exists, else ``pre_trained_tokenizer``."""
-        trained = best_dir(self.config.tokenizer_dir)
-        if checkpoint_exists(trained):
-            return KronosTokenizer.from_pretrained(trained)
+        """The finetuned tokenizer of this run when its stage finished, else ``pre_trained_tokenizer``."""
+        trained = self.folder("tokenizer")
+        if trained.finished_settings() is not None:
+            return KronosTokenizer.from_pretrained(trained.best)
         if not self.config.pre_trained_tokenizer:
             raise ConfigError(f"the predictor stage needs a tokenizer: train one first (train_tokenizer) or set "
-                              f"pre_trained_tokenizer; {trained} holds none")
+                              f"pre_trained_tokenizer; {trained.path} holds no finished tokenizer stage")
         return KronosTokenizer.from_pretrained(str(self.config.pre_trained_tokenizer))
 
     def _train_tokenizer(self) -> Path:
@@ -101,7 +102,7 @@ class SequentialTrainer:
             return tokenizer_stage(load_or_build(KronosTokenizer, cfg.pre_trained_tokenizer, cfg.tokenizer_config,
                                                  "tokenizer"))
 
-        return self._stage("tokenizer", build, cfg.tokenizer_training, cfg.tokenizer_dir, model)
+        return self._stage("tokenizer", build, cfg.tokenizer_training, model)
 
     def _train_predictor(self) -> Path:
         cfg = self.config
@@ -117,33 +118,35 @@ class SequentialTrainer:
                                   f"(s1_bits={tokenizer.s1_bits}, s2_bits={tokenizer.s2_bits})")
             return predictor_stage(predictor, tokenizer, cfg.teacher_forcing)
 
-        return self._stage("predictor", build, cfg.predictor_training, cfg.predictor_dir, model)
+        return self._stage("predictor", build, cfg.predictor_training, model)
 
-    def _stage(self, name: str, build: Callable[[], Stage], stage_config: StageConfig, out_dir: Path,
-               model: dict) -> Path:
+    def _stage(self, name: str, build: Callable[[], Stage], stage_config: StageConfig, model: dict) -> Path:
         data = self.datasets
         settings = json.loads(json.dumps({
             "stage": name, "model": model, "training": dataclasses.asdict(stage_config), "seed": self.config.seed,
             "data": {split: data[split].fingerprint() for split in ("train", "valid")},
         }, default=str))
-        done = done_path(out_dir)
-        previous = agreed(self.rt, json.loads(done.read_text()) if done.exists() else None, f"the content of {done}")
-        if self.config.skip_existing and previous is not None and not self.resume:
-            if previous != settings:
-                raise ConfigError(f"{out_dir} holds a {name} trained with other settings (they differ in "
-                                  f"{differing_keys(previous, settings)}): use another output_dir, or set "
-                                  f"skip_existing: false to train it again")
+        folder = self.folder(name)
+        finished = agreed(self.rt, folder.finished_settings(), f"the content of {folder.done}")
+        in_progress = agreed(self.rt, folder.in_progress(), f"the files in {folder.path}")
+        plan = folder.plan(settings, finished, in_progress, skip_existing=self.config.skip_existing,
+                           resume=self.resume)
+        if plan is Plan.SKIP:
             if self.rt.is_main:
-                logger.info("%s stage skipped: %s already holds it (skip_existing)", name, best_dir(out_dir))
-            return best_dir(out_dir)
+                logger.info("%s stage reused: %s finished with the same settings (skip_existing)", name, folder.best)
+            return folder.best
+        if plan is Plan.FRESH and self.rt.is_main:
+            folder.start_fresh()
+        self.rt.barrier()
         seed_everything(self.config.seed)
-        trainer = StageTrainer(build(), data["train"], data["valid"], stage_config, out_dir, self.rt,
+        trainer = StageTrainer(build(), data["train"], data["valid"], stage_config, folder, self.rt,
                                self.config.seed, settings)
         if self.rt.is_main:
-            logger.info("%s stage: %d train / %d valid windows, %d steps per epoch, output %s", name,
-                        len(data["train"]), len(data["valid"]), trainer.steps_per_epoch, out_dir)
-        best = trainer.fit(resume=self.resume)
-        if not agreed(self.rt, checkpoint_exists(best), f"whether {best} exists"):
+            logger.info("%s stage: %d train / %d valid windows, %d steps per epoch, %s in %s", name,
+                        len(data["train"]), len(data["valid"]), trainer.steps_per_epoch,
+                        "resuming" if plan is Plan.RESUME else "training", folder.path)
+        best = trainer.fit(resume=plan is Plan.RESUME)
+        if not agreed(self.rt, (best / "model.safetensors").is_file(), f"whether {best} exists"):
             raise TrainingError(f"{name} stage ended without a checkpoint in {best}")
         return best
 
@@ -153,7 +156,8 @@ def main(stages: tuple[str, ...] | None = None, argv: list[str] | None = None) -
     what = "both stages" if stages is None else " + ".join(stages) + " stage"
     parser = argparse.ArgumentParser(description=f"Finetune Kronos on Qlib data ({what})")
     parser.add_argument("--config", required=True, help="YAML file (see workflows/finetune_csi300.yaml)")
-    parser.add_argument("--resume", action="store_true", help="continue each stage from its last.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an unfinished stage from its last.pt (without it, one is refused)")
     args = parser.parse_args(argv)
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,

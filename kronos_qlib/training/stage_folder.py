@@ -1,0 +1,103 @@
+"""A stage's folder and its states, in one place: every decision to train, resume, skip or refuse is made here.
+
+``output_dir/<stage>/`` holds ``best/`` (the best validation checkpoint, ``save_pretrained`` layout),
+``last.pt`` (the resumable training state), ``metrics.jsonl`` (one line per epoch) and ``done.json`` (the
+settings the stage was trained with, written after its last epoch). Its state is one of
+
+- empty: none of these files;
+- in progress: files of a run but no ``done.json`` (the run was killed, or is running);
+- finished: ``done.json`` is there.
+
+Nothing a user made is discarded without being asked: an unfinished run is continued only with ``resume`` and
+otherwise refused, a finished one is reused or refused, and only ``skip_existing: false`` trains a finished
+stage again.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..files import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+class Plan(enum.Enum):
+    """What to do with a stage, decided by :meth:`StageFolder.plan`."""
+
+    SKIP = "skip"  # finished with the same settings: reuse best/
+    RESUME = "resume"  # in progress: continue from last.pt
+    FRESH = "fresh"  # empty, or finished and to be trained again: start at epoch 1
+
+
+def differing_keys(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+class StageFolder:
+    def __init__(self, path: str | Path, stage: str):
+        self.path, self.stage = Path(path), stage
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best"
+
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def done(self) -> Path:
+        return self.path / "done.json"
+
+    def finished_settings(self) -> dict | None:
+        """The settings of a finished stage, None when it is not finished."""
+        return json.loads(self.done.read_text()) if self.done.exists() else None
+
+    def in_progress(self) -> bool:
+        return not self.done.exists() and any(p.exists() for p in (self.best, self.last, self.metrics))
+
+    def epochs_logged(self) -> int:
+        return len(self.metrics.read_text().splitlines()) if self.metrics.exists() else 0
+
+    def plan(self, settings: dict, finished: dict | None, in_progress: bool, *, skip_existing: bool,
+             resume: bool) -> Plan:
+        """What to do, given the state (read by :meth:`finished_settings` / :meth:`in_progress`, which the caller
+        may first check agree across ranks). Raises ConfigError, touching nothing, where the user must choose."""
+        if finished is not None:
+            if finished == settings and skip_existing:
+                return Plan.SKIP
+            if skip_existing:
+                raise ConfigError(f"{self.path} holds a {self.stage} trained with other settings (they differ in "
+                                  f"{differing_keys(finished, settings)}): use another output_dir, or set "
+                                  f"skip_existing: false to train it again")
+            return Plan.FRESH
+        if in_progress:
+            if resume:
+                return Plan.RESUME
+            raise ConfigError(f"{self.path} holds an unfinished {self.stage} run ({self.epochs_logged()} epoch(s) "
+                              f"logged): pass --resume to continue it, or move the folder away (or choose another "
+                              f"output_dir) to start over")
+        return Plan.FRESH
+
+    # ---------------------------------------------------------------------------------------- transitions
+    def start_fresh(self) -> None:
+        """Finished or empty -> in progress at epoch 1 (only after :meth:`plan` said so)."""
+        self.done.unlink(missing_ok=True)
+        self.last.unlink(missing_ok=True)
+        if self.best.exists():
+            shutil.rmtree(self.best)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def finish(self, settings: dict) -> None:
+        """In progress -> finished with ``settings``."""
+        atomic_write_text(self.done, json.dumps(settings, sort_keys=True, indent=2, default=str))
+        logger.info("%s stage finished: best checkpoint in %s", self.stage, self.best)

@@ -1,0 +1,93 @@
+"""Signals from sampled paths: their windows (start and end steps), the new signals, and bad windows."""
+import numpy as np
+import pytest
+
+from kronos_qlib import KronosInputError
+from kronos_qlib.signals import SIGNALS, compute_signal
+
+LAST = np.array([10.0, 20.0])
+# two series, three paths, two steps: closes after the last observed one
+CLOSES = np.array([[[10.0, 11.0], [10.0, 9.0], [10.0, 13.0]],
+                   [[20.0, 21.0], [20.0, 22.0], [20.0, 19.0]]])
+
+
+def paths_of(closes: np.ndarray) -> np.ndarray:
+    paths = np.ones((*closes.shape, 6))
+    paths[..., 3] = closes
+    return paths
+
+
+PATHS = paths_of(CLOSES)
+
+
+def test_from_the_last_observed_close():
+    """start=0 scores the whole forecast from the last close (the move from t to t + 1 included)."""
+    window = dict(start=0)
+    np.testing.assert_allclose(compute_signal("expected_return", PATHS, LAST, **window), [0.1, 1 / 30])
+    np.testing.assert_allclose(compute_signal("median_return", PATHS, LAST, **window), [0.1, 0.05])
+    np.testing.assert_allclose(compute_signal("prob_up", PATHS, LAST, **window), [2 / 3, 2 / 3])
+    np.testing.assert_allclose(compute_signal("mean_path_return", PATHS, LAST, **window), [0.05, 1 / 60])
+    ret0 = np.array([0.1, -0.1, 0.3])
+    np.testing.assert_allclose(compute_signal("mean_over_std", PATHS, LAST, **window)[0], ret0.mean() / ret0.std(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(compute_signal("expected_return", PATHS, LAST, start=0, end=1), [0.0, 0.0])
+
+
+def test_default_window_is_tradable():
+    """The default starts at step 1, the first close a trade at t + 1 can get: the t -> t + 1 move is left out."""
+    closes = np.array([[[12.0, 12.0], [12.0, 12.0]]])  # a jump on the untradable day, flat afterwards
+    assert compute_signal("expected_return", paths_of(closes), np.array([10.0]))[0] == 0.0
+    assert compute_signal("expected_return", paths_of(closes), np.array([10.0]), start=0)[0] == pytest.approx(0.2)
+    np.testing.assert_allclose(compute_signal("expected_return", PATHS, LAST),
+                               [np.mean([1.1, 0.9, 1.3]) - 1, np.mean([1.05, 1.1, 0.95]) - 1])
+
+
+def test_vol_scaled_return_divides_by_the_stocks_own_volatility():
+    rng = np.random.default_rng(0)
+    quiet = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, 31)))
+    wild = quiet[0] * np.exp(np.cumsum(rng.normal(0, 0.04, 31)))
+    history = np.stack([quiet, wild])
+    closes = np.stack([np.full((2, 3), quiet[-1] * 1.02), np.full((2, 3), wild[-1] * 1.02)])
+    closes[:, :, 0] = history[:, -1:]  # step 1 equals the last close, then +2%
+    scores = compute_signal("vol_scaled_return", paths_of(closes), history[:, -1], start=1, end=3, history=history)
+    expected_vol = np.diff(np.log(history[:, -21:]), axis=1).std(axis=1) * np.sqrt(2)
+    np.testing.assert_allclose(scores, 0.02 / expected_vol, rtol=1e-6)
+    assert scores[0] > 3 * scores[1], "the same forecast return ranks the quiet stock higher"
+    with pytest.raises(KronosInputError, match="'vol_scaled_return' needs the observed closes"):
+        compute_signal("vol_scaled_return", paths_of(closes), history[:, -1])
+
+
+def test_downside_and_risk_signals():
+    rng = np.random.default_rng(1)
+    calm = 10 * np.exp(np.cumsum(rng.normal(0, 0.005, (1, 20, 10)), axis=2))
+    stormy = 10 * np.exp(np.cumsum(rng.normal(0, 0.05, (1, 20, 10)), axis=2))
+    paths = paths_of(np.concatenate([calm, stormy]))
+    risk = compute_signal("low_forecast_risk", paths, np.array([10.0, 10.0]))
+    assert risk[0] > risk[1], "the calm paths rank higher on low forecast risk"
+    returns = np.concatenate([calm, stormy])[:, :, -1] / np.concatenate([calm, stormy])[:, :, 0] - 1
+    np.testing.assert_allclose(compute_signal("downside_return", paths, np.array([10.0, 10.0])),
+                               np.quantile(returns, 0.2, axis=1))
+    with pytest.raises(KronosInputError, match="'low_forecast_risk' needs a window of at least 2 steps"):
+        compute_signal("low_forecast_risk", paths, np.array([10.0, 10.0]), start=1, end=2)
+
+
+@pytest.mark.parametrize("window,message", [
+    (dict(start=1, end=3), r"signal window \(start step 1, end step 3\) lies outside the forecast"),
+    (dict(start=2), r"start step 2, end step 2"),
+    (dict(start=-1), r"start step -1"),
+    (dict(start=1.5), "signal_start must be an integer step"),
+])
+def test_signal_window_outside_the_forecast(window, message):
+    with pytest.raises(KronosInputError, match=message):
+        compute_signal("expected_return", PATHS, LAST, **window)
+
+
+def test_unknown_signals_and_too_few_paths():
+    assert {"expected_return", "mean_path_return", "median_return", "prob_up", "mean_over_std", "vol_scaled_return",
+            "downside_return", "low_forecast_risk"} == set(SIGNALS)
+    with pytest.raises(KronosInputError, match="unknown signal 'alpha'"):
+        compute_signal("alpha", PATHS, LAST)
+    with pytest.raises(KronosInputError, match="sample_count >= 2"):
+        compute_signal("mean_over_std", PATHS[:, :1], LAST)
+    with pytest.raises(KronosInputError, match="last observed closes must be positive"):
+        compute_signal("expected_return", PATHS, np.array([10.0, 0.0]))
