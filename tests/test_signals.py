@@ -53,8 +53,23 @@ def test_vol_scaled_return_divides_by_the_stocks_own_volatility():
     expected_vol = np.diff(np.log(history[:, -21:]), axis=1).std(axis=1) * np.sqrt(2)
     np.testing.assert_allclose(scores, 0.02 / expected_vol, rtol=1e-6)
     assert scores[0] > 3 * scores[1], "the same forecast return ranks the quiet stock higher"
+    flat = np.full((1, 31), 50.0)  # locked at its limit: no volatility at all
+    path = np.broadcast_to(np.array([50.0, 50.5, 51.0]), (1, 2, 3))
+    locked = compute_signal("vol_scaled_return", paths_of(path), flat[:, -1], history=flat)
+    np.testing.assert_allclose(locked, 0.02 / (0.005 * np.sqrt(2)), rtol=1e-9)  # the volatility floor, not 0
     with pytest.raises(KronosInputError, match="'vol_scaled_return' needs the observed closes"):
         compute_signal("vol_scaled_return", paths_of(closes), history[:, -1])
+
+
+def test_forecast_closes_at_or_below_zero_are_floored():
+    """De-normalized paths can go to zero or below: a floor at 1% of the last close keeps scores finite."""
+    closes = CLOSES.copy()
+    closes[0, 1] = [-3.0, 0.0]  # one wild path of series 0
+    for name in SIGNALS:
+        if name != "vol_scaled_return":
+            assert np.isfinite(compute_signal(name, paths_of(closes), LAST, start=0)).all(), name
+    floored = compute_signal("expected_return", paths_of(closes), LAST, start=0)
+    np.testing.assert_allclose(floored[0], np.mean([0.1, 0.01 - 1, 0.3]))
 
 
 def test_downside_and_risk_signals():

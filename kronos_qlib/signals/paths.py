@@ -23,6 +23,12 @@ from ..features import CLOSE
 HISTORY_VOL_BARS = 20
 #: Quantile of the path returns scored by downside_return.
 DOWNSIDE_QUANTILE = 0.2
+#: Forecast closes are floored at this fraction of the last observed close. De-normalized paths can reach zero or
+#: below (mean - 5 std of a volatile context); a 99% fall is the worst a path may say, so one wild path neither
+#: stops a backtest nor swamps the cross-section.
+CLOSE_FLOOR = 0.01
+#: The smallest daily volatility vol_scaled_return divides by: a stock locked at its limit for a month has none.
+VOL_FLOOR = 0.005
 
 
 @dataclass(frozen=True)
@@ -80,8 +86,8 @@ def vol_scaled_return(w: PathWindow) -> np.ndarray:
     """Expected return in units of the stock's own recent volatility over the window's length (a z-score, as the
     original Kronos backtest ranks): a 2% forecast means more for a quiet stock than for a wild one."""
     history = np.log(w.history[:, -(HISTORY_VOL_BARS + 1):])
-    realized = np.diff(history, axis=1).std(axis=1) * np.sqrt(w.end - w.start)
-    return expected_return(w) / (realized + 1e-8)
+    daily = np.maximum(np.diff(history, axis=1).std(axis=1), VOL_FLOOR)
+    return expected_return(w) / (daily * np.sqrt(w.end - w.start))
 
 
 def downside_return(w: PathWindow) -> np.ndarray:
@@ -145,10 +151,8 @@ def compute_signal(name: str, paths: np.ndarray, last_close: np.ndarray, start: 
     last_close = np.asarray(last_close, dtype=np.float64)
     if (last_close <= 0).any() or not np.isfinite(last_close).all():
         raise KronosInputError("last observed closes must be positive and finite to compute returns")
-    closes = np.concatenate([np.broadcast_to(last_close[:, None, None], (*paths.shape[:2], 1)),
-                             paths[..., CLOSE].astype(np.float64)], axis=2)
-    if (closes[..., start:end + 1] <= 0).any():
-        raise KronosInputError(f"the signal '{name}' needs positive forecast closes in its window ({start}..{end})")
+    forecast = np.maximum(paths[..., CLOSE].astype(np.float64), CLOSE_FLOOR * last_close[:, None, None])
+    closes = np.concatenate([np.broadcast_to(last_close[:, None, None], (*paths.shape[:2], 1)), forecast], axis=2)
     if SIGNALS[name].needs_history:
         if history is None or np.ndim(history) != 2 or len(history) != len(paths) or np.shape(history)[1] < 3:
             raise KronosInputError(f"the signal '{name}' needs the observed closes of each series (history: "
