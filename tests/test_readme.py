@@ -18,7 +18,7 @@ def quick_start_commands() -> list[str]:
 
 def test_ci_runs_the_readme_commands():
     commands = quick_start_commands()
-    ci = (REPO / ".ci" / "run").read_text()
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert any(c.startswith("pip install torch==") for c in commands), commands
     assert "python -m pytest -q tests" in commands
     assert "qrun workflows/kronos_csi300.yaml" in commands

@@ -327,3 +327,26 @@ def test_predictor_stage_needs_a_tokenizer(tmp_path, data_cache):
     config = config_from_dict(tiny_config(tmp_path, data_cache, train_tokenizer=False))
     with pytest.raises(ConfigError, match="the predictor stage needs a tokenizer"):
         SequentialTrainer(config).run()
+
+
+def test_stage_folder_states_and_damaged_files(tmp_path):
+    from kronos_qlib.training.stage_folder import Plan, StageFolder
+
+    folder, settings = StageFolder(tmp_path / "predictor", "predictor"), {"lr": 1e-3}
+    assert folder.plan(settings, None, folder.in_progress(), skip_existing=True, resume=False) is Plan.FRESH
+    folder.path.mkdir()
+    folder.metrics.write_text("")
+    assert not folder.in_progress(), "killed in its first epoch: nothing to continue, nothing to refuse"
+    folder.done.write_text("{not json")
+    with pytest.raises(ConfigError, match=r"done.json is damaged .*: move .*predictor away"):
+        folder.finished_settings()
+    folder.done.write_text(json.dumps(settings))
+    with pytest.raises(ConfigError, match=r"marked finished \(done.json\) but .*best holds no checkpoint"):
+        folder.plan(settings, folder.finished_settings(), False, skip_existing=True, resume=True)
+    folder.best.mkdir()
+    (folder.best / "model.safetensors").write_bytes(b"weights")
+    assert folder.plan(settings, settings, False, skip_existing=True, resume=True) is Plan.SKIP
+    assert folder.plan(settings, settings, False, skip_existing=False, resume=False) is Plan.FRESH
+    folder.start_fresh()
+    assert folder.path.is_dir() and not any(folder.path.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["predictor"], "the old files are gone, nothing left beside"

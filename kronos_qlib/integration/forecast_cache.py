@@ -34,12 +34,13 @@ def read_day(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     naming the file when it is damaged or not of this layout."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            missing = {"instruments", "paths", "last_close"} - set(data.files)
-            if missing:
-                raise KronosInputError(f"forecast file '{path}' lacks the array(s) {', '.join(sorted(missing))}")
-            instruments, paths, last_close = data["instruments"].astype(str), data["paths"], data["last_close"]
+            arrays = {name: data[name] for name in ("instruments", "paths", "last_close") if name in data.files}
     except _READ_ERRORS as err:
         raise KronosInputError(f"forecast file '{path}' cannot be read ({type(err).__name__}: {err})") from err
+    missing = {"instruments", "paths", "last_close"} - set(arrays)
+    if missing:
+        raise KronosInputError(f"forecast file '{path}' lacks the array(s) {', '.join(sorted(missing))}")
+    instruments, paths, last_close = arrays["instruments"].astype(str), arrays["paths"], arrays["last_close"]
     if paths.ndim != 4 or not len(instruments) == len(paths) == len(last_close):
         raise KronosInputError(f"forecast file '{path}': paths must be (instruments, sample_count, pred_len, 6) "
                                f"for {len(instruments)} instruments and closes, got {paths.shape}")

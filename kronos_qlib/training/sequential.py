@@ -127,6 +127,7 @@ class SequentialTrainer:
             "data": {split: data[split].fingerprint() for split in ("train", "valid")},
         }, default=str))
         folder = self.folder(name)
+        settings = agreed(self.rt, settings, f"the {name} stage's settings")
         finished = agreed(self.rt, folder.finished_settings(), f"the content of {folder.done}")
         in_progress = agreed(self.rt, folder.in_progress(), f"the files in {folder.path}")
         plan = folder.plan(settings, finished, in_progress, skip_existing=self.config.skip_existing,

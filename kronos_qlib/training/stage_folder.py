@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -60,10 +61,18 @@ class StageFolder:
 
     def finished_settings(self) -> dict | None:
         """The settings of a finished stage, None when it is not finished."""
-        return json.loads(self.done.read_text()) if self.done.exists() else None
+        if not self.done.exists():
+            return None
+        try:
+            return json.loads(self.done.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{self.done} is damaged ({err}): move {self.path} away to train the {self.stage} "
+                              f"stage again") from err
 
     def in_progress(self) -> bool:
-        return not self.done.exists() and any(p.exists() for p in (self.best, self.last, self.metrics))
+        """A run left something to continue: a checkpoint or a logged epoch (a run killed in its first epoch
+        leaves nothing worth a --resume)."""
+        return not self.done.exists() and (self.best.exists() or self.last.exists() or self.epochs_logged() > 0)
 
     def epochs_logged(self) -> int:
         return len(self.metrics.read_text().splitlines()) if self.metrics.exists() else 0
@@ -74,6 +83,9 @@ class StageFolder:
         may first check agree across ranks). Raises ConfigError, touching nothing, where the user must choose."""
         if finished is not None:
             if finished == settings and skip_existing:
+                if not (self.best / "model.safetensors").is_file():
+                    raise ConfigError(f"{self.path} is marked finished (done.json) but {self.best} holds no "
+                                      f"checkpoint: move the folder away to train the {self.stage} stage again")
                 return Plan.SKIP
             if skip_existing:
                 raise ConfigError(f"{self.path} holds a {self.stage} trained with other settings (they differ in "
@@ -90,11 +102,15 @@ class StageFolder:
 
     # ---------------------------------------------------------------------------------------- transitions
     def start_fresh(self) -> None:
-        """Finished or empty -> in progress at epoch 1 (only after :meth:`plan` said so)."""
-        self.done.unlink(missing_ok=True)
-        self.last.unlink(missing_ok=True)
-        if self.best.exists():
-            shutil.rmtree(self.best)
+        """Finished or empty -> in progress at epoch 1 (only after :meth:`plan` said so).
+
+        The old folder is renamed away in one step before it is deleted: a crash leaves either the finished
+        stage or an empty one, never a mix of old files.
+        """
+        if self.path.exists():
+            discarded = self.path.with_name(f".{self.path.name}.discarded-{os.getpid()}")
+            os.replace(self.path, discarded)
+            shutil.rmtree(discarded)
         self.path.mkdir(parents=True, exist_ok=True)
 
     def finish(self, settings: dict) -> None:
