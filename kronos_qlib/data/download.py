@@ -31,7 +31,9 @@ def get_data(target: str | Path, source: str = DEFAULT_SOURCE, *, force: bool = 
     """Fetch ``source`` (a URL or a local .tar.gz/.tgz/.zip), unpack and check it, then rename it to ``target``.
 
     An existing ``target`` is kept unless ``force``; the data must pass :func:`check_data` for ``market`` and
-    ``benchmark``, whose report is returned.
+    ``benchmark``, whose report is returned. All work happens in a hidden ``.<target name>.*`` folder beside
+    ``target``, removed on any error; only a process killed outright (SIGKILL) leaves it behind, and with
+    ``force`` a kill between the two renames leaves the old data in its ``old/`` subfolder.
     """
     target = Path(target).expanduser().absolute()
     if target.exists() and not force:
