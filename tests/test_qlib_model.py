@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from qlib.data.dataset import DatasetH
 
-from kronos_qlib import CheckpointError, ConfigError, KronosBarsHandler, KronosInputError, KronosModel
+from kronos_qlib import CheckpointError, ConfigError, Kronos, KronosBarsHandler, KronosInputError, KronosModel
 from kronos_qlib.data import init_qlib, load_bars, membership
 
 from conftest import CN_DATA
@@ -217,3 +217,78 @@ def test_bad_model_arguments():
         KronosModel(signal_start=10)
     with pytest.raises(KronosInputError, match="'mean_over_std' needs sample_count >= 2"):
         KronosModel(signal="mean_over_std", sampling={"sample_count": 1})
+
+
+# ------------------------------------------------------------------------- the recorded model, updates, finetune
+ROUND_TRIP = """
+import pickle, sys
+from qlib.data.dataset import DatasetH
+from kronos_qlib import KronosBarsHandler
+from kronos_qlib.data import init_qlib
+init_qlib(sys.argv[1])
+dataset = DatasetH(handler=KronosBarsHandler(instruments="csi300", start_time="2016-01-01", end_time="2016-12-30",
+                                             history=20), segments={"test": ("2016-10-10", "2016-10-14")})
+with open(sys.argv[2], "rb") as f:
+    model = pickle.load(f)
+model.cache_dir = None  # sample again: the same weights and settings must give the same paths
+model.predict(dataset, "test").to_pickle(sys.argv[3])
+"""
+
+
+def test_params_pkl_predicts_the_same_in_a_fresh_process(fitted, dataset, tmp_path):
+    """qrun saves the fitted model as params.pkl: weights and settings, no cache, loadable elsewhere."""
+    import subprocess
+    import sys
+
+    model, _ = fitted
+    params = tmp_path / "params.pkl"
+    params.write_bytes(pickle.dumps(model))
+    assert params.stat().st_size < 2_000_000, "the tiny pair's weights, nothing more"
+    result = subprocess.run([sys.executable, "-c", ROUND_TRIP, str(CN_DATA), str(params), str(tmp_path / "s.pkl")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = model.predict(dataset, slice(pd.Timestamp("2016-10-10"), pd.Timestamp("2016-10-14")))
+    pd.testing.assert_series_equal(pd.read_pickle(tmp_path / "s.pkl"), expected, rtol=1e-5)
+
+
+def test_a_longer_calendar_samples_only_the_new_days(fitted, dataset, tmp_path, monkeypatch):
+    """A daily job re-predicts a segment that grew by a few days: only those days are sampled."""
+    import kronos_qlib.inference.predictor as predictor_module
+
+    model = pickle.loads(pickle.dumps(fitted[0]))
+    model.cache_dir = str(tmp_path / "cache")
+    first = model.predict(dataset, slice(pd.Timestamp("2016-10-10"), pd.Timestamp("2016-10-17")))
+    sampled = []
+    real = predictor_module.KronosPredictor.predict_paths_from_arrays
+
+    def counting(self, bars, *args, **kwargs):
+        sampled.append(len(bars))
+        return real(self, bars, *args, **kwargs)
+
+    monkeypatch.setattr(predictor_module.KronosPredictor, "predict_paths_from_arrays", counting)
+    longer = model.predict(dataset, slice(pd.Timestamp("2016-10-10"), pd.Timestamp("2016-10-21")))
+    new_days = longer.index.get_level_values("datetime") > pd.Timestamp("2016-10-17")
+    assert sum(sampled) == new_days.sum() > 0
+    pd.testing.assert_series_equal(longer[~new_days], first)
+
+
+def test_finetune_continues_from_the_current_weights(fitted, dataset, tmp_path):
+    from kronos_qlib.model.hub import weights_digest
+
+    model = pickle.loads(pickle.dumps(fitted[0]))
+    before = {"tokenizer": weights_digest(model.tokenizer), "predictor": weights_digest(model.model)}
+    scores = model.predict(dataset, "test")
+    model.refit = {"output_dir": str(tmp_path / "refit"), "predictor_training": {"epochs": 1, "lr": 1e-4}}
+    model.finetune(dataset)
+    assert weights_digest(model.tokenizer) == before["tokenizer"], "the predictor stage only, by default"
+    assert weights_digest(model.model) != before["predictor"]
+    assert (tmp_path / "refit" / "predictor" / "done.json").exists()
+    assert not (tmp_path / "refit" / "tokenizer").exists()
+    start = Kronos.from_pretrained(tmp_path / "refit" / "start" / "predictor")
+    assert weights_digest(start) == before["predictor"], "it started from the fitted weights"
+    after = model.predict(dataset, "test")
+    assert after.index.equals(scores.index) and not np.allclose(after, scores)
+    zero_shot = KronosModel(tokenizer="unused", predictor="unused")  # no finetune settings to take a folder from
+    zero_shot.tokenizer, zero_shot.model = model.tokenizer, model.model
+    with pytest.raises(ConfigError, match="needs refit.output_dir"):
+        zero_shot.finetune(dataset)

@@ -11,7 +11,7 @@ import pandas as pd
 from qlib.config import C
 from qlib.data import D
 from qlib.data.dataset import DatasetH
-from qlib.model.base import Model
+from qlib.model.base import ModelFT
 
 from ..data import BarPanel, check_split_length, data_fingerprint, split_datasets
 from ..errors import ConfigError, KronosInputError
@@ -43,8 +43,9 @@ def _future_days(calendar: pd.DatetimeIndex, day: pd.Timestamp, n: int) -> pd.Da
     return after
 
 
-class KronosModel(Model):
-    """Kronos as a Qlib model: ``fit`` finetunes or loads it, ``predict`` scores every member every day.
+class KronosModel(ModelFT):
+    """Kronos as a Qlib model: ``fit`` finetunes or loads it, ``predict`` scores every member every day, and
+    ``finetune`` (Qlib's ModelFT) continues training from the current weights, e.g. on a later period.
 
     Args:
         tokenizer, predictor: Hub ids or local folders, used when ``finetune`` is not given.
@@ -52,6 +53,9 @@ class KronosModel(Model):
             e.g. ``{preset: cpu, output_dir: runs/kronos}``): ``fit`` trains on the dataset's train and valid
             segments and predicts with the result. A finished stage with the same settings is reused, an
             interrupted one resumes.
+        refit: what :meth:`finetune` changes in the ``finetune`` settings (default: the predictor stage only,
+            ``train_tokenizer: false``), e.g. ``{output_dir: runs/refit, predictor_training: {epochs: 1,
+            lr: 1e-5}}``; ``output_dir`` defaults to the ``finetune`` one with ``_refit`` appended.
         forecast: :class:`~kronos_qlib.inference.ForecastSpec` fields (lookback, pred_len, clip, max_context);
             training windows use the same.
         sampling: :class:`~kronos_qlib.inference.Sampling` fields (T, top_k, top_p, sample_count, seed). A
@@ -65,7 +69,8 @@ class KronosModel(Model):
     """
 
     def __init__(self, tokenizer: str = "NeoQuasar/Kronos-Tokenizer-base", predictor: str = "NeoQuasar/Kronos-small",
-                 finetune: dict | None = None, forecast: dict | ForecastSpec | None = None,
+                 finetune: dict | None = None, refit: dict | None = None,
+                 forecast: dict | ForecastSpec | None = None,
                  sampling: dict | Sampling | None = None, signal: str = "expected_return", signal_start: int = 1,
                  signal_end: int | None = None, batch_size: int = 64, device: str | None = None,
                  cache_dir: str | None = "~/.cache/kronos_qlib/forecasts"):
@@ -74,10 +79,10 @@ class KronosModel(Model):
         self.batch_size = as_int("batch_size", batch_size, 1)
         self.signal_end = check_signal(signal, self.forecast.pred_len, self.sampling.sample_count, signal_start,
                                        signal_end)
-        if finetune is not None and "data" in finetune:
+        if any(settings is not None and "data" in settings for settings in (finetune, refit)):
             raise ConfigError("finetune.data is not used: KronosModel trains on the dataset's segments")
         self.tokenizer_source, self.predictor_source = tokenizer, predictor
-        self.finetune = finetune
+        self.finetune_config, self.refit = finetune, refit
         self.signal, self.signal_start = signal, int(signal_start)
         self.device, self.cache_dir = device, cache_dir
         self.tokenizer: KronosTokenizer | None = None
@@ -89,22 +94,42 @@ class KronosModel(Model):
         if reweighter is not None:
             raise ConfigError("KronosModel does not support sample reweighting")
         handler = self._handler(dataset)
-        recorder = active_recorder()
-        if self.finetune is None:
+        if self.finetune_config is None:
             self._load(self.tokenizer_source, self.predictor_source)
         else:
-            trainer = self._finetune(dataset, handler)
-            if recorder is not None:
-                log_settings(recorder, finetune=dataclasses.asdict(trainer.config))
-                for stage in ("tokenizer", "predictor"):
-                    log_stage(recorder, trainer.folder(stage))
+            self._train(dataset, handler, dict(self.finetune_config), "finetune")
+        recorder = active_recorder()
         if recorder is not None:
             log_settings(recorder, forecast=self.forecast.to_dict(), sampling=self.sampling.to_dict())
         # qrun pickles the model (params.pkl) right after fit, before predict: the recorded model names its cache
         self.forecast_folder = self._cache(handler).folder
 
-    def _finetune(self, dataset: DatasetH, handler: KronosBarsHandler) -> SequentialTrainer:
-        config = config_from_dict(dict(self.finetune), where="KronosModel finetune")
+    def finetune(self, dataset: DatasetH, reweighter=None) -> None:
+        """Continue training from the current weights on the dataset's train and valid segments, with the
+        ``refit`` settings over the ``finetune`` ones, into a new output folder; predict then uses the result."""
+        if self.model is None:
+            raise ValueError("KronosModel is not fitted: call fit(dataset) before finetune(dataset)")
+        if reweighter is not None:
+            raise ConfigError("KronosModel does not support sample reweighting")
+        values = {key: value for key, value in (self.finetune_config or {}).items() if key != "output_dir"}
+        refit = {"train_tokenizer": False, **(self.refit or {})}
+        if "output_dir" not in refit:
+            if not self.finetune_config or "output_dir" not in self.finetune_config:
+                raise ConfigError("finetune(dataset) needs refit.output_dir: the folder its training writes to")
+            refit["output_dir"] = f"{Path(self.finetune_config['output_dir'])}_refit"
+        start = Path(refit["output_dir"]).expanduser() / "start"  # the weights it continues from
+        self.tokenizer.save_pretrained(start / "tokenizer")
+        self.model.save_pretrained(start / "predictor")
+        values.update(refit, pre_trained_tokenizer=str(start / "tokenizer"), tokenizer_config=None,
+                      pre_trained_predictor=str(start / "predictor"), predictor_config=None)
+        handler = self._handler(dataset)
+        self._train(dataset, handler, values, "refit")
+        self.forecast_folder = self._cache(handler).folder
+
+    def _train(self, dataset: DatasetH, handler: KronosBarsHandler, values: dict, name: str) -> None:
+        """Two-stage training on the dataset's segments with the settings ``values``; under qrun its curves,
+        settings and checkpoints go to the recorder as ``<name>`` (see :mod:`.recorder`)."""
+        config = config_from_dict(values, where=f"KronosModel {name}")
         spec = self.forecast
         config.data.lookback, config.data.horizon, config.data.clip = spec.lookback, spec.pred_len, spec.clip
         ranges = {s: self._segment(dataset, s) for s in ("train", "valid")}
@@ -120,7 +145,11 @@ class KronosModel(Model):
                               "(pre_trained_predictor)")
         self.tokenizer = trainer.tokenizer_for_predictor()
         self.model = Kronos.from_pretrained(str(predictor))
-        return trainer
+        recorder = active_recorder()
+        if recorder is not None:
+            log_settings(recorder, **{name: dataclasses.asdict(config)})
+            for stage in ("tokenizer", "predictor"):
+                log_stage(recorder, trainer.folder(stage), prefix="" if name == "finetune" else f"{name}-")
 
     def _load(self, tokenizer: str | Path, predictor: str | Path) -> None:
         self.tokenizer = KronosTokenizer.from_pretrained(str(tokenizer))

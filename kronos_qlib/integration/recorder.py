@@ -43,14 +43,14 @@ def log_settings(recorder, **sections: dict[str, Any]) -> None:
     recorder.log_params(**params)
 
 
-def log_stage(recorder, folder: StageFolder) -> None:
+def log_stage(recorder, folder: StageFolder, prefix: str = "") -> None:
     """Every epoch of a stage (``metrics.jsonl``, so a reused or resumed stage logs its whole history) as metrics
-    ``<stage>/<name>`` with step = epoch, and the folder of its best checkpoint as a tag."""
+    ``<prefix><stage>/<name>`` with step = epoch, and the folder of its best checkpoint as a tag."""
     if not folder.metrics.exists():
         return
     for line in folder.metrics.read_text().splitlines():
         row = json.loads(line)
         recorder.log_metrics(step=int(row["epoch"]), **{
-            f"{folder.stage}/{key}": float(value) for key, value in row.items()
+            f"{prefix}{folder.stage}/{key}": float(value) for key, value in row.items()
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch"})
-    recorder.set_tags(**{f"kronos.{folder.stage}_checkpoint": str(folder.best.resolve())})
+    recorder.set_tags(**{f"kronos.{prefix}{folder.stage}_checkpoint": str(folder.best.resolve())})
