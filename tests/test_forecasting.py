@@ -314,3 +314,10 @@ def test_pred_len_beyond_max_context(predictor, tokenizer, bars):
     kp = KronosPredictor(predictor, tokenizer, device="cpu", max_context=4)
     with pytest.raises(KronosInputError, match="pred_len \\(5\\) cannot exceed max_context \\(4\\)"):
         kp.predict(*window(bars, 0, 30, 5), 5)
+
+
+def test_paths_of_different_series_never_share_a_stream():
+    """600,000 (series, path) streams, as many as one CSI300 year of 5-path forecasts: all distinct (32-bit ids
+    would give about 40 colliding pairs, whose paths would repeat each other's every draw)."""
+    streams = path_streams(torch.arange(120_000, dtype=torch.int64) * 7_919 + 12_345, 5)
+    assert torch.unique(streams, dim=0).shape[0] == len(streams) == 600_000

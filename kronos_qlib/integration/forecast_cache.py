@@ -25,8 +25,8 @@ from ..files import atomic_write, atomic_write_text
 logger = logging.getLogger(__name__)
 #: What reading a damaged .npz raises, depending on where it is damaged.
 _READ_ERRORS = (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError)
-#: Bump when the layout above changes: the key, and so the folder, changes with it.
-FORMAT_VERSION = 2
+#: Bump when the layout above or the way paths are drawn changes: the key, and so the folder, changes with it.
+FORMAT_VERSION = 3
 
 
 def read_day(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
