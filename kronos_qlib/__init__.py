@@ -8,12 +8,12 @@ from .inference import ForecastSpec, KronosPredictor, Sampling
 from .model import Kronos, KronosTokenizer
 
 __version__ = "0.1.0"
-__all__ = ["CheckpointError", "ConfigError", "ForecastSpec", "Kronos", "KronosBarsHandler", "KronosInputError",
+__all__ = ["CheckedAlpha158", "CheckpointError", "ConfigError", "ForecastSpec", "Kronos", "KronosBarsHandler", "KronosInputError",
            "KronosModel", "KronosPredictor", "KronosTokenizer", "Sampling", "TrainingError"]
 
 
 def __getattr__(name: str):
-    if name in ("KronosModel", "KronosBarsHandler"):
+    if name in ("KronosModel", "KronosBarsHandler", "CheckedAlpha158"):
         from . import integration
 
         return getattr(integration, name)

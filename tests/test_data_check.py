@@ -157,3 +157,19 @@ def test_the_handler_stops_with_the_report(provider):
             KronosBarsHandler(instruments="csi300", start_time="2016-01-04", end_time="2016-12-30")
     finally:
         init_qlib(CN_DATA)
+
+
+@pytest.mark.parametrize("handler", ["KronosBarsHandler", "CheckedAlpha158"])
+def test_both_workflow_handlers_check_the_benchmark_and_the_backtest_end(handler):
+    """What the workflows pass their handlers (benchmark, backtest end) stops a bad run before any data loads."""
+    import kronos_qlib
+    from kronos_qlib.data import init_qlib
+
+    init_qlib(CN_DATA)
+    cls = getattr(kronos_qlib, handler)
+    dates = dict(instruments="csi300", start_time="2022-10-01", end_time="2022-12-30")
+    with pytest.raises(ConfigError, match=r"- backtest end 2022-12-30 must be at least one trading day before the "
+                                          r"calendar's last day 2022-12-30"):
+        cls(**dates, benchmark="SH000300", backtest_end="2022-12-30")
+    with pytest.raises(ConfigError, match=r"- benchmark SH999999 has no close prices"):
+        cls(**dates, benchmark="SH999999", backtest_end="2022-12-29")

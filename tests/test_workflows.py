@@ -61,6 +61,9 @@ def test_both_workflows_take_the_same_dates_from_the_environment(monkeypatch, en
     assert got["handler"] == [expected["train"][0], expected["test"][1]]
     lgb_handler = lgb["task"]["dataset"]["kwargs"]["handler"]["kwargs"]
     assert [lgb_handler["fit_start_time"], lgb_handler["fit_end_time"]] == expected["train"]
+    for config in (kronos, lgb):  # the handlers check the data for exactly the backtest's benchmark and end
+        handler = config["task"]["dataset"]["kwargs"]["handler"]["kwargs"]
+        assert (handler["benchmark"], handler["backtest_end"]) == ("SH000300", expected["backtest_end"])
 
 
 def test_kronos_workflow_sets_each_setting_once(monkeypatch):

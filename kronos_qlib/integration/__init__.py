@@ -3,10 +3,11 @@
 Importing it (qrun does, through ``module_path: kronos_qlib``) lets kronos_qlib's log lines appear where Qlib's do.
 """
 from ..logs import follow_qlib_logging
+from .alpha158 import CheckedAlpha158
 from .forecast_cache import ForecastCache
 from .handler import KronosBarsHandler
 from .model import KronosModel
 
 follow_qlib_logging()
 
-__all__ = ["ForecastCache", "KronosBarsHandler", "KronosModel"]
+__all__ = ["CheckedAlpha158", "ForecastCache", "KronosBarsHandler", "KronosModel"]

@@ -32,12 +32,13 @@ class KronosBarsHandler(DataHandlerLP):
 
     ``$amount`` is NaN where the provider has none; :meth:`bars` derives it as volume x mean(OHLC).
     ``fit_start_time`` / ``fit_end_time`` are accepted so Alpha158-style handler configs can be reused; no
-    processor is fitted (the model normalizes each context itself).
+    processor is fitted (the model normalizes each context itself). ``benchmark`` and ``backtest_end`` are only
+    checked (:func:`check_bars_data`), so a run stops at start, by name, rather than deep inside Qlib.
     """
 
     def __init__(self, instruments: str | list[str] = "csi300", start_time=None, end_time=None, history: int = 90,
                  freq: str = "day", label: str = DEFAULT_LABEL, fit_start_time=None, fit_end_time=None,
-                 **kwargs):
+                 benchmark: str | None = None, backtest_end=None, **kwargs):
         try:
             provider = C.dpm.get_data_uri(freq)
         except KeyError as err:
@@ -46,7 +47,7 @@ class KronosBarsHandler(DataHandlerLP):
             raise ConfigError(f"history must be >= 0 trading days, got {history}")
         provider = check_provider(provider)
         if freq == "day":
-            check_bars_data(provider, instruments, start_time, end_time, history)
+            check_bars_data(provider, instruments, start_time, end_time, history, benchmark, backtest_end)
         if isinstance(instruments, str):
             self.universe: Spans = membership(instruments, start_time, end_time)
         else:
@@ -69,12 +70,12 @@ class KronosBarsHandler(DataHandlerLP):
         return derive_missing_amount(frame.swaplevel().sort_index().astype("float64"))
 
 
-def check_bars_data(provider: Path, instruments: str | list[str], start_time, end_time, history: int) -> None:
-    """Stop with the data check's errors before Qlib fails deep inside; log its warnings.
-
-    The benchmark is the backtest's business, not the handler's: ``python -m kronos_qlib.data check`` covers it.
-    """
-    report = check_data(provider, instruments, start_time, end_time, benchmark=None, history=history)
+def check_bars_data(provider: Path, instruments: str | list[str], start_time, end_time, history: int,
+                    benchmark: str | None = None, backtest_end=None) -> None:
+    """Stop with the data check's errors (:func:`kronos_qlib.data.check.check_data`) before Qlib fails deep
+    inside; log its warnings."""
+    report = check_data(provider, instruments, start_time, end_time, benchmark=benchmark, history=history,
+                        backtest_end=backtest_end)
     for warning in report.warnings:
         logger.warning("Qlib data %s: %s", provider, warning)
     if not report.ok:
