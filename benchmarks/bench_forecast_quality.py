@@ -42,7 +42,6 @@ def main() -> None:
              "![coverage](forecast_quality_coverage.png) ![CRPS](forecast_quality_crps.png) "
              "![PIT](forecast_quality_pit.png)"]
     update_section("forecast_quality", "\n".join(lines))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -178,7 +178,6 @@ def main() -> None:
               "Greedy max rel. diff compares all 6 columns of every greedy path, cached vs recompute.", "",
               "![sampling speed](sampling.png)"]
     update_section("sampling", "\n".join(lines))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -113,7 +113,6 @@ def main() -> None:
               f"scores {risk_v['IC of -(20-day vol)']:.4f} and {risk_t['IC of -(20-day vol)']:.4f}.", "",
               "![signals](signals.png)"]
     update_section("signals", "\n".join(lines))
-    print("\n".join(lines))
 
 
 def plot(table: pd.DataFrame, chosen: str, path: Path) -> None:

@@ -83,7 +83,6 @@ def main() -> None:
               "shows that the multi-process path works and what its overhead is, not a speed-up; on machines "
               "with a GPU or more cores per worker the ranks add throughput."]
     update_section("training", "\n".join(lines))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

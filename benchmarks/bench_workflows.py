@@ -80,7 +80,6 @@ def main() -> None:
         "![cumulative excess return](workflows_cumulative_excess.png)",
     ]
     update_section("workflows", "\n".join(lines))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":
