@@ -21,6 +21,18 @@ def smoke_env() -> dict[str, str]:
     return {name: value for name, value in pairs}
 
 
+def load_workflow(workflow: str | Path) -> dict:
+    """The workflow as qrun reads it: the whole file rendered as a Jinja template with the environment's
+    variables, then parsed as YAML (for scripts that build its dataset and model themselves)."""
+    from qlib.cli.run import render_template
+    from ruamel.yaml import YAML
+
+    path = Path(workflow)
+    if not path.is_file():
+        raise FileNotFoundError(f"no workflow file '{path}'")
+    return YAML(typ="safe", pure=True).load(render_template(str(path)))
+
+
 def qrun_command() -> list[str]:
     """The ``qrun`` console script beside this interpreter (what a user's shell finds in the environment)."""
     script = Path(sys.executable).with_name("qrun")

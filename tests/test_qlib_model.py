@@ -292,3 +292,19 @@ def test_finetune_continues_from_the_current_weights(fitted, dataset, tmp_path):
     zero_shot.tokenizer, zero_shot.model = model.tokenizer, model.model
     with pytest.raises(ConfigError, match="needs refit.output_dir"):
         zero_shot.finetune(dataset)
+
+
+def test_another_precision_is_another_cache_and_fill_cache_takes_a_shard(fitted, dataset):
+    model, out = fitted
+    int8 = pickle.loads(pickle.dumps(model))
+    int8.precision = "int8"
+    assert int8._cache(dataset.handler).folder != model._cache(dataset.handler).folder
+    int8.cache_dir = str(out / "sharded")
+    sampled, cached = int8.fill_cache(dataset, "test", shard=(1, 3))
+    days = sorted(p.stem for p in int8.forecast_folder.glob("*.npz"))
+    from qlib.data import D
+    calendar = [f"{d:%Y-%m-%d}" for d in D.calendar(start_time="2016-10-10", end_time="2016-10-21")]
+    assert days == calendar[1::3] and sampled > 0 and cached == 0
+    assert int8.fill_cache(dataset, "test", shard=(1, 3)) == (0, sampled)
+    with pytest.raises(ConfigError, match=r"shard must be \(index, count\) with 0 <= index < count, got \(3, 3\)"):
+        int8.fill_cache(dataset, "test", shard=(3, 3))

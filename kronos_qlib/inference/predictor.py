@@ -15,6 +15,7 @@ from ..features import (BAR_COLUMNS, as_datetimes, check_finite, complete_bars, 
 from ..logs import progress_bar
 from ..model import Kronos, KronosTokenizer
 from .generate import sample_paths
+from .precision import autocast, quantize_linear_layers, resolve_precision
 from .sampling import series_key
 from .spec import ForecastSpec, Sampling, as_int
 
@@ -53,19 +54,25 @@ class KronosPredictor:
 
     Args:
         batch_size: series per forward pass (each with ``sample_count`` paths); bounds memory.
+        precision: ``auto`` (bf16 on a CUDA GPU that supports it, else fp32), ``fp32``, ``bf16`` or ``int8``
+            (CPU only); see :mod:`kronos_qlib.inference.precision`. Anything but fp32 changes the forecasts a
+            little; :attr:`precision` is the resolved one.
     """
 
     columns = BAR_COLUMNS
 
     def __init__(self, model: Kronos, tokenizer: KronosTokenizer, device: str | torch.device | None = None,
-                 max_context: int = 512, clip: float = 5, batch_size: int = 64):
+                 max_context: int = 512, clip: float = 5, batch_size: int = 64, precision: str = "auto"):
         # checked as in every ForecastSpec; lookback and pred_len come with each call (see _spec)
         limits = ForecastSpec(pred_len=1, clip=clip, max_context=max_context)
         self.max_context, self.clip = limits.max_context, limits.clip
         self.batch_size = as_int("batch_size", batch_size, 1)
         self.device = torch.device(device) if device is not None else default_device()
+        self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer.to(self.device).eval()
+        if self.precision == "int8":  # quantized copies: the caller's networks stay float
+            self.model, self.tokenizer = quantize_linear_layers(self.model), quantize_linear_layers(self.tokenizer)
 
     # ----------------------------------------------------------------------------------------------- public API
     def predict(self, df: pd.DataFrame, x_timestamp, y_timestamp, pred_len: int, T: float = 1.0, top_k: int = 0,
@@ -145,9 +152,10 @@ class KronosPredictor:
                           leave=False) as bar:
             for idx in batches:
                 chunk = [series[i] for i in idx]
-                normed = sample_paths(self.tokenizer, self.model, *self._tensors(chunk),
-                                      self._spec(len(chunk[0].x), pred_len), sampling, use_cache=use_cache,
-                                      progress=bar).float().cpu().numpy()
+                with autocast(self.precision, self.device):
+                    normed = sample_paths(self.tokenizer, self.model, *self._tensors(chunk),
+                                          self._spec(len(chunk[0].x), pred_len), sampling, use_cache=use_cache,
+                                          progress=bar).float().cpu().numpy()
                 for row, i in enumerate(idx):
                     out[i] = denormalize(normed[row], series[i].mean, series[i].std)
         return out

@@ -5,11 +5,19 @@ re-running a backtest or trying another signal reads the paths instead of sampli
 prediction that is interrupted resumes from the last finished day. A day file that cannot be read (truncated,
 corrupted) is logged with its path and treated as absent, so its day is sampled and written again.
 
+Several processes may fill one folder at once (``scripts/forecast.py`` under torchrun, or two runs of the same
+settings): a save holds the folder's lock file while it merges its forecasts into what the day file holds and
+renames the result into place, so no writer drops another's forecasts. The lock is ``fcntl.flock``: local
+file systems and NFSv4 honour it; across nodes on a file system that does not, give each process its own days
+(as ``scripts/forecast.py`` does) and the atomic rename alone keeps every file whole.
+
 Layout of ``<root>/<digest>/``: ``key.json`` (the settings) and one ``YYYY-MM-DD.npz`` per day with arrays
 ``instruments`` (n,), ``paths`` (n, sample_count, pred_len, 6) in price units and ``last_close`` (n,).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -72,11 +80,25 @@ class ForecastCache:
             return {}
         return {inst: (p, float(close)) for inst, p, close in zip(instruments, paths, last_close)}
 
-    def save(self, date: pd.Timestamp, forecasts: dict[str, tuple[np.ndarray, float]]) -> None:
-        """Write all forecasts of ``date`` (cached ones included) atomically."""
+    @contextlib.contextmanager
+    def _locked(self):
+        with open(self.folder / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def save(self, date: pd.Timestamp, forecasts: dict[str, tuple[np.ndarray, float]]
+             ) -> dict[str, tuple[np.ndarray, float]]:
+        """Add ``forecasts`` to the day file of ``date`` (atomically, under the folder's lock) and return all the
+        day's forecasts; an instrument already in the file keeps its stored forecast."""
         if self.folder is None or not forecasts:
-            return
-        names = sorted(forecasts)
-        atomic_write(self._path(date), lambda f: np.savez(
-            f, instruments=np.array(names), paths=np.stack([forecasts[n][0] for n in names]),
-            last_close=np.array([forecasts[n][1] for n in names])))
+            return dict(forecasts)
+        with self._locked():
+            merged = {**forecasts, **self.load(date)}
+            names = sorted(merged)
+            atomic_write(self._path(date), lambda f: np.savez(
+                f, instruments=np.array(names), paths=np.stack([merged[n][0] for n in names]),
+                last_close=np.array([merged[n][1] for n in names])))
+        return merged

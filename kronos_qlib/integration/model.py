@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from qlib.config import C
 from qlib.data import D
 from qlib.data.dataset import DatasetH
@@ -16,7 +17,8 @@ from qlib.model.base import ModelFT
 from ..data import BarPanel, check_split_length, data_fingerprint, split_datasets
 from ..errors import ConfigError, KronosInputError
 from ..features import CLOSE, time_features
-from ..inference import ForecastSpec, KronosPredictor, Sampling, series_key
+from ..inference import ForecastSpec, KronosPredictor, Sampling, default_device, series_key
+from ..inference.precision import resolve_precision
 from ..inference.spec import as_int
 from ..logs import progress_bar
 from ..model import Kronos, KronosTokenizer
@@ -31,6 +33,21 @@ logger = logging.getLogger(__name__)
 #: Missing forecasts are sampled in chunks of whole days holding at least this many batches, and each day of a
 #: chunk is saved once the chunk is done: large batches across days, and an interrupted run loses one chunk.
 CHUNK_BATCHES = 4
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What one predict or fill_cache call forecasts: day -> {instrument: panel row of its last bar}."""
+
+    handler: KronosBarsHandler
+    panel: BarPanel
+    calendar: pd.DatetimeIndex
+    requests: dict[pd.Timestamp, dict[str, int]]
+    sampled: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(map(len, self.requests.values()))
 
 
 def _future_days(calendar: pd.DatetimeIndex, day: pd.Timestamp, n: int) -> pd.DatetimeIndex:
@@ -63,6 +80,9 @@ class KronosModel(ModelFT):
         signal: one of :data:`kronos_qlib.signals.SIGNALS`, scored over the path from step ``signal_start`` to
             step ``signal_end`` (default: from step 1, the first close a trade at t + 1 gets, to the last step).
         batch_size: series per forward pass; it changes speed and memory, never the forecasts.
+        device: where forecasting runs (default: CUDA, MPS or CPU, whichever is present).
+        precision: ``auto`` (bf16 on a GPU that supports it, else fp32), ``fp32``, ``bf16`` or ``int8`` (CPU);
+            see :mod:`kronos_qlib.inference.precision`. The forecast cache keys on the resolved precision.
         cache_dir: where sampled paths are kept (None: no cache); after ``fit``, ``forecast_folder`` is the
             folder ``predict`` reads and writes (see :mod:`kronos_qlib.integration.forecast_cache` for its
             layout), also in the model qrun records.
@@ -73,7 +93,7 @@ class KronosModel(ModelFT):
                  forecast: dict | ForecastSpec | None = None,
                  sampling: dict | Sampling | None = None, signal: str = "expected_return", signal_start: int = 1,
                  signal_end: int | None = None, batch_size: int = 64, device: str | None = None,
-                 cache_dir: str | None = "~/.cache/kronos_qlib/forecasts"):
+                 precision: str = "auto", cache_dir: str | None = "~/.cache/kronos_qlib/forecasts"):
         self.forecast = ForecastSpec.build(forecast, "KronosModel forecast")
         self.sampling = Sampling.build(sampling, "KronosModel sampling")
         self.batch_size = as_int("batch_size", batch_size, 1)
@@ -85,6 +105,8 @@ class KronosModel(ModelFT):
         self.finetune_config, self.refit = finetune, refit
         self.signal, self.signal_start = signal, int(signal_start)
         self.device, self.cache_dir = device, cache_dir
+        self.precision = precision
+        self._resolved_precision()  # checked here, resolved again where it runs (params.pkl may move machines)
         self.tokenizer: KronosTokenizer | None = None
         self.model: Kronos | None = None
         self.forecast_folder: Path | None = None
@@ -162,6 +184,30 @@ class KronosModel(ModelFT):
         The score at day t uses bars up to t's close only; Qlib's strategies trade on it from t + 1. Forecasts
         missing from the cache are sampled in large batches across days; each day is saved once it is done.
         """
+        plan = self._plan(dataset, segment)
+        scores = [self._scores(day, forecasts, plan.requests[day], plan.panel)
+                  for day, forecasts in self._forecasts(plan)]
+        return pd.concat(scores).rename("score").sort_index()
+
+    def fill_cache(self, dataset: DatasetH, segment: str | slice = "test", shard: tuple[int, int] = (0, 1)
+                   ) -> tuple[int, int]:
+        """Sample into the forecast cache what ``predict(dataset, segment)`` needs, without scoring.
+
+        ``shard=(i, n)`` takes every n-th trading day of the segment from the i-th (how ``scripts/forecast.py``
+        splits the work across processes: no two shards write the same day, and draws do not depend on the
+        split). Returns (forecasts sampled, forecasts already cached).
+        """
+        index, count = shard
+        if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+            raise ConfigError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
+        if self.cache_dir is None:
+            raise ConfigError("fill_cache needs a forecast cache: cache_dir is None")
+        plan = self._plan(dataset, segment, shard)
+        for _ in self._forecasts(plan):
+            pass
+        return plan.sampled, plan.total - plan.sampled
+
+    def _plan(self, dataset: DatasetH, segment: str | slice, shard: tuple[int, int] = (0, 1)) -> _Plan:
         if self.model is None:
             raise ValueError("KronosModel is not fitted: call fit(dataset) first (it loads the checkpoints)")
         handler = self._handler(dataset)
@@ -172,33 +218,37 @@ class KronosModel(ModelFT):
             raise KronosInputError(f"segment '{segment}' ({start.date()}..{end.date()}) has no trading days")
         panel = BarPanel.from_frame(handler.bars(end))
         requests = self._requests(panel, handler, days, segment)
-        predictor = KronosPredictor(self.model, self.tokenizer, device=self.device,
-                                    max_context=self.forecast.max_context, clip=self.forecast.clip,
-                                    batch_size=self.batch_size)
-        cache = self._cache(handler)
+        requests = {day: requests[day] for i, day in enumerate(sorted(requests)) if i % shard[1] == shard[0]}
+        return _Plan(handler, panel, calendar, requests)
+
+    def _forecasts(self, plan: _Plan) -> Iterator[tuple[pd.Timestamp, dict[str, tuple[np.ndarray, float]]]]:
+        """(day, instrument -> (paths, last close)) for every day of the plan: complete days from the cache
+        first, then the missing forecasts sampled chunk by chunk, each day saved once its chunk is done."""
+        cache = self._cache(plan.handler)
         self.forecast_folder = cache.folder
-        scores, partial = [], {}
-        for day in sorted(requests):
+        partial = {}
+        for day in sorted(plan.requests):
             forecasts = cache.load(day)
-            if forecasts.keys() >= requests[day].keys():
-                scores.append(self._scores(day, forecasts, requests[day], panel))
+            if forecasts.keys() >= plan.requests[day].keys():
+                yield day, forecasts
             else:
                 partial[day] = forecasts
-        missing = {day: {inst: row for inst, row in requests[day].items() if inst not in partial[day]}
+        missing = {day: {inst: row for inst, row in plan.requests[day].items() if inst not in partial[day]}
                    for day in partial}
-        n_missing = sum(map(len, missing.values()))
-        with progress_bar(total=n_missing, desc="Kronos forecasts", unit="series") as bar:
-            for chunk in self._chunks(missing):
-                sampled = self._forecast(predictor, panel, calendar, {day: missing[day] for day in chunk})
-                for day in chunk:
-                    forecasts = {**partial.pop(day), **sampled[day]}
-                    cache.save(day, forecasts)
-                    scores.append(self._scores(day, forecasts, requests[day], panel))
-                    bar.update(len(missing[day]))
-        n_total = sum(map(len, requests.values()))
+        plan.sampled = sum(map(len, missing.values()))
+        if plan.sampled:
+            predictor = KronosPredictor(self.model, self.tokenizer, device=self.device,
+                                        max_context=self.forecast.max_context, clip=self.forecast.clip,
+                                        batch_size=self.batch_size, precision=self.precision)
+            with progress_bar(total=plan.sampled, desc="Kronos forecasts", unit="series") as bar:
+                for chunk in self._chunks(missing):
+                    sampled = self._forecast(predictor, plan.panel, plan.calendar, {day: missing[day] for day in chunk})
+                    for day in chunk:
+                        yield day, cache.save(day, sampled[day])
+                        bar.update(len(missing[day]))
         logger.info("KronosModel: %d forecasts on %d days (%d sampled, %d from the cache in %s), signal %s",
-                    n_total, len(requests), n_missing, n_total - n_missing, self.forecast_folder, self.signal)
-        return pd.concat(scores).rename("score").sort_index()
+                    plan.total, len(plan.requests), plan.sampled, plan.total - plan.sampled, self.forecast_folder,
+                    self.signal)
 
     def _chunks(self, missing: dict[pd.Timestamp, dict[str, int]]) -> Iterator[list[pd.Timestamp]]:
         """Consecutive days holding at least CHUNK_BATCHES batches of missing forecasts (the last may hold less)."""
@@ -287,6 +337,10 @@ class KronosModel(ModelFT):
         start, end = dataset.segments[segment]
         return pd.Timestamp(start), pd.Timestamp(end)
 
+    def _resolved_precision(self) -> str:
+        device = torch.device(self.device) if self.device is not None else default_device()
+        return resolve_precision(self.precision, device)
+
     def _cache(self, handler: KronosBarsHandler) -> ForecastCache:
         """The cache keyed by everything a day's paths depend on; not batch_size or device, which change no
         draw."""
@@ -294,4 +348,5 @@ class KronosModel(ModelFT):
         return ForecastCache(self.cache_dir, {
             "tokenizer": weights_digest(self.tokenizer), "predictor": weights_digest(self.model),
             "forecast": self.forecast.to_dict(), "sampling": self.sampling.to_dict(), "provider": str(provider),
+            "precision": self._resolved_precision(),
             "data": data_fingerprint(provider, handler.market), "market": handler.market})

@@ -1,0 +1,265 @@
+"""The forecasting stage of the default backtest: series/s and projected wall time, by precision, batching and
+processes, against the original algorithm.
+
+Workload: CSI300 members on ``--days`` trading days spread over the default test segment (2020-01-01 ..
+2022-12-30), each with its 90-bar context, 10 steps, 5 paths (T=1, top_p=0.9), through the same call
+``KronosModel.predict`` makes (``KronosModel._forecast``: one call across all the days, batches of 64). Random
+weights of the Kronos-mini / Kronos-small and Kronos-Tokenizer-base configs (speed does not depend on them).
+The projection divides the number of forecasts of the whole stage (every member with 90 traded bars on every
+test day, counted from the data) by the measured series/s. Every run is a fresh process; "2 processes" runs
+two at once with one thread each, each on every other day (what ``scripts/forecast.py`` under torchrun does), and
+counts both halves over the slower one's time.
+
+Reduced precision is scored against fp32 on the same forecasts: greedy agreement (share of greedy (series, step)
+closes within 0.1% of fp32's) and the mean daily Spearman correlation of the ``expected_return`` signal from
+sampled paths.
+
+    python benchmarks/bench_forecasting.py [--device cpu] [--models Kronos-mini Kronos-small] [--days 4]
+    python benchmarks/bench_forecasting.py --device cuda --precisions fp32 bf16     # on a GPU, same table
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from results import machine, update_section  # noqa: E402
+
+MODELS = {"Kronos-mini": "NeoQuasar/Kronos-mini", "Kronos-small": "NeoQuasar/Kronos-small"}
+TOKENIZER = "NeoQuasar/Kronos-Tokenizer-base"
+TEST = ("2020-01-01", "2022-12-30")
+MARKET = "csi300"
+
+
+def load(provider: str, days: list[str] | None):
+    """(KronosModel without weights, its handler's panel, the calendar, day -> {instrument: row}) for ``days``
+    (None: every test day)."""
+    from qlib.data import D
+
+    from kronos_qlib import KronosBarsHandler, KronosModel
+    from kronos_qlib.data import BarPanel, init_qlib
+
+    init_qlib(provider)
+    start, end = (days[0], days[-1]) if days else TEST
+    model = KronosModel(cache_dir=None, sampling={"T": 1.0, "top_p": 0.9, "sample_count": 5, "seed": 0},
+                        forecast={"lookback": 90, "pred_len": 10})
+    handler = KronosBarsHandler(MARKET, start_time=start, end_time=end, history=90)
+    calendar = pd.DatetimeIndex(D.calendar())
+    wanted = pd.DatetimeIndex(days) if days else calendar[(calendar >= TEST[0]) & (calendar <= TEST[1])]
+    panel = BarPanel.from_frame(handler.bars(end))
+    return model, panel, calendar, model._requests(panel, handler, wanted, "test")
+
+
+def worker(args) -> None:
+    """One timed run in this process; prints a JSON line and saves the paths."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from kronos_qlib import Kronos, KronosPredictor, KronosTokenizer
+    from kronos_qlib.model.configs import RELEASED
+
+    model, panel, calendar, requests = load(args.provider, args.day_list)
+    requests = {day: requests[day] for i, day in enumerate(sorted(requests)) if i % args.shard[1] == args.shard[0]}
+    if args.limit:  # the first `limit` series of the first day (the original algorithm is slow)
+        day = min(requests)
+        requests = {day: dict(sorted(requests[day].items())[:args.limit])}
+    torch.manual_seed(0)
+    model.tokenizer, model.model = KronosTokenizer(**RELEASED[TOKENIZER]), Kronos(**RELEASED[MODELS[args.model]])
+    if args.greedy:
+        model.sampling = type(model.sampling)(top_k=1, top_p=1.0, sample_count=1)
+    predictor = KronosPredictor(model.model, model.tokenizer, device=args.device, batch_size=args.batch_size,
+                                precision=args.precision)
+    if args.original:
+        sample = predictor.predict_paths_from_arrays
+        predictor.predict_paths_from_arrays = lambda *a, **k: sample(*a, **k, use_cache=False)
+    warm = min(requests)
+    model._forecast(predictor, panel, calendar, {warm: dict(list(requests[warm].items())[:4])})
+    groups = [[day] for day in sorted(requests)] if args.per_day else [sorted(requests)]
+    out = {}
+    began = time.perf_counter()
+    for group in groups:
+        out.update(model._forecast(predictor, panel, calendar, {day: requests[day] for day in group}))
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - began
+    keys = sorted((day, inst) for day in out for inst in out[day])
+    np.savez(args.save, paths=np.stack([out[d][i][0] for d, i in keys]), last=np.array([out[d][i][1] for d, i in keys]),
+             days=np.array([f"{d:%Y-%m-%d}" for d, _ in keys]), instruments=np.array([i for _, i in keys]))
+    print(json.dumps({"n_series": len(keys), "seconds": seconds}), flush=True)
+
+
+def run(args, model: str, tmp: Path, name: str, precision: str = "fp32", processes: int = 1, per_day: bool = False,
+        greedy: bool = False, original: bool = False, limit: int = 0, days: list[str] | None = None) -> dict:
+    """Run ``processes`` workers at once; n_series is their sum and seconds the slowest one's."""
+    days = days or args.day_list
+    base = [sys.executable, __file__, "--worker", "--model", model, "--provider", args.provider, "--device",
+            args.device, "--batch-size", str(args.batch_size), "--precision", precision, "--day-list", *days,
+            "--threads", str(max(1, args.threads // processes)), "--limit", str(limit)]
+    flags = [flag for flag, on in (("--per-day", per_day), ("--greedy", greedy), ("--original", original)) if on]
+    saves = [tmp / f"{model}-{name}-{i}.npz" for i in range(processes)]
+    print(f"running {model} {name}", flush=True)
+    procs = [subprocess.Popen(base + flags + ["--shard", str(i), str(processes), "--save", str(saves[i])],
+                              stdout=subprocess.PIPE, text=True) for i in range(processes)]
+    results = []
+    for proc in procs:
+        stdout, _ = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"{model} {name} failed ({proc.returncode})")
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    row = {"n_series": sum(r["n_series"] for r in results), "seconds": max(r["seconds"] for r in results)}
+    row["sps"] = row["n_series"] / row["seconds"]
+    loaded = [np.load(s) for s in saves]
+    row["arrays"] = {key: np.concatenate([f[key] for f in loaded]) for key in ("paths", "last", "days", "instruments")}
+    print(f"  {row['n_series']} series in {row['seconds']:.1f} s: {row['sps']:.1f} series/s", flush=True)
+    return row
+
+
+def aligned(row: dict) -> dict:
+    """The row's arrays sorted by (day, instrument), so runs split differently compare element by element."""
+    a = row["arrays"]
+    order = np.lexsort((a["instruments"], a["days"]))
+    return {k: v[order] for k, v in a.items()}
+
+
+def greedy_agreement(reduced: dict, reference: dict) -> float:
+    x, y = aligned(reduced)["paths"][..., 3], aligned(reference)["paths"][..., 3]
+    return float(np.mean(np.abs(x - y) <= 1e-3 * np.abs(y)))
+
+
+def signal_correlation(reduced: dict, reference: dict) -> float:
+    """Mean over days of the Spearman correlation of expected_return (steps 1..10) with fp32's."""
+    from kronos_qlib.signals import compute_signal
+
+    x, y = aligned(reduced), aligned(reference)
+    assert (x["instruments"] == y["instruments"]).all()
+    corr = []
+    for day in np.unique(x["days"]):
+        m = x["days"] == day
+        a = compute_signal("expected_return", x["paths"][m].astype(np.float64), x["last"][m], 1, 10)
+        b = compute_signal("expected_return", y["paths"][m].astype(np.float64), y["last"][m], 1, 10)
+        corr.append(pd.Series(a).corr(pd.Series(b), method="spearman"))
+    return float(np.mean(corr))
+
+
+def plot(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    labels = [f"{m}\n{r}" for m, r in zip(table["model"], table["run"])]
+    ax.barh(range(len(table)), table["projected_min"], color=["C0" if "mini" in m else "C1" for m in table["model"]])
+    ax.axvline(30, color="k", ls="--", lw=1, label="30 min target (Kronos-mini)")
+    ax.set_yticks(range(len(table)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("projected forecasting stage of the 3-year backtest (minutes)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--provider", default=str(HERE.parent.parent / "shared" / "cn_data"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "int8", "bf16"])
+    parser.add_argument("--days", type=int, default=4, help="test days the speed is measured on")
+    parser.add_argument("--original-series", type=int, default=24, help="series the original algorithm runs on")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--precision", help=argparse.SUPPRESS)
+    parser.add_argument("--day-list", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--shard", nargs=2, type=int, default=[0, 1], help=argparse.SUPPRESS)
+    parser.add_argument("--limit", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--per-day", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--greedy", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--original", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--save", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    _, _, _, requests = load(args.provider, None)
+    test_days = sorted(requests)
+    total = sum(map(len, requests.values()))
+    args.day_list = [f"{test_days[i]:%Y-%m-%d}" for i in np.linspace(0, len(test_days) - 1, args.days).astype(int)]
+    reduced = [p for p in args.precisions if p != "fp32"]
+    rows, quality = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for model in args.models:
+            runs = {("fp32", "cross-day", 1): run(args, model, tmp, "fp32")}
+            runs[("fp32", "per-day", 1)] = run(args, model, tmp, "fp32-perday", per_day=True)
+            for p in reduced:
+                runs[(p, "cross-day", 1)] = run(args, model, tmp, p, precision=p)
+            runs[("fp32", "cross-day", 2)] = run(args, model, tmp, "fp32-2proc", processes=2)
+            fastest = max(reduced, key=lambda p: runs[(p, "cross-day", 1)]["sps"], default="fp32")
+            if fastest != "fp32":
+                runs[(fastest, "cross-day", 2)] = run(args, model, tmp, f"{fastest}-2proc", precision=fastest,
+                                                      processes=2)
+            first_day = args.day_list[:1]
+            original = run(args, model, tmp, "original", original=True, limit=args.original_series, days=first_day)
+            cached = run(args, model, tmp, "cached-subset", limit=args.original_series, days=first_day)
+            greedy = {p: run(args, model, tmp, f"{p}-greedy", precision=p, greedy=True, days=first_day)
+                      for p in ["fp32", *reduced]}
+            for (precision, batching, processes), r in runs.items():
+                rows.append({"model": model, "run": f"{precision}, {batching}, {processes} proc",
+                             "series_per_s": r["sps"], "projected_min": total / r["sps"] / 60,
+                             "vs_original": r["sps"] / original["sps"],
+                             "vs_fp32": r["sps"] / runs[("fp32", "cross-day", 1)]["sps"]})
+            for p in reduced:
+                quality.append({"model": model, "precision": p,
+                                "greedy_agreement": greedy_agreement(greedy[p], greedy["fp32"]),
+                                "signal_spearman": signal_correlation(runs[(p, "cross-day", 1)],
+                                                                      runs[("fp32", "cross-day", 1)])})
+            quality.append({"model": model, "precision": "original vs cached (subset)",
+                            "original_sps": original["sps"], "cached_sps": cached["sps"],
+                            "ratio": cached["sps"] / original["sps"]})
+    table = pd.DataFrame(rows)
+    plot(table, HERE / "forecasting.png")
+    lines = [
+        "## Forecasting stage at scale (`benchmarks/bench_forecasting.py`)", "",
+        f"The forecasting stage of the default backtest: {total:,} forecasts (every CSI300 member with 90 traded bars "
+        f"on each of {len(test_days)} test days, {TEST[0]}..{TEST[1]}), 90-bar context, 10 steps, 5 paths (T=1, "
+        f"top_p=0.9), batches of {args.batch_size}, random weights. Measured on {len(args.day_list)} days spread over "
+        f"the segment ({', '.join(args.day_list)}; {runs[('fp32', 'cross-day', 1)]['n_series']} forecasts) on "
+        f"`{args.device}` with {args.threads} threads in all; projected = {total:,} / series per second. "
+        f"Machine: {machine()}.", "",
+        "| model | run (precision, batching, processes) | series/s | projected stage (min) | vs fp32 cross-day | "
+        "vs original algorithm |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['run']} | {r['series_per_s']:.1f} | {r['projected_min']:.1f} | "
+                     f"{r['vs_fp32']:.2f}x | {r['vs_original']:.1f}x |")
+    lines += ["", "What reduced precision changes (against fp32, same forecasts): greedy agreement is the share of greedy "
+              f"(series, step) closes within 0.1% of fp32's on {args.day_list[0]}; signal Spearman is the mean daily "
+              "rank correlation of `expected_return` from the sampled paths.", "",
+              "| model | precision | greedy agreement | signal Spearman vs fp32 |", "|---|---|---|---|"]
+    for q in quality:
+        if "ratio" not in q:
+            lines.append(f"| {q['model']} | {q['precision']} | {q['greedy_agreement']:.3f} | "
+                         f"{q['signal_spearman']:.3f} |")
+    lines += ["", f"The original algorithm (`use_cache=False`: each context repeated per path, the whole window "
+              f"re-run each step) on the first {args.original_series} series of {args.day_list[0]}, against the "
+              "cached sampler (fp32) on the same series; the last column of the first table divides by this "
+              "original speed.", "", "| model | original series/s | cached series/s | ratio |", "|---|---|---|---|"]
+    for q in quality:
+        if "ratio" in q:
+            lines.append(f"| {q['model']} | {q['original_sps']:.2f} | {q['cached_sps']:.1f} | {q['ratio']:.1f}x |")
+    lines += ["", "![forecasting stage](forecasting.png)"]
+    update_section("forecasting", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
