@@ -36,12 +36,12 @@ def git_commit() -> str:
         return "unknown"
 
 
-def update_section(name: str, markdown: str) -> None:
-    """Replace (or append) the section ``name`` of RESULTS.md, atomically, and print it."""
-    text = RESULTS.read_text() if RESULTS.exists() else HEADER
+def update_section(name: str, markdown: str, results: Path = RESULTS) -> None:
+    """Replace (or append) the section ``name`` of ``results`` (RESULTS.md), atomically, and print it."""
+    text = results.read_text() if results.exists() else HEADER
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     block = f"{begin}\n{markdown.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    atomic_write_text(RESULTS, text)
+    atomic_write_text(results, text)
     print(block)

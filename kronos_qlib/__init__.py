@@ -9,11 +9,11 @@ from .model import Kronos, KronosTokenizer
 
 __version__ = "0.1.0"
 __all__ = ["CheckedAlpha158", "CheckpointError", "ConfigError", "ForecastSpec", "Kronos", "KronosBarsHandler", "KronosInputError",
-           "KronosModel", "KronosPredictor", "KronosTokenizer", "Sampling", "TrainingError"]
+           "KronosAlpha158", "KronosModel", "KronosPredictor", "KronosTokenizer", "Sampling", "TrainingError"]
 
 
 def __getattr__(name: str):
-    if name in ("KronosModel", "KronosBarsHandler", "CheckedAlpha158"):
+    if name in ("KronosModel", "KronosBarsHandler", "CheckedAlpha158", "KronosAlpha158"):
         from . import integration
 
         return getattr(integration, name)

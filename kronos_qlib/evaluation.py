@@ -147,6 +147,18 @@ def residualize(score: pd.Series, control: pd.Series) -> pd.Series:
     return joined.groupby(level="datetime", group_keys=False).apply(residual).rename(score.name)
 
 
+def residual_ic(score: pd.Series, control: pd.Series, label: pd.Series) -> dict[str, float]:
+    """IC and RankIC of what ``score`` adds beyond ``control`` (the partial IC: of :func:`residualize`'s residual),
+    with the t-statistic of the daily values: does the score still predict once the control's part is removed?"""
+    residual = residualize(score, control)
+    out = {}
+    for name, method in (("IC", "pearson"), ("RankIC", "spearman")):
+        daily = daily_ic(residual, label, method).dropna()
+        out[f"residual {name}"] = daily.mean()
+        out[f"residual {name} t"] = daily.mean() / daily.std() * np.sqrt(len(daily))
+    return out
+
+
 def signal_metrics(score: pd.Series, label: pd.Series, groups: int = 5) -> dict[str, float]:
     """IC, ICIR, RankIC, RankICIR and the daily long-short (top minus bottom quantile) spread with its t-statistic,
     as Qlib's SigAnaRecord reports them (ICIR: mean / std of the daily values, not annualized)."""

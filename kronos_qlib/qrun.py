@@ -13,11 +13,13 @@ from pathlib import Path
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 SMOKE_ENV = WORKFLOWS / "smoke.env"
+#: What the factor workflow (kronos_lightgbm_csi300.yaml) changes on top of smoke.env at the smoke scale.
+FACTOR_SMOKE_ENV = WORKFLOWS / "factor_smoke.env"
 
 
-def smoke_env() -> dict[str, str]:
-    """The variables of ``workflows/smoke.env`` (NAME=value lines)."""
-    pairs = (line.split("=", 1) for line in SMOKE_ENV.read_text().split() if line)
+def smoke_env(path: Path = SMOKE_ENV) -> dict[str, str]:
+    """The variables of an env file such as ``workflows/smoke.env`` (NAME=value lines)."""
+    pairs = (line.split("=", 1) for line in Path(path).read_text().split() if line)
     return {name: value for name, value in pairs}
 
 
@@ -27,9 +29,11 @@ def load_workflow(workflow: str | Path) -> dict:
     from qlib.cli.run import render_template
     from ruamel.yaml import YAML
 
+    from .errors import ConfigError
+
     path = Path(workflow)
     if not path.is_file():
-        raise FileNotFoundError(f"no workflow file '{path}'")
+        raise ConfigError(f"workflow file {path} does not exist")
     return YAML(typ="safe", pure=True).load(render_template(str(path)))
 
 

@@ -1,8 +1,10 @@
 """Put recorded qrun experiments side by side: a table of signal and portfolio metrics, a PNG of cumulative
 excess returns, and the training curves of each run that recorded them (Kronos: <experiment>_training.png).
+When both the --signal and the --control runs are among them: the daily rank correlation of the two signals and
+the signal's residual (partial) IC once the control's score is removed, i.e. what Kronos adds beyond LightGBM.
 
     python scripts/compare.py                          # kronos_csi300 vs lightgbm_csi300 in ./mlruns.db
-    python scripts/compare.py --experiments kronos_csi300 lightgbm_csi300 --out results/compare
+    python scripts/compare.py --experiments kronos_csi300 lightgbm_csi300 ensemble_csi300 kronos_lightgbm_csi300
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from kronos_qlib.errors import ConfigError
 from kronos_qlib.evaluation import (comparison_table, format_table, init_recorder_store, load_run,
-                                    plot_cumulative_excess, plot_training_curves, signal_correlation)
+                                    plot_cumulative_excess, plot_training_curves, residual_ic, signal_correlation)
 from kronos_qlib.files import atomic_write_text
 
 
@@ -21,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mlflow-uri", default="sqlite:///mlruns.db", help="the exp_manager uri of the workflows")
     parser.add_argument("--experiments", nargs="+", default=["kronos_csi300", "lightgbm_csi300"])
     parser.add_argument("--out", default="results/compare", help="folder for comparison.md/.csv and the PNG")
+    parser.add_argument("--signal", default="kronos_csi300", help="the run whose added value is measured")
+    parser.add_argument("--control", default="lightgbm_csi300", help="the run it is measured beyond")
     args = parser.parse_args(argv)
 
     import matplotlib
@@ -37,9 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     table = comparison_table(runs)
     atomic_write_text(out / "comparison.csv", table.to_csv())
     text = format_table(table)
-    if len(runs) == 2:
-        corr = signal_correlation(*runs)
-        text += f"\n\nDaily rank correlation of the two signals: mean {corr.mean():.3f} over {len(corr)} days."
+    by_name = {run.experiment: run for run in runs}
+    if {args.signal, args.control} <= set(by_name) and args.signal != args.control:
+        signal, control = by_name[args.signal], by_name[args.control]
+        corr = signal_correlation(signal, control)
+        residual = residual_ic(signal.pred.iloc[:, 0], control.pred.iloc[:, 0], signal.label.iloc[:, 0])
+        text += (f"\n\nDaily rank correlation of {args.signal} with {args.control}: mean {corr.mean():.3f} over "
+                 f"{len(corr)} days.\n{args.signal} beyond {args.control} (residual of a daily regression on its "
+                 f"score): " + ", ".join(f"{key} {value:.4f}" for key, value in residual.items()) + ".")
     atomic_write_text(out / "comparison.md", text + "\n")
     plot_cumulative_excess(runs, out / "cumulative_excess.png")
     written = [out / "comparison.md", out / "comparison.csv", out / "cumulative_excess.png"]

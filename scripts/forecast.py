@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         if runtime.is_main:
             logger.info("%d processes: %d forecasts sampled, %d already cached, in %s", runtime.world_size,
                         totals[0], totals[1], model.forecast_folder)
-    except (ConfigError, KronosInputError, CheckpointError, TrainingError, FileNotFoundError) as err:
+    except (ConfigError, KronosInputError, CheckpointError, TrainingError) as err:
         print(f"error: {err}", file=sys.stderr)
         teardown(exit_code=2)
     teardown()

@@ -5,6 +5,7 @@ Jinja template, comments included) and run by the ``qrun`` command, changed only
 variables the file reads (``workflows/smoke.env``, QLIB_DATA, KRONOS_CACHE).
 """
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,18 @@ import pytest
 from qlib.cli.run import render_template
 from ruamel.yaml import YAML
 
-from kronos_qlib.qrun import WORKFLOWS, run_qrun, smoke_env
+from kronos_qlib.qrun import FACTOR_SMOKE_ENV, WORKFLOWS, run_qrun, smoke_env
 
 from conftest import CN_DATA, REPO
 
 QRUN_WORKFLOWS = ["kronos_csi300.yaml", "lightgbm_csi300.yaml"]
+FACTOR_WORKFLOW = "kronos_lightgbm_csi300.yaml"
 VARIABLES = ["QLIB_DATA", "KRONOS_CACHE", "KRONOS_PRESET", "TRAIN_START", "TRAIN_END", "VALID_START", "VALID_END",
-             "TEST_START", "TEST_END", "BACKTEST_END"]
+             "TEST_START", "TEST_END", "BACKTEST_END", "KRONOS_TRAIN_START", "KRONOS_TRAIN_END", "KRONOS_VALID_START",
+             "KRONOS_VALID_END", "FACTOR_TRAIN_START", "KRONOS_SAMPLES"]
+#: The factor workflow at the smoke scale (the README's command): Kronos trained on 2016-01..05, LightGBM on
+#: 2016-06..08 and validated on September, the smoke test dates after; two paths per stock and day.
+FACTOR_SMOKE = smoke_env(FACTOR_SMOKE_ENV)
 
 
 def render(path, monkeypatch, env: dict) -> dict:
@@ -66,6 +72,19 @@ def test_both_workflows_take_the_same_dates_from_the_environment(monkeypatch, en
         assert (handler["benchmark"], handler["backtest_end"]) == ("SH000300", expected["backtest_end"])
 
 
+@pytest.mark.parametrize("env", [{}, smoke_env(), {**smoke_env(), **FACTOR_SMOKE}], ids=["defaults", "smoke", "factor"])
+def test_factor_workflow_tests_and_trades_like_the_others_and_starts_after_kronos(monkeypatch, env):
+    lgb, factor = (render(WORKFLOWS / name, monkeypatch, env) for name in ("lightgbm_csi300.yaml", FACTOR_WORKFLOW))
+    assert dates(factor)["segments"]["test"] == dates(lgb)["segments"]["test"]
+    assert dates(factor)["backtest"] == dates(lgb)["backtest"]
+    assert factor["port_analysis_config"] == lgb["port_analysis_config"]
+    assert factor["task"]["model"] == lgb["task"]["model"]
+    handler = factor["task"]["dataset"]["kwargs"]["handler"]["kwargs"]
+    segments = factor["task"]["dataset"]["kwargs"]["segments"]
+    assert handler["start_time"] == segments["train"][0] == handler["fit_start_time"]
+    assert max(handler["kronos_segments"]["valid"][1], handler["kronos_segments"]["train"][1]) < handler["start_time"]
+
+
 def test_kronos_workflow_sets_each_setting_once(monkeypatch):
     config = render(WORKFLOWS / "kronos_csi300.yaml", monkeypatch, {"KRONOS_PRESET": "small", "QLIB_DATA": "/data"})
     kwargs = config["task"]["model"]["kwargs"]
@@ -82,11 +101,12 @@ def recorded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("workflows")
     env = {**smoke_env(), "QLIB_DATA": str(CN_DATA), "KRONOS_CACHE": str(tmp / "forecasts")}
     logs = {name: run_qrun(name, cwd=tmp, env=env, timeout=1200) for name in QRUN_WORKFLOWS}
+    logs[FACTOR_WORKFLOW] = run_qrun(FACTOR_WORKFLOW, cwd=tmp, env={**env, **FACTOR_SMOKE}, timeout=1200)
     logs["again"] = run_qrun("kronos_csi300.yaml", cwd=tmp, env=env, timeout=1200)
     return tmp, {name: result.stdout + result.stderr for name, result in logs.items()}
 
 
-@pytest.mark.parametrize("experiment", ["kronos_csi300", "lightgbm_csi300"])
+@pytest.mark.parametrize("experiment", ["kronos_csi300", "lightgbm_csi300", "kronos_lightgbm_csi300"])
 def test_recorded_signal_and_portfolio(recorded, experiment):
     from kronos_qlib.evaluation import init_recorder_store, load_run, summarize
 
@@ -165,3 +185,53 @@ def test_compare_names_a_missing_experiment(recorded):
                              f"sqlite:///{recorded[0] / 'mlruns.db'}", "--experiments", "nope", "--out",
                              str(recorded[0] / "x")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "no recorded experiment 'nope'" in result.stderr
+
+
+def test_factor_workflow_feeds_lightgbm_the_kronos_features(recorded):
+    """The recorded factor run's model was trained on Alpha158's 158 columns plus the 7 Kronos ones."""
+    from qlib.workflow import R
+
+    from kronos_qlib.evaluation import init_recorder_store, load_run
+
+    log = recorded[1][FACTOR_WORKFLOW]
+    assert ("(KRONOS_RET1, KRONOS_RET2, KRONOS_RET5, KRONOS_RET10, KRONOS_PROB_UP, KRONOS_DISPERSION, KRONOS_VOL)"
+            in log) and "Kronos trained on targets up to 2016-05-31" in log
+    init_recorder_store(f"sqlite:///{recorded[0] / 'mlruns.db'}")
+    run = load_run("kronos_lightgbm_csi300")
+    model = R.get_recorder(recorder_id=run.recorder_id, experiment_name=run.experiment).load_object("params.pkl")
+    assert model.model.num_feature() == 158 + 7
+
+
+def test_ensemble_and_the_three_side_by_side(recorded):
+    """scripts/ensemble.py records the combination (weight chosen on the last valid days), and compare.py shows
+    it beside both models with Kronos's correlation with LightGBM and its residual IC."""
+    tmp, uri = recorded[0], f"sqlite:///{recorded[0] / 'mlruns.db'}"
+    env = {**os.environ, **smoke_env(), "QLIB_DATA": str(CN_DATA)}
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "ensemble.py"), "--mlflow-uri", uri,
+                             "--valid-from", "2016-09-26"], capture_output=True, text=True, timeout=900, env=env,
+                            cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Kronos weight " in result.stdout and "of experiment 'ensemble_csi300'" in result.stdout
+    from kronos_qlib.evaluation import init_recorder_store, load_run, summarize
+
+    init_recorder_store(uri)
+    run = load_run("ensemble_csi300")
+    assert len(run.ic) >= 15 and math.isfinite(summarize(run)["information ratio (with cost)"])
+    out = tmp / "compare3"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), "--mlflow-uri", uri, "--out",
+                             str(out), "--experiments", "kronos_csi300", "lightgbm_csi300", "ensemble_csi300",
+                             "kronos_lightgbm_csi300"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (out / "comparison.md").read_text()
+    for name in ("kronos_csi300", "lightgbm_csi300", "ensemble_csi300", "kronos_lightgbm_csi300"):
+        assert f"| {name} |" in table
+    assert "Daily rank correlation of kronos_csi300 with lightgbm_csi300" in table
+    assert "residual RankIC " in table and "nan" not in table.lower()
+
+
+def test_ensemble_refuses_runs_outside_the_test_dates_it_renders(recorded):
+    tmp, uri = recorded[0], f"sqlite:///{recorded[0] / 'mlruns.db'}"
+    env = {**os.environ, **smoke_env(), "QLIB_DATA": str(CN_DATA), "TEST_START": "2016-10-17"}
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "ensemble.py"), "--mlflow-uri", uri],
+                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
+    assert result.returncode == 2 and "outside the test segment 2016-10-17..2016-11-04" in result.stderr

@@ -6,8 +6,9 @@ from ..logs import follow_qlib_logging
 from .alpha158 import CheckedAlpha158
 from .forecast_cache import ForecastCache
 from .handler import KronosBarsHandler
+from .kronos_factors import KronosAlpha158
 from .model import KronosModel
 
 follow_qlib_logging()
 
-__all__ = ["CheckedAlpha158", "ForecastCache", "KronosBarsHandler", "KronosModel"]
+__all__ = ["CheckedAlpha158", "ForecastCache", "KronosAlpha158", "KronosBarsHandler", "KronosModel"]

@@ -1,0 +1,71 @@
+"""Choosing the sampling settings (temperature, top_p, number of paths) on the valid segment, never on test.
+
+``benchmarks/bench_calibration.py`` samples the valid segment once per grid point and scores each with
+:func:`kronos_qlib.forecast_quality.evaluate`; this module holds the parts that decide: which days are sampled
+(:func:`scoring_days`: every k-th valid day whose whole horizon is realized inside valid, so no score reads a
+test-period close) and which setting wins (:func:`best_setting`, the rule declared before any result is seen:
+the lowest pooled fair CRPS of the return; CRPS is a proper score, it rewards calibration and sharpness at once).
+
+The fair CRPS estimates the score of the sampler's distribution whatever the number of paths, so between path
+counts of one (T, top_p) it differs by noise only; a tie goes to fewer paths, which cost less to sample.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, KronosInputError
+from .forecast_quality import ForecastQuality
+
+#: the columns naming a grid point
+SETTINGS = ("T", "top_p", "sample_count")
+#: the pooled scores of the sampled model kept per grid point (forecast_quality's table columns)
+METRICS = ("n", "coverage_50", "calibrated_50", "coverage_90", "calibrated_90", "crps_return", "crps_skill_vs_rw",
+           "hit_rate")
+SELECTED_BY = "crps_return"
+VALID = "valid"
+
+
+def scoring_days(calendar: pd.DatetimeIndex, start: str | pd.Timestamp, end: str | pd.Timestamp, every_k_days: int,
+                 pred_len: int) -> pd.DatetimeIndex:
+    """Every ``every_k_days``-th trading day of [start, end] (from the first) whose ``pred_len`` following
+    trading days also lie in [start, end]: the forecasts and every close they are scored on stay in the segment."""
+    if every_k_days < 1:
+        raise ConfigError(f"every_k_days must be >= 1, got {every_k_days}")
+    calendar = pd.DatetimeIndex(calendar)
+    inside = calendar[(calendar >= pd.Timestamp(start)) & (calendar <= pd.Timestamp(end))]
+    days = inside[:max(len(inside) - pred_len, 0)][::every_k_days]
+    if len(days) == 0:
+        raise KronosInputError(f"the segment {pd.Timestamp(start).date()}..{pd.Timestamp(end).date()} has "
+                               f"{len(inside)} trading days: none has {pred_len} more after it inside the segment")
+    return days
+
+
+def grid_row(segment: str, T: float, top_p: float, sample_count: int, quality: ForecastQuality) -> dict:
+    """One row of the grid table: the setting, the segment it was scored on and the model's pooled scores."""
+    pooled = quality.summary().loc[quality.model]
+    return {"segment": segment, "T": T, "top_p": top_p, "sample_count": sample_count,
+            **{name: float(pooled[name]) for name in METRICS}}
+
+
+def best_setting(table: pd.DataFrame) -> dict:
+    """The (T, top_p, sample_count) of the row with the lowest ``crps_return``; ties go to fewer paths, then to
+    the earlier row. Refuses a table with a row of another segment than valid or with a missing score, so test
+    results can never choose."""
+    missing = [name for name in ("segment", *SETTINGS, SELECTED_BY) if name not in table.columns]
+    if missing:
+        raise ConfigError(f"the calibration grid table lacks the column(s) {missing}")
+    if table.empty:
+        raise KronosInputError("the calibration grid table has no rows")
+    others = sorted(set(table["segment"]) - {VALID})
+    if others:
+        raise KronosInputError(f"the calibration grid table holds rows of segment(s) {others}: the setting is "
+                               f"chosen on '{VALID}' alone")
+    blank = table[SELECTED_BY].isna() | ~np.isfinite(table[SELECTED_BY].astype(float))
+    if blank.any():
+        point = table.loc[blank.idxmax(), list(SETTINGS)].to_dict()
+        raise KronosInputError(f"the grid point {point} has no {SELECTED_BY}: every point must be scored")
+    order = table.assign(_row=np.arange(len(table))).sort_values([SELECTED_BY, "sample_count", "_row"],
+                                                                  kind="stable")
+    best = order.iloc[0]
+    return {"T": float(best["T"]), "top_p": float(best["top_p"]), "sample_count": int(best["sample_count"])}

@@ -1,0 +1,155 @@
+"""KronosAlpha158: Qlib's Alpha158 plus features read from Kronos's sampled paths, for LightGBM.
+
+No leak: a Kronos feature at day t must come from a Kronos model none of whose training or validation targets lie
+at or after t. The handler trains its own Kronos model (through :class:`KronosModel`, reusing finished stages) on
+``kronos_segments`` only, which must end before the handler's first day: Kronos windows keep all their targets
+inside their segment (:func:`kronos_qlib.data.windows.window_starts`), so the last target the model saw is the
+last day of those segments. The check is made twice: on the configuration at start, and on every row the loader
+serves (:class:`KronosFactorLoader`), naming the first instrument and date that would leak.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from qlib.data.dataset import DatasetH
+from qlib.data.dataset.loader import DataLoader, NestedDataLoader
+
+from ..errors import ConfigError, KronosInputError
+from ..model.hub import weights_digest
+from ..signals import compute_signal
+from .alpha158 import CheckedAlpha158
+from .forecast_cache import read_day
+from .handler import KronosBarsHandler
+from .model import KronosModel
+
+logger = logging.getLogger(__name__)
+#: Steps (trading days after t) of the forecast returns served as features, those within pred_len.
+RETURN_STEPS = (1, 2, 5, 10)
+
+
+def last_target(segments: dict) -> pd.Timestamp:
+    """The last day any training or validation target of a Kronos model trained on ``segments`` can lie on."""
+    missing = {"train", "valid"} - set(segments)
+    if missing:
+        raise ConfigError(f"kronos_segments needs train and valid date ranges, it lacks {', '.join(sorted(missing))}")
+    return max(pd.Timestamp(end) for _, end in (segments["train"], segments["valid"]))
+
+
+def check_no_leak(index: pd.MultiIndex, trained_until: pd.Timestamp, what: str = "row") -> None:
+    """Raise, naming the first instrument and date, if a (datetime, instrument) row lies at or before the last
+    target of the Kronos model its feature comes from."""
+    dates = index.get_level_values("datetime")
+    leaking = dates <= trained_until
+    if leaking.any():
+        first = int(np.argmax(leaking))
+        raise ConfigError(
+            f"Kronos feature leak: {what} {index.get_level_values('instrument')[first]} on "
+            f"{pd.Timestamp(dates[first]).date()} would use a Kronos model trained on targets up to "
+            f"{trained_until.date()}; start the handler after that day or train Kronos on earlier kronos_segments")
+
+
+def check_cache_model(folder: Path, tokenizer: str, predictor: str) -> None:
+    """The cache folder's key.json must name these weights: a folder of another model's paths is an error."""
+    key_path = folder / "key.json"
+    try:
+        key = json.loads(key_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise KronosInputError(f"forecast cache {folder} has no readable key.json ({err})") from err
+    for name, digest in (("tokenizer", tokenizer), ("predictor", predictor)):
+        if key.get(name) != digest:
+            raise KronosInputError(f"forecast cache {folder} holds paths of another model: its {name} weights "
+                                   f"digest is {key.get(name)}, this Kronos model's is {digest}")
+
+
+def path_features(paths: np.ndarray, last_close: np.ndarray) -> dict[str, np.ndarray]:
+    """Features of each series' paths (n, sample_count, pred_len, 6), all measured from t's close (step 0):
+    the expected return to several steps, the share of rising paths, the dispersion across paths (mean minus
+    the 20% quantile of the path returns) and the forecast volatility (of the paths' daily log returns)."""
+    pred_len = paths.shape[2]
+    out = {f"KRONOS_RET{k}": compute_signal("expected_return", paths, last_close, 0, k)
+           for k in RETURN_STEPS if k <= pred_len}
+    out["KRONOS_PROB_UP"] = compute_signal("prob_up", paths, last_close, 0)
+    out["KRONOS_DISPERSION"] = (compute_signal("expected_return", paths, last_close, 0)
+                                - compute_signal("downside_return", paths, last_close, 0))
+    if pred_len >= 2:
+        out["KRONOS_VOL"] = -compute_signal("low_forecast_risk", paths, last_close, 0)
+    return out
+
+
+def read_factors(folder: Path, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    """The features of every cached day in [start, end], indexed (datetime, instrument), columns
+    ("feature", name)."""
+    frames = []
+    for path in sorted(folder.glob("*.npz")):
+        day = pd.Timestamp(path.stem)
+        if start <= day <= end:
+            instruments, paths, last_close = read_day(path)
+            index = pd.MultiIndex.from_product([[day], instruments], names=["datetime", "instrument"])
+            frames.append(pd.DataFrame(path_features(paths, last_close), index=index))
+    if not frames:
+        raise KronosInputError(f"forecast cache {folder} holds no day in {start.date()}..{end.date()}")
+    frame = pd.concat(frames).sort_index()
+    frame.columns = pd.MultiIndex.from_product([["feature"], frame.columns])
+    return frame
+
+
+class KronosFactorLoader(DataLoader):
+    """Serves precomputed Kronos features by date, checking each served row against the model's last target."""
+
+    def __init__(self, factors: pd.DataFrame, trained_until: pd.Timestamp):
+        self.factors, self.trained_until = factors, pd.Timestamp(trained_until)
+
+    def load(self, instruments=None, start_time=None, end_time=None) -> pd.DataFrame:
+        frame = self.factors.loc[pd.Timestamp(start_time) if start_time else None:
+                                 pd.Timestamp(end_time) if end_time else None]
+        check_no_leak(frame.index, self.trained_until)
+        return frame
+
+
+class KronosAlpha158(CheckedAlpha158):
+    """Alpha158's features and label, plus ``KRONOS_*`` features from the paths of a Kronos model trained on
+    ``kronos_segments`` (train and valid date ranges, all before ``start_time``; see the module docstring).
+
+    ``kronos`` holds :class:`KronosModel` keyword arguments and must include ``finetune``: released checkpoints
+    used as they are were trained on unknown dates, so no leak could be ruled out. The paths of every day from
+    ``start_time`` to ``end_time`` are sampled into (or read from) the model's forecast cache. The Alpha158
+    processors (fitted on fit_start_time..fit_end_time) apply to the Kronos features too.
+    """
+
+    def __init__(self, instruments: str = "csi300", start_time=None, end_time=None, kronos: dict | None = None,
+                 kronos_segments: dict | None = None, init_data: bool = True, **kwargs):
+        if not kronos or "finetune" not in kronos:
+            raise ConfigError("KronosAlpha158 needs kronos.finetune (KronosModel settings that train on "
+                              "kronos_segments): checkpoints used as they are have unknown training dates")
+        self.trained_until = last_target(kronos_segments or {})
+        if start_time is None or end_time is None:
+            raise ConfigError("KronosAlpha158 needs start_time and end_time: the days whose Kronos paths it reads")
+        start = pd.Timestamp(start_time)
+        if start <= self.trained_until:
+            raise ConfigError(f"Kronos feature leak: the handler starts {start.date()} but kronos_segments end "
+                              f"{self.trained_until.date()}: Kronos's training/valid targets must all lie before "
+                              f"the first row the handler serves")
+        super().__init__(instruments=instruments, start_time=start_time, end_time=end_time, init_data=False,
+                         **kwargs)
+        model = KronosModel(**kronos)
+        bars = KronosBarsHandler(instruments, start_time=kronos_segments["train"][0], end_time=end_time,
+                                 history=model.forecast.lookback)
+        dataset = DatasetH(bars, segments={name: tuple(kronos_segments[name]) for name in ("train", "valid")})
+        if model.cache_dir is None:
+            raise ConfigError("KronosAlpha158 reads the features from the forecast cache: set kronos.cache_dir")
+        model.fit(dataset)
+        model.fill_cache(dataset, slice(start, pd.Timestamp(end_time)))
+        self.forecast_folder = Path(model.forecast_folder)
+        check_cache_model(self.forecast_folder, weights_digest(model.tokenizer), weights_digest(model.model))
+        factors = read_factors(self.forecast_folder, start, pd.Timestamp(end_time))
+        logger.info("KronosAlpha158: %d Kronos feature rows (%s) from %s, Kronos trained on targets up to %s",
+                    len(factors), ", ".join(factors.columns.get_level_values(1)), self.forecast_folder,
+                    self.trained_until.date())
+        self.data_loader = NestedDataLoader([self.data_loader, KronosFactorLoader(factors, self.trained_until)],
+                                            join="left")
+        if init_data:
+            self.setup_data()

@@ -1,0 +1,103 @@
+"""Combine two recorded runs (Kronos and LightGBM) into one signal, weight chosen on valid, and backtest it.
+
+Each run's recorded model (params.pkl) predicts the valid segment of its workflow's dataset (the workflow file is
+rendered with the current environment, as qrun renders it: run this with the variables the runs had); the weight
+w of w * z(Kronos) + (1 - w) * z(LightGBM) with the best valid mean RankIC is applied to the recorded test
+signals, and the result is recorded in a new run of --experiment with Qlib's SigAnaRecord and PortAnaRecord (the
+backtest settings of the LightGBM workflow). See kronos_qlib/integration/ensemble.py.
+
+    python scripts/ensemble.py                                   # ./mlruns.db -> experiment ensemble_csi300
+    env $(xargs < workflows/smoke.env) python scripts/ensemble.py   # after the smoke runs of both workflows
+    python scripts/compare.py --experiments kronos_csi300 lightgbm_csi300 ensemble_csi300
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from kronos_qlib.errors import ConfigError, KronosInputError
+from kronos_qlib.evaluation import init_recorder_store, load_run
+from kronos_qlib.qrun import WORKFLOWS, load_workflow
+
+
+def valid_predictions(experiment: str, recorder_id: str, config: dict, workflow: Path, valid_from: str | None
+                      ) -> tuple[pd.Series, object, slice]:
+    """The recorded model's scores on the valid segment of the workflow's dataset (from ``valid_from`` on, when
+    given), the dataset and the date range."""
+    from qlib.utils import init_instance_by_config
+    from qlib.workflow import R
+
+    model = R.get_recorder(recorder_id=recorder_id, experiment_name=experiment).load_object("params.pkl")
+    dataset = init_instance_by_config(config["task"]["dataset"])
+    if "valid" not in dataset.segments:
+        raise ConfigError(f"the dataset of {workflow} has no valid segment to choose the weight on")
+    start, end = (pd.Timestamp(day) for day in dataset.segments["valid"])
+    if valid_from is not None:
+        if not start <= pd.Timestamp(valid_from) <= end:
+            raise ConfigError(f"--valid-from {valid_from} lies outside the valid segment {start.date()}..{end.date()} "
+                              f"of {workflow}")
+        start = pd.Timestamp(valid_from)
+    segment = slice(start, end)
+    return model.predict(dataset, segment), dataset, segment
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mlflow-uri", default="sqlite:///mlruns.db", help="the exp_manager uri of the workflows")
+    parser.add_argument("--kronos", default="kronos_csi300", help="experiment of the Kronos run")
+    parser.add_argument("--lgb", default="lightgbm_csi300", help="experiment of the LightGBM run")
+    parser.add_argument("--kronos-workflow", default=str(WORKFLOWS / "kronos_csi300.yaml"))
+    parser.add_argument("--lgb-workflow", default=str(WORKFLOWS / "lightgbm_csi300.yaml"))
+    parser.add_argument("--experiment", default="ensemble_csi300", help="where the combined run is recorded")
+    parser.add_argument("--valid-from", help="choose the weight on the valid segment from this day only (default: "
+                        "all of it; a shorter range samples fewer Kronos forecasts)")
+    args = parser.parse_args(argv)
+
+    from qlib.data.dataset.handler import DataHandlerLP
+
+    from kronos_qlib.integration.ensemble import check_same_dates, choose_weight, combine, record_ensemble
+
+    try:
+        workflows = {"kronos": Path(args.kronos_workflow), "lgb": Path(args.lgb_workflow)}
+        configs = {name: load_workflow(path) for name, path in workflows.items()}
+        segments = {name: config["task"]["dataset"]["kwargs"]["segments"] for name, config in configs.items()}
+        if segments["kronos"] != segments["lgb"]:
+            raise ConfigError(f"{workflows['kronos']} and {workflows['lgb']} render different segments "
+                              f"({segments['kronos']} vs {segments['lgb']}): render both with the same variables")
+        init_recorder_store(args.mlflow_uri, configs["lgb"]["qlib_init"]["provider_uri"])
+        runs = {"kronos": load_run(args.kronos), "lgb": load_run(args.lgb)}
+        names = {key: f"{run.experiment} (run {run.recorder_id})" for key, run in runs.items()}
+        test = {key: run.pred.iloc[:, 0] for key, run in runs.items()}
+        check_same_dates(test["kronos"], test["lgb"], names["kronos"], names["lgb"])
+        recorded = pd.DatetimeIndex(test["lgb"].index.get_level_values("datetime").unique())
+        start, end = (pd.Timestamp(day) for day in segments["lgb"]["test"])
+        if recorded.min() < start or recorded.max() > end:
+            raise ConfigError(f"the recorded runs score {recorded.min().date()}..{recorded.max().date()}, outside the "
+                              f"test segment {start.date()}..{end.date()} the workflows render now: run this with "
+                              f"the date variables the runs had")
+        valid = {}
+        for key in ("kronos", "lgb"):
+            valid[key], dataset, segment = valid_predictions(runs[key].experiment, runs[key].recorder_id,
+                                                             configs[key], workflows[key], args.valid_from)
+        label = dataset.prepare(segment, col_set="label", data_key=DataHandlerLP.DK_R).iloc[:, 0]
+        choice = choose_weight(valid["kronos"], valid["lgb"], label)
+        pred = combine(test["kronos"], test["lgb"], choice.weight)
+        recorder_id = record_ensemble(args.experiment, pred, runs["lgb"].label, configs["lgb"]["port_analysis_config"],
+                                      {"ensemble.kronos_weight": choice.weight, "ensemble.kronos_run": names["kronos"],
+                                       "ensemble.lgb_run": names["lgb"],
+                                       "ensemble.chosen_on": f"mean RankIC on {segment.start.date()}.."
+                                                             f"{segment.stop.date()} (valid)"})
+    except (ConfigError, KronosInputError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(choice.valid_rank_ic.to_string(float_format=lambda v: f"{v:.4f}"))
+    print(f"\nKronos weight {choice.weight:.2f} (best valid mean RankIC {choice.valid_rank_ic.max():.4f}); "
+          f"recorded as run {recorder_id} of experiment '{args.experiment}'")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
