@@ -7,8 +7,8 @@ dataset and KronosModel built from it and ``model.fit(dataset)`` run in --work, 
 folders (runs/) of an earlier ``qrun`` there, or trains them. Each grid point keeps the weights and changes only
 the sampling, so it samples into its own cache folder. Every --every-k-days-th valid day is forecast whose
 pred_len-day horizon ends inside valid, and the CSI300 members' forecasts are scored with
-kronos_qlib.forecast_quality. The winner is the rule declared beforehand: the lowest pooled fair CRPS of the
-return (kronos_qlib.calibration_grid.best_setting).
+kronos_qlib.forecast_quality. The winner is the rule declared beforehand: the (T, top_p) with the lowest pooled
+fair CRPS of the return over its path counts, with the fewest paths (kronos_qlib.calibration_grid.best_setting).
 
     python benchmarks/bench_calibration.py [--work outputs/full_run] [--provider ../shared/cn_data]
     env $(xargs < workflows/smoke.env) python benchmarks/bench_calibration.py --work /tmp/calib \\
@@ -151,10 +151,11 @@ def report(table: pd.DataFrame, chosen: dict, model, dataset, days, args, plot_p
         f"CRPS of the return, its skill against a random walk with the stock's own {args.window}-day volatility "
         f"(same m), the median path's hit rate. The valid segment also picked the training's best checkpoint, so "
         f"these numbers are not out of sample; they only rank the settings.", "",
-        "Rule, fixed before the run: the lowest pooled fair CRPS of the return wins (a proper score: it rewards "
-        "calibration and sharpness together); a tie goes to fewer paths. The fair CRPS scores the sampler's "
-        "distribution whatever m is, so between m values of one (T, top_p) it differs by noise only; m changes "
-        f"what the signal sees and the cost (seconds: wall time to sample and score the point; days already in its "
+        "Rule, fixed before the run: the (T, top_p) with the lowest pooled fair CRPS of the return, averaged over "
+        "the m tried, wins (a proper score: it rewards calibration and sharpness together), with the smallest m. "
+        "The fair CRPS scores the sampler's distribution whatever m is, so between m values of one (T, top_p) it "
+        "differs by noise only and cannot choose m; m changes the coverage a finite sample reaches, what the "
+        f"signal sees and the cost (seconds: wall time to sample and score the point; days already in its "
         f"cache, e.g. the workflow's own setting after bench_signals.py, are not sampled again). "
         f"Machine: {machine()}.", "",
         "| T | top_p | m | forecasts x steps | coverage 50% | calibrated 50% | coverage 90% | calibrated 90% "

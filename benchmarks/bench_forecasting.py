@@ -256,7 +256,9 @@ def main() -> None:
                      f"{r['vs_fp32']:.2f}x | {r['vs_original']:.1f}x |")
     lines += ["", "What reduced precision changes (against fp32, same forecasts): greedy agreement is the share of greedy "
               f"(series, step) closes within 0.1% of fp32's on {args.day_list[0]}; signal Spearman is the mean daily "
-              "rank correlation of `expected_return` from the sampled paths.", "",
+              "rank correlation of `expected_return` from the sampled paths. These are random weights, whose token "
+              "distributions are near uniform, so a small change of the logits moves many draws; trained weights "
+              "were not measured here.", "",
               "| model | precision | greedy agreement | signal Spearman vs fp32 |", "|---|---|---|---|"]
     for q in quality:
         if "ratio" not in q:

@@ -3,11 +3,13 @@
 ``benchmarks/bench_calibration.py`` samples the valid segment once per grid point and scores each with
 :func:`kronos_qlib.forecast_quality.evaluate`; this module holds the parts that decide: which days are sampled
 (:func:`scoring_days`: every k-th valid day whose whole horizon is realized inside valid, so no score reads a
-test-period close) and which setting wins (:func:`best_setting`, the rule declared before any result is seen:
-the lowest pooled fair CRPS of the return; CRPS is a proper score, it rewards calibration and sharpness at once).
+test-period close) and which setting wins (:func:`best_setting`, the rule declared before any result is seen).
 
-The fair CRPS estimates the score of the sampler's distribution whatever the number of paths, so between path
-counts of one (T, top_p) it differs by noise only; a tie goes to fewer paths, which cost less to sample.
+The rule: the (T, top_p) whose pooled fair CRPS of the return, averaged over the path counts tried, is lowest
+(CRPS is a proper score: it rewards calibration and sharpness at once), with the smallest path count tried. The
+fair CRPS estimates the score of the sampler's distribution whatever the number of paths, so between path
+counts of one (T, top_p) it differs by noise only: choosing the count by it would pick by noise, and every
+path costs as much to sample as the first. The coverage columns beside it show what more paths change.
 """
 from __future__ import annotations
 
@@ -49,9 +51,9 @@ def grid_row(segment: str, T: float, top_p: float, sample_count: int, quality: F
 
 
 def best_setting(table: pd.DataFrame) -> dict:
-    """The (T, top_p, sample_count) of the row with the lowest ``crps_return``; ties go to fewer paths, then to
-    the earlier row. Refuses a table with a row of another segment than valid or with a missing score, so test
-    results can never choose."""
+    """The (T, top_p) with the lowest ``crps_return`` averaged over its path counts (ties: the earlier in the
+    table), and the smallest path count of the table (see the module docstring). Refuses a table with a row of
+    another segment than valid or with a missing score, so test results can never choose."""
     missing = [name for name in ("segment", *SETTINGS, SELECTED_BY) if name not in table.columns]
     if missing:
         raise ConfigError(f"the calibration grid table lacks the column(s) {missing}")
@@ -65,7 +67,6 @@ def best_setting(table: pd.DataFrame) -> dict:
     if blank.any():
         point = table.loc[blank.idxmax(), list(SETTINGS)].to_dict()
         raise KronosInputError(f"the grid point {point} has no {SELECTED_BY}: every point must be scored")
-    order = table.assign(_row=np.arange(len(table))).sort_values([SELECTED_BY, "sample_count", "_row"],
-                                                                  kind="stable")
-    best = order.iloc[0]
-    return {"T": float(best["T"]), "top_p": float(best["top_p"]), "sample_count": int(best["sample_count"])}
+    by_point = table.groupby(["T", "top_p"], sort=False)[SELECTED_BY].mean()
+    T, top_p = by_point.idxmin()
+    return {"T": float(T), "top_p": float(top_p), "sample_count": int(table["sample_count"].min())}

@@ -24,14 +24,15 @@ def grid(*points, segment: str = "valid") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_the_lowest_valid_crps_wins():
-    table = grid((0.8, 0.9, 5, 0.031), (1.0, 0.9, 5, 0.030), (1.2, 1.0, 20, 0.032))
-    assert best_setting(table) == {"T": 1.0, "top_p": 0.9, "sample_count": 5}
+def test_the_lowest_valid_crps_over_path_counts_wins_with_the_fewest_paths():
+    table = grid((0.8, 0.9, 5, 0.031), (0.8, 0.9, 20, 0.031), (1.0, 0.9, 5, 0.030), (1.0, 0.9, 20, 0.030),
+                 (1.2, 1.0, 5, 0.032), (1.2, 1.0, 20, 0.0295))
+    assert best_setting(table) == {"T": 1.0, "top_p": 0.9, "sample_count": 5}  # 1.2/1.0 averages 0.03075
 
 
-def test_a_tie_goes_to_fewer_paths_then_to_the_earlier_row():
-    assert best_setting(grid((1.0, 0.9, 20, 0.03), (1.2, 1.0, 5, 0.03)))["sample_count"] == 5
-    assert best_setting(grid((1.2, 1.0, 5, 0.03), (0.8, 0.9, 5, 0.03), (1.0, 1.0, 20, 0.04)))["T"] == 1.2
+def test_the_path_count_is_never_chosen_by_noise_and_ties_go_to_the_earlier_point():
+    assert best_setting(grid((1.0, 0.9, 20, 0.029), (1.0, 0.9, 5, 0.031)))["sample_count"] == 5
+    assert best_setting(grid((1.2, 1.0, 5, 0.03), (0.8, 0.9, 5, 0.03), (1.0, 1.0, 5, 0.04)))["T"] == 1.2
 
 
 def test_test_rows_and_missing_scores_are_refused():
