@@ -1,10 +1,12 @@
-"""Rolling retraining in full beside the single fit: `scripts/rolling.py --step 60` on the shipped Kronos workflow
-(CPU preset, default dates: 13 rolls over the 2020-2022 test segment) and `qrun workflows/kronos_csi300.yaml`; wall
-times, refit times and both runs' signal and backtest metrics go to benchmarks/RESULTS.md.
+"""Rolling retraining in full beside the single fit: `qrun workflows/kronos_csi300.yaml` and then
+`scripts/rolling.py --step 60` on the same workflow (CPU preset, default dates: 13 rolls over the 2020-2022 test
+segment), both in the folder --work; wall times, refit times and both runs' signal and backtest metrics go to
+benchmarks/RESULTS.md.
 
-Each runs in its own fresh subfolder of --work (mlruns.db, runs/, the forecast cache), so the rolling run trains
-its first roll from scratch too and nothing is shared between the two. --single names the folder of a finished
-single-fit run instead (e.g. outputs/full_run from bench_workflows.py, same code and data) to skip that qrun.
+They share one folder as a user would run them: roll 0 has the single fit's segments, so it reuses its stage
+folders and its forecasts, and the rolling wall time is what rolling costs on top of a single fit. --stages names
+the finished stage folder of an earlier full run of the same workflow (its runs/<name>, copied into --work) to skip
+training in the single fit too; RESULTS.md then says so.
 
     python benchmarks/bench_rolling.py [--provider ../shared/cn_data] [--work outputs/rolling_run] [--step 60]
     python benchmarks/bench_rolling.py --dry-run      # the rolls it would train, and nothing else
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,21 +25,21 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from results import machine, update_section  # noqa: E402
+from results import full_scale_environ, machine, update_section  # noqa: E402
 
 from kronos_qlib.evaluation import comparison_table, format_table, init_recorder_store, load_run  # noqa: E402
 from kronos_qlib.qrun import run_qrun  # noqa: E402
 
-#: the variables the workflow reads for its scale and dates: unset, so that its defaults (cpu, 2010-2022) apply
-SCALE_VARIABLES = ["KRONOS_PRESET", "TRAIN_START", "TRAIN_END", "VALID_START", "VALID_END", "TEST_START", "TEST_END",
-                   "BACKTEST_END"]
-
-
-def rolling(args: argparse.Namespace, cwd: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
+def rolling(args: argparse.Namespace, cwd: Path, env: dict[str, str], *extra: str, log: Path | None = None
+            ) -> subprocess.CompletedProcess:
+    """scripts/rolling.py in ``cwd``; its output goes to ``log`` as it runs (a long job to follow), else captured."""
     command = [sys.executable, str(REPO / "scripts" / "rolling.py"), "--step", str(args.step), *extra]
     if args.refit_epochs:
         command += ["--refit-epochs", str(args.refit_epochs)]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if log is None:
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    with open(log, "w") as out:
+        return subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
 
 
 def refit_minutes(folder: Path) -> list[float]:
@@ -54,13 +56,14 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=60)
     parser.add_argument("--refit-epochs", type=int, default=2,
                         help="predictor epochs of each refit (0: the workflow's, 6 for the cpu preset)")
-    parser.add_argument("--single", default=None, help="folder of a finished single-fit qrun run to compare with")
+    parser.add_argument("--stages", default=None,
+                        help="finished stage folder of an earlier full run of the workflow (runs/<name>) to reuse")
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args()
     if args.step < 1 or args.refit_epochs < 0:
         parser.error("--step must be at least 1 and --refit-epochs at least 0")
     work = Path(args.work).resolve()
-    base = {k: v for k, v in os.environ.items() if k not in SCALE_VARIABLES}
+    base = full_scale_environ()
     base["QLIB_DATA"] = str(Path(args.provider).resolve())
 
     if args.dry_run:  # in a scratch folder: Qlib's start-up may create an MLflow store where it runs
@@ -72,30 +75,28 @@ def main() -> None:
         sys.exit(f"{work} holds an earlier run: move it away (it is not deleted for you) or pass another --work")
 
     walls = {}
-    single = Path(args.single).resolve() if args.single else work / "single"
-    if args.single is None:
-        single.mkdir(parents=True)
-        print("qrun kronos_csi300.yaml ...", flush=True)
-        began = time.perf_counter()
-        result = run_qrun("kronos_csi300.yaml", cwd=single, env={**base, "KRONOS_CACHE": str(single / "forecasts")})
-        walls["single fit (qrun workflows/kronos_csi300.yaml)"] = time.perf_counter() - began
-        (single / "qrun.log").write_text(result.stdout + result.stderr)
-    folder = work / "rolling"
-    folder.mkdir(parents=True)
+    env = {**base, "KRONOS_CACHE": str(work / "forecasts")}
+    work.mkdir(parents=True, exist_ok=True)
+    if args.stages:
+        stages = Path(args.stages).resolve()
+        shutil.copytree(stages, work / "runs" / stages.name)
+    print("qrun kronos_csi300.yaml ...", flush=True)
+    began = time.perf_counter()
+    result = run_qrun("kronos_csi300.yaml", cwd=work, env=env)
+    walls["single fit (qrun workflows/kronos_csi300.yaml)"] = time.perf_counter() - began
+    (work / "qrun.log").write_text(result.stdout + result.stderr)
     print(f"scripts/rolling.py --step {args.step} ...", flush=True)
     began = time.perf_counter()
-    result = rolling(args, folder, {**base, "KRONOS_CACHE": str(folder / "forecasts")})
-    walls[f"rolling, step {args.step} (scripts/rolling.py)"] = time.perf_counter() - began
-    (folder / "rolling.log").write_text(result.stdout + result.stderr)
+    log = work / "rolling.log"
+    result = rolling(args, work, env, log=log)
+    walls[f"rolling, step {args.step} (scripts/rolling.py, after the single fit)"] = time.perf_counter() - began
     if result.returncode != 0:
-        sys.exit(f"scripts/rolling.py failed ({result.returncode}):\n{result.stderr[-6000:]}")
-    print(result.stdout, flush=True)
+        sys.exit(f"scripts/rolling.py failed ({result.returncode}):\n{log.read_text()[-6000:]}")
+    print(log.read_text().splitlines()[-1], flush=True)
 
-    runs = []
-    for name, where in (("kronos_csi300", single), ("kronos_csi300_rolling", folder)):
-        init_recorder_store(f"sqlite:///{where / 'mlruns.db'}", args.provider)
-        runs.append(load_run(name))
-    refits = refit_minutes(folder)
+    init_recorder_store(f"sqlite:///{work / 'mlruns.db'}", args.provider)
+    runs = [load_run(name) for name in ("kronos_csi300", "kronos_csi300_rolling")]
+    refits = refit_minutes(work)
     epochs = f"{args.refit_epochs} predictor epoch(s)" if args.refit_epochs else "the workflow's predictor epochs"
     lines = [
         "## Rolling retraining (`benchmarks/bench_rolling.py`)", "",
@@ -104,9 +105,12 @@ def main() -> None:
         f"{args.step} trading days over the test segment 2020-01-01..2022-12-30; roll 0 trains like the single fit, "
         f"each later roll finetunes the previous roll's weights ({epochs}, predictor stage only) on its own "
         "segments; the rolls' test signals merged by `RollingGroup` and backtested with the workflow's TopkDropout "
-        "50/5 and costs. Beside it, the single fit (`qrun workflows/kronos_csi300.yaml`"
-        + (f", recorded in {single}" if args.single else ", run here in its own folder; both from scratch")
-        + f") on `../shared/cn_data`. Machine: {machine()}.", "",
+        "50/5 and costs. Beside it, the single fit (`qrun workflows/kronos_csi300.yaml`), run first in the same "
+        "folder: roll 0 shares its segments, so it reuses its trained stages and forecasts, and the rolling wall "
+        "time is the cost on top of a single fit"
+        + (" (the single fit itself reused the finished stages of an earlier full run of the workflow, so its wall "
+           "time is forecasting and backtest only)" if args.stages else "")
+        + f"; on `../shared/cn_data`. Machine: {machine()}.", "",
         "| run | wall time |", "|---|---|", *[f"| {name} | {wall / 60:.1f} min |" for name, wall in walls.items()], "",
         f"{len(refits) + 1} rolls; the {len(refits)} refits took {sum(refits):.1f} min of predictor training in all "
         f"({min(refits, default=0):.1f} to {max(refits, default=0):.1f} min each).", "",

@@ -31,14 +31,14 @@ RISK_CONTROL_BARS = 20
 def load(work: Path, provider: str):
     """The recorded KronosModel and the workflow's dataset, as qrun built them (run from ``work``)."""
     import qlib
-    from qlib.cli.run import render_template
     from qlib.utils import init_instance_by_config
     from qlib.workflow import R
-    from ruamel.yaml import YAML
+
+    from kronos_qlib.qrun import WORKFLOWS, load_workflow
 
     os.chdir(work)  # the workflow's relative paths (mlruns.db, runs/) are where qrun ran
-    os.environ.update({"QLIB_DATA": str(Path(provider).resolve()), "KRONOS_CACHE": str(work / "forecasts")})
-    config = YAML(typ="safe", pure=True).load(render_template(str(REPO / "workflows" / "kronos_csi300.yaml")))
+    config = load_workflow(WORKFLOWS / "kronos_csi300.yaml",
+                           {"QLIB_DATA": str(Path(provider).resolve()), "KRONOS_CACHE": str(work / "forecasts")})
     qlib.init(**config["qlib_init"])
     recorders = R.get_exp(experiment_name="kronos_csi300", create=False).list_recorders()
     finished = {k: r for k, r in recorders.items() if r.status == "FINISHED"}

@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 from results import machine, update_section  # noqa: E402
 
 from kronos_qlib.training.config import PRESETS  # noqa: E402
-from kronos_qlib.qrun import run_qrun  # noqa: E402
+from kronos_qlib.qrun import WORKFLOWS, load_workflow, run_qrun  # noqa: E402
 
 
 def main() -> None:
@@ -55,7 +55,8 @@ def main() -> None:
     shutil.copy(work / "compare" / "cumulative_excess.png", HERE / "workflows_cumulative_excess.png")
 
     training = {}
-    checkpoints = work / "runs" / "kronos_csi300_cpu_2010-01-01_2019-12-31"  # the workflow's default output_dir
+    checkpoints = work / load_workflow(WORKFLOWS / "kronos_csi300.yaml", env)["task"]["model"]["kwargs"]["finetune"][
+        "output_dir"]
     for stage in ("tokenizer", "predictor"):
         rows = [json.loads(line) for line in (checkpoints / stage / "metrics.jsonl").read_text().splitlines()]
         training[stage] = (sum(r["epoch_s"] for r in rows), len(rows), rows[-1])

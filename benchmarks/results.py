@@ -12,6 +12,10 @@ import torch
 from kronos_qlib.files import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+#: The variables the workflows read for their scale and dates: full-scale benchmarks unset them, so that the
+#: workflows' defaults (the cpu preset, 2010-2022) apply whatever the caller's shell holds.
+SCALE_VARIABLES = ("KRONOS_PRESET", "TRAIN_START", "TRAIN_END", "VALID_START", "VALID_END", "TEST_START", "TEST_END",
+                   "BACKTEST_END")
 HEADER = ("# Benchmark results\n\nEvery figure below was written by the script named in its section; "
           "rerun it to reproduce.\n")
 
@@ -34,6 +38,11 @@ def git_commit() -> str:
                               cwd=RESULTS.parent, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def full_scale_environ() -> dict[str, str]:
+    """This process's environment without :data:`SCALE_VARIABLES`."""
+    return {k: v for k, v in os.environ.items() if k not in SCALE_VARIABLES}
 
 
 def update_section(name: str, markdown: str, results: Path = RESULTS) -> None:

@@ -23,9 +23,10 @@ def smoke_env(path: Path = SMOKE_ENV) -> dict[str, str]:
     return {name: value for name, value in pairs}
 
 
-def load_workflow(workflow: str | Path) -> dict:
+def load_workflow(workflow: str | Path, env: dict[str, str] | None = None) -> dict:
     """The workflow as qrun reads it: the whole file rendered as a Jinja template with the environment's
-    variables, then parsed as YAML (for scripts that build its dataset and model themselves)."""
+    variables (and ``env``'s over them, for this rendering only), then parsed as YAML (for scripts that build its
+    dataset and model themselves)."""
     from qlib.cli.run import render_template
     from ruamel.yaml import YAML
 
@@ -34,7 +35,14 @@ def load_workflow(workflow: str | Path) -> dict:
     path = Path(workflow)
     if not path.is_file():
         raise ConfigError(f"workflow file {path} does not exist")
-    return YAML(typ="safe", pure=True).load(render_template(str(path)))
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        text = render_template(str(path))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return YAML(typ="safe", pure=True).load(text)
 
 
 def qrun_command() -> list[str]:

@@ -22,7 +22,7 @@ QRUN_WORKFLOWS = ["kronos_csi300.yaml", "lightgbm_csi300.yaml"]
 FACTOR_WORKFLOW = "kronos_lightgbm_csi300.yaml"
 VARIABLES = ["QLIB_DATA", "KRONOS_CACHE", "KRONOS_PRESET", "TRAIN_START", "TRAIN_END", "VALID_START", "VALID_END",
              "TEST_START", "TEST_END", "BACKTEST_END", "KRONOS_TRAIN_START", "KRONOS_TRAIN_END", "KRONOS_VALID_START",
-             "KRONOS_VALID_END", "FACTOR_TRAIN_START", "KRONOS_SAMPLES"]
+             "KRONOS_VALID_END", "FACTOR_TRAIN_START", "KRONOS_SAMPLES", "SEED", "SAMPLE_SEED"]
 #: The factor workflow at the smoke scale (the README's command): Kronos trained on 2016-01..05, LightGBM on
 #: 2016-06..08 and validated on September, the smoke test dates after; two paths per stock and day.
 FACTOR_SMOKE = smoke_env(FACTOR_SMOKE_ENV)
@@ -89,9 +89,31 @@ def test_kronos_workflow_sets_each_setting_once(monkeypatch):
     config = render(WORKFLOWS / "kronos_csi300.yaml", monkeypatch, {"KRONOS_PRESET": "small", "QLIB_DATA": "/data"})
     kwargs = config["task"]["model"]["kwargs"]
     assert config["qlib_init"]["provider_uri"] == "/data"
-    assert kwargs["finetune"] == {"preset": "small", "output_dir": "runs/kronos_csi300_small_2010-01-01_2019-12-31"}
+    assert kwargs["finetune"] == {"preset": "small", "seed": 42,
+                                  "output_dir": "runs/kronos_csi300_small_2010-01-01_2019-12-31_seed42"}
+    assert kwargs["sampling"]["seed"] == 0
     assert config["task"]["dataset"]["kwargs"]["handler"]["kwargs"]["history"] == kwargs["forecast"]["lookback"]
     assert kwargs["cache_dir"] == "~/.cache/kronos_qlib/forecasts"
+
+
+def test_seed_variables_reach_every_seeded_part(monkeypatch):
+    """SEED and SAMPLE_SEED (bench_seeds.py's seed k) change Kronos's training seed and its stage folder, its
+    sampling seed and LightGBM's seed, in each workflow that has them; nothing else moves."""
+    env = {"SEED": "43", "SAMPLE_SEED": "1"}
+    kronos = render(WORKFLOWS / "kronos_csi300.yaml", monkeypatch, env)["task"]["model"]["kwargs"]
+    assert kronos["finetune"] == {"preset": "cpu", "seed": 43,
+                                  "output_dir": "runs/kronos_csi300_cpu_2010-01-01_2019-12-31_seed43"}
+    assert kronos["sampling"]["seed"] == 1
+    lgb = render(WORKFLOWS / "lightgbm_csi300.yaml", monkeypatch, env)
+    assert lgb["task"]["model"]["kwargs"]["seed"] == 43
+    assert render(WORKFLOWS / "lightgbm_csi300.yaml", monkeypatch, {})["task"]["model"]["kwargs"]["seed"] == 42
+    factors = render(WORKFLOWS / FACTOR_WORKFLOW, monkeypatch, env)
+    handler_kronos = factors["task"]["dataset"]["kwargs"]["handler"]["kwargs"]["kronos"]
+    assert handler_kronos["finetune"]["seed"] == 43 and handler_kronos["finetune"]["output_dir"].endswith("_seed43")
+    assert handler_kronos["sampling"]["seed"] == 1 and factors["task"]["model"]["kwargs"]["seed"] == 43
+    default = render(WORKFLOWS / "kronos_csi300.yaml", monkeypatch, {})["task"]["model"]["kwargs"]
+    assert {k: v for k, v in default.items() if k not in ("finetune", "sampling")} == \
+        {k: v for k, v in kronos.items() if k not in ("finetune", "sampling")}
 
 
 # --------------------------------------------------------------------------------------- qrun, smoke scale
@@ -124,7 +146,7 @@ def test_recorded_signal_and_portfolio(recorded, experiment):
 def test_qrun_output_shows_what_kronos_does_and_stays_readable(recorded):
     tmp, logs = recorded
     first, again = logs["kronos_csi300.yaml"], logs["again"]
-    folder = Path("runs") / "kronos_csi300_tiny_2016-01-01_2016-09-30"  # output_dir, relative to where qrun ran
+    folder = Path("runs") / "kronos_csi300_tiny_2016-01-01_2016-09-30_seed42"  # output_dir, relative to where qrun ran
     for stage in ("tokenizer", "predictor"):
         assert f"{stage} stage: " in first and f"training in {folder / stage}" in first
         assert f"{stage} epoch 1/1: " in first
