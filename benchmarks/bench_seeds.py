@@ -189,14 +189,21 @@ def main() -> None:
         lines += [f"Ensemble: Kronos weight {table.loc['ensemble', 'Kronos weight']}, per seed "
                   + ", ".join(f"{f.loc['ensemble', 'Kronos weight']:.2f}" for f in frames) + ".", ""]
     per_seed = pd.concat({k: f[["RankIC", "information ratio (with cost)"]] for k, f in enumerate(frames)}, axis=1)
+    reuse = []
+    if args.stages:
+        reuse.append(f"seed 0 started from the finished training in {args.stages}, so its Kronos time leaves training "
+                     "out")
+    if args.cache:
+        reuse.append(f"the forecast cache {args.cache} was filled before, so a step that finds its model's forecasts "
+                     "there does not sample them again")
     lines += [
+        *([f"Reused: {'; '.join(reuse)}.", ""] if reuse else []),
         "Per seed (RankIC / information ratio with cost):", "",
         "| run | " + " | ".join(f"seed {k}" for k in range(len(frames))) + " |", "|---|" + "---|" * len(frames),
         *[f"| {RUNS[step]} | " + " | ".join(f"{per_seed.loc[step, (k, 'RankIC')]:.4f} / "
                                            f"{per_seed.loc[step, (k, 'information ratio (with cost)')]:.2f}"
                                            for k in range(len(frames))) + " |" for step in steps], "",
-        "Wall times (min)" + (" (seed 0 reused the finished training of an earlier full run: its Kronos time is "
-                              "forecasting and backtest only)" if args.stages else "") + ":", "",
+        "Wall time of each step (min):", "",
         "| seed | " + " | ".join(steps) + " |", "|---|" + "---|" * len(steps),
         *[f"| {k} | " + " | ".join(f"{wall.loc[k, step]:.1f}" for step in steps) + " |" for k in wall.index], "",
         "![results over seeds](seeds.png)",
