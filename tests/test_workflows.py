@@ -173,7 +173,7 @@ def test_training_curves_and_settings_are_in_the_recorder(recorded):
     params, tags = recorder.list_params(), recorder.list_tags()
     assert params["kronos.finetune.preset"] == "tiny" and params["kronos.sampling.sample_count"] == "5"
     assert params["kronos.forecast.lookback"] == "90" and params["kronos.finetune.tokenizer_config.d_model"] == "32"
-    folder = recorded[0] / "runs" / "kronos_csi300_tiny_2016-01-01_2016-09-30"
+    folder = recorded[0] / "runs" / "kronos_csi300_tiny_2016-01-01_2016-09-30_seed42"
     assert tags["kronos.predictor_checkpoint"] == str(folder / "predictor" / "best")
 
 
