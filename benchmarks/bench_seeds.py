@@ -11,9 +11,11 @@ LightGBM's) and SAMPLE_SEED=k (Kronos's sampling seed), so seed 0 is the shipped
    2015 on: the longest step by far)
 
 and then the metrics of the runs, Kronos's rank correlation with LightGBM and its residual IC after removing
-LightGBM's score. --steps runs a subset (the same for every seed). A step that finished is not run again (its `<step>.json` holds its wall time), so a killed
-benchmark continues where it stopped; the forecast cache (--cache) is shared, as its files are keyed by model,
-sampling settings and seed.
+LightGBM's score. --steps runs a subset (the same for every seed). A step that finished is not run again (its
+`<step>.json` holds its wall time), so a killed benchmark continues where it stopped; the forecast cache (--cache) is
+shared, as its files are keyed by model, sampling settings and seed. Each step's per-seed results go into
+benchmarks/seeds.json, merged with the steps measured by earlier invocations (e.g. the long factor step on another
+day), and the RESULTS.md section and benchmarks/seeds.png are written from all of them.
 
     python benchmarks/bench_seeds.py [--seeds 3] [--provider ../shared/cn_data] [--work outputs/seeds]
     python benchmarks/bench_seeds.py --stages outputs/full_run/runs/<name> --cache outputs/full_run/forecasts
@@ -39,7 +41,7 @@ import pandas as pd  # noqa: E402
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from results import full_scale_environ, machine, update_section  # noqa: E402
+from results import SCALE_VARIABLES, machine, update_section  # noqa: E402
 
 from kronos_qlib.evaluation import (init_recorder_store, load_run, residual_ic, signal_correlation,  # noqa: E402
                                     summarize)
@@ -58,6 +60,8 @@ STEPS = {
 #: what a step needs to have run before it in the same seed's folder
 NEEDS = {"ensemble": {"kronos", "lightgbm"}}
 #: Qlib's model-zoo columns, in its order
+#: every measured step's per-seed results, merged across invocations (a step can be measured in another session)
+RECORDS = HERE / "seeds.json"
 COLUMNS = ["IC", "ICIR", "RankIC", "RankICIR", "excess return (ann., with cost)", "information ratio (with cost)",
            "max drawdown (with cost)"]
 
@@ -103,34 +107,109 @@ def seed_metrics(folder: Path, provider: Path, steps: list[str]) -> dict[str, di
     return rows
 
 
-def across_seeds(frames: list[pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Mean and sample std across seeds of every cell, rows in the steps' order."""
-    grouped = pd.concat(frames, keys=range(len(frames))).groupby(level=1)
-    return grouped.mean().reindex(frames[0].index), grouped.std().reindex(frames[0].index)
+def record(steps: list[str], per_seed: dict[int, dict[str, dict[str, float]]], walls: dict[int, dict[str, float]],
+           note: str, path: Path = RECORDS) -> dict:
+    """Merge this invocation's per-seed results into the committed record file (steps measured in other invocations
+    keep theirs), atomically; the merged records."""
+    records = json.loads(path.read_text()) if path.exists() else {}
+    for step in steps:
+        records[step] = {"machine": machine(), "note": note,
+                         "seeds": {str(k): {**per_seed[k][step], "wall_s": walls[k][step]} for k in per_seed}}
+    atomic_write_text(path, json.dumps(records, indent=1, sort_keys=True))
+    return records
 
 
-def mean_std(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """'mean ± std' of every cell, as text."""
-    mean, std = across_seeds(frames)
-    fmt = {c: ("{:.2%}" if "return" in c or "drawdown" in c else "{:.4f}") for c in mean.columns}
-    return pd.DataFrame({c: [f"{fmt[c].format(m)} ± {fmt[c].format(s)}" for m, s in zip(mean[c], std[c])]
-                         for c in mean.columns}, index=mean.index)
+def seed_frames(records: dict) -> dict[str, pd.DataFrame]:
+    """Each recorded step's results, one row per seed, steps in their order."""
+    return {step: pd.DataFrame(records[step]["seeds"]).T.sort_index(key=lambda i: i.astype(int))
+            for step in STEPS if step in records}
 
 
-def plot(frames: list[pd.DataFrame], path: Path) -> None:
+def mean_std(frame: pd.DataFrame, column: str) -> str:
+    fmt = "{:.2%}" if "return" in column or "drawdown" in column else "{:.4f}"
+    return f"{fmt.format(frame[column].mean())} ± {fmt.format(frame[column].std())}"
+
+
+def paired_gain(a: pd.DataFrame, b: pd.DataFrame, column: str) -> str:
+    """a minus b, seed by seed (the same seed's pair shares LightGBM), and whether the mean gain exceeds b's std
+    across seeds (the issue's target)."""
+    gain = (a[column] - b[column]).dropna()
+    verdict = "above" if gain.mean() > b[column].std() else "not above"
+    return (f"{column} {gain.mean():+.4f} ± {gain.std():.4f} over {len(gain)} seeds ({verdict} LightGBM's std "
+            f"{b[column].std():.4f})")
+
+
+def measured_on(records: dict) -> dict[str, list[str]]:
+    """The steps measured on each machine and commit (with what they reused)."""
+    groups: dict[str, list[str]] = {}
+    for step in (s for s in STEPS if s in records):
+        where = records[step]["machine"] + (f"; {records[step]['note']}" if records[step]["note"] else "")
+        groups.setdefault(where, []).append(step)
+    return groups
+
+
+def plot(frames: dict[str, pd.DataFrame], path: Path) -> None:
     metrics = ["RankIC", "ICIR", "information ratio (with cost)"]
-    mean, std = across_seeds(frames)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
+    names = [RUNS[step] for step in frames]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4))
     for ax, metric in zip(axes, metrics):
-        ax.bar(mean.index, mean[metric], yerr=std[metric], capsize=4, color=[f"C{i}" for i in range(len(mean))])
-        for k, frame in enumerate(frames):
-            ax.scatter(frame.index, frame[metric], color="black", s=10, zorder=3, label="seeds" if k == 0 else None)
+        for i, frame in enumerate(frames.values()):
+            ax.bar(i, frame[metric].mean(), yerr=frame[metric].std(), capsize=4, color=f"C{i}")
+            ax.scatter([i] * len(frame), frame[metric], color="black", s=10, zorder=3,
+                       label="seeds" if i == 0 else None)
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
         ax.set_title(metric)
         ax.axhline(0, color="grey", linewidth=0.5)
     axes[0].legend()
-    fig.suptitle(f"test 2020-2022, mean ± std over {len(frames)} seeds")
+    fig.suptitle("test 2020-2022, mean ± std over seeds")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def report(records: dict) -> str:
+    frames = seed_frames(records)
+    steps = list(frames)
+    lines = [
+        "## Results over seeds (`benchmarks/bench_seeds.py`)", "",
+        "Each workflow at full scale on the default dates (train 2010-2017, valid 2018-2019, test "
+        "2020-01-01..2022-12-30, TopkDropout 50/5 against SH000300 with Qlib's benchmark costs), on "
+        "`../shared/cn_data`. Seed k: `SEED=42+k` (Kronos's training seed, LightGBM's seed) and `SAMPLE_SEED=k` "
+        "(Kronos's sampling seed); seed 0 is the shipped default. Mean ± sample std across seeds.", "",
+        "| run | seeds | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS),
+        *[f"| {RUNS[step]} | {len(frame)} | " + " | ".join(mean_std(frame, c) for c in COLUMNS) + " |"
+          for step, frame in frames.items()], "",
+    ]
+    kronos, lgb = frames.get("kronos"), frames.get("lightgbm")
+    if kronos is not None and "residual IC" in kronos:
+        lines += [f"Kronos beside LightGBM (the same seed's pair): daily rank correlation "
+                  f"{mean_std(kronos, 'rank correlation with LightGBM')}; residual IC after removing LightGBM's "
+                  f"score (per-day cross-sectional regression) {mean_std(kronos, 'residual IC')} (t "
+                  f"{mean_std(kronos, 'residual IC t')}), residual RankIC {mean_std(kronos, 'residual RankIC')} (t "
+                  f"{mean_std(kronos, 'residual RankIC t')}).", ""]
+    if "ensemble" in frames:
+        weights = frames["ensemble"]["Kronos weight"]
+        lines += ["Ensemble: the Kronos weight chosen on valid, per seed "
+                  + ", ".join(f"{w:.2f}" for w in weights) + ".", ""]
+    if lgb is not None:
+        for step in ("ensemble", "factors"):
+            if step in frames:
+                lines += [f"Target, {RUNS[step]} minus LightGBM alone: "
+                          + "; ".join(paired_gain(frames[step], lgb, c)
+                                      for c in ("RankIC", "information ratio (with cost)")) + ".", ""]
+    seeds = sorted({int(k) for step in steps for k in records[step]["seeds"]})
+    lines += [
+        "Per seed (RankIC / information ratio with cost; wall time of the step in min):", "",
+        "| run | " + " | ".join(f"seed {k}" for k in seeds) + " |", "|---|" + "---|" * len(seeds),
+        *[f"| {RUNS[step]} | " + " | ".join(
+            f"{frame.loc[str(k), 'RankIC']:.4f} / {frame.loc[str(k), 'information ratio (with cost)']:.2f} "
+            f"({frame.loc[str(k), 'wall_s'] / 60:.1f})" if str(k) in frame.index else "–" for k in seeds) + " |"
+          for step, frame in frames.items()], "",
+        "Measured on:", "",
+        *[f"- {', '.join(f'`{s}`' for s in group)}: {where}" for where, group in measured_on(records).items()], "",
+        "![results over seeds](seeds.png)",
+    ]
+    plot(frames, HERE / "seeds.png")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -151,11 +230,11 @@ def main() -> None:
         if NEEDS.get(step, set()) - set(steps):
             parser.error(f"step {step} needs {sorted(NEEDS[step])}")
     work, provider = Path(args.work).resolve(), Path(args.provider).resolve()
-    os.environ.clear()  # full scale: the workflows' own dates and preset, whatever this shell sets
-    os.environ.update(full_scale_environ())
+    for name in SCALE_VARIABLES:  # full scale: the workflows' own dates and preset, whatever this shell sets
+        os.environ.pop(name, None)
     cache = Path(args.cache).resolve() if args.cache else work / "forecasts"
 
-    walls, frames = {}, []
+    walls, per_seed = {}, {}
     for k in range(args.seeds):
         folder = work / f"seed{k}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -164,31 +243,8 @@ def main() -> None:
             finetune = load_workflow(WORKFLOWS / "kronos_csi300.yaml", env)["task"]["model"]["kwargs"]["finetune"]
             shutil.copytree(Path(args.stages).resolve(), folder / finetune["output_dir"])
         walls[k] = {name: run_step(name, folder, env) for name in steps}
-        frames.append(pd.DataFrame(seed_metrics(folder, provider, steps)).T.loc[steps])
+        per_seed[k] = seed_metrics(folder, provider, steps)
 
-    table = mean_std(frames)
-    plot(frames, HERE / "seeds.png")
-    wall = pd.DataFrame(walls).T / 60
-    lines = [
-        "## Results over seeds (`benchmarks/bench_seeds.py`)", "",
-        f"{args.seeds} seeds of each workflow at full scale on the default dates (train 2010-2017, valid 2018-2019, "
-        "test 2020-01-01..2022-12-30, TopkDropout 50/5 against SH000300 with Qlib's benchmark costs), on "
-        "`../shared/cn_data`. Seed k: `SEED=42+k` (Kronos's training seed, LightGBM's seed) and `SAMPLE_SEED=k` "
-        "(Kronos's sampling seed); seed 0 is the shipped default. Mean ± sample std across seeds. Steps: "
-        + ", ".join(f"`{step}` ({RUNS[step]})" for step in steps) + f". Machine: {machine()}.", "",
-        "| run | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS),
-        *[f"| {RUNS[step]} | " + " | ".join(table.loc[step, COLUMNS]) + " |" for step in steps], "",
-    ]
-    if "rank correlation with LightGBM" in table.columns:
-        k = table.loc["kronos"]
-        lines += [f"Kronos beside LightGBM (the same seed's pair): daily rank correlation "
-                  f"{k['rank correlation with LightGBM']}; residual IC after removing LightGBM's score (per-day "
-                  f"cross-sectional regression) {k['residual IC']} (t {k['residual IC t']}), residual RankIC "
-                  f"{k['residual RankIC']} (t {k['residual RankIC t']}).", ""]
-    if "ensemble" in steps:
-        lines += [f"Ensemble: Kronos weight {table.loc['ensemble', 'Kronos weight']}, per seed "
-                  + ", ".join(f"{f.loc['ensemble', 'Kronos weight']:.2f}" for f in frames) + ".", ""]
-    per_seed = pd.concat({k: f[["RankIC", "information ratio (with cost)"]] for k, f in enumerate(frames)}, axis=1)
     reuse = []
     if args.stages:
         reuse.append(f"seed 0 started from the finished training in {args.stages}, so its Kronos time leaves training "
@@ -196,19 +252,7 @@ def main() -> None:
     if args.cache:
         reuse.append(f"the forecast cache {args.cache} was filled before, so a step that finds its model's forecasts "
                      "there does not sample them again")
-    lines += [
-        *([f"Reused: {'; '.join(reuse)}.", ""] if reuse else []),
-        "Per seed (RankIC / information ratio with cost):", "",
-        "| run | " + " | ".join(f"seed {k}" for k in range(len(frames))) + " |", "|---|" + "---|" * len(frames),
-        *[f"| {RUNS[step]} | " + " | ".join(f"{per_seed.loc[step, (k, 'RankIC')]:.4f} / "
-                                           f"{per_seed.loc[step, (k, 'information ratio (with cost)')]:.2f}"
-                                           for k in range(len(frames))) + " |" for step in steps], "",
-        "Wall time of each step (min):", "",
-        "| seed | " + " | ".join(steps) + " |", "|---|" + "---|" * len(steps),
-        *[f"| {k} | " + " | ".join(f"{wall.loc[k, step]:.1f}" for step in steps) + " |" for k in wall.index], "",
-        "![results over seeds](seeds.png)",
-    ]
-    update_section("seeds", "\n".join(lines))
+    update_section("seeds", report(record(steps, per_seed, walls, "; ".join(reuse))))
 
 
 if __name__ == "__main__":
