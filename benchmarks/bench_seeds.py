@@ -59,9 +59,9 @@ STEPS = {
 }
 #: what a step needs to have run before it in the same seed's folder
 NEEDS = {"ensemble": {"kronos", "lightgbm"}}
-#: Qlib's model-zoo columns, in its order
 #: every measured step's per-seed results, merged across invocations (a step can be measured in another session)
 RECORDS = HERE / "seeds.json"
+#: Qlib's model-zoo columns, in its order
 COLUMNS = ["IC", "ICIR", "RankIC", "RankICIR", "excess return (ann., with cost)", "information ratio (with cost)",
            "max drawdown (with cost)"]
 
