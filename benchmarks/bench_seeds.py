@@ -9,6 +9,9 @@ LightGBM's) and SAMPLE_SEED=k (Kronos's sampling seed), so seed 0 is the shipped
 3. `python scripts/ensemble.py`: the two combined, the Kronos weight chosen on the valid segment
 4. `qrun workflows/kronos_lightgbm_csi300.yaml`: LightGBM on Alpha158 plus Kronos factors (samples every day from
    2015 on: the longest step by far)
+5. the control of step 4: `TRAIN_START=<its FACTOR_TRAIN_START> qrun workflows/lightgbm_csi300.yaml`, LightGBM /
+   Alpha158 alone on the training rows the factor workflow's LightGBM has, in the subfolder control/ (it records
+   under the same experiment name as step 2)
 
 and then the metrics of the runs, Kronos's rank correlation with LightGBM and its residual IC after removing
 LightGBM's score. --steps runs a subset (the same for every seed). A step that finished is not run again (its
@@ -50,13 +53,18 @@ from kronos_qlib.qrun import WORKFLOWS, load_workflow, qrun_command  # noqa: E40
 
 #: each step's experiment, where the step records its run
 RUNS = {"kronos": "kronos_csi300", "lightgbm": "lightgbm_csi300", "ensemble": "ensemble_csi300",
-        "factors": "kronos_lightgbm_csi300"}
+        "factors": "kronos_lightgbm_csi300", "control": "lightgbm_csi300"}
+#: each step's name in the tables
+LABELS = {**RUNS, "control": "lightgbm_csi300 (control)"}
 STEPS = {
     "kronos": qrun_command() + [str(WORKFLOWS / "kronos_csi300.yaml")],
     "lightgbm": qrun_command() + [str(WORKFLOWS / "lightgbm_csi300.yaml")],
     "ensemble": [sys.executable, str(REPO / "scripts" / "ensemble.py")],
     "factors": qrun_command() + [str(WORKFLOWS / "kronos_lightgbm_csi300.yaml")],
+    "control": qrun_command() + [str(WORKFLOWS / "lightgbm_csi300.yaml")],
 }
+#: a step that records under another step's experiment name runs in its own subfolder (its own mlruns.db)
+SUBFOLDERS = {"control": "control"}
 #: what a step needs to have run before it in the same seed's folder
 NEEDS = {"ensemble": {"kronos", "lightgbm"}}
 #: every measured step's per-seed results, merged across invocations (a step can be measured in another session)
@@ -70,19 +78,34 @@ def seed_env(k: int, provider: Path, cache: Path) -> dict[str, str]:
     return {"QLIB_DATA": str(provider), "KRONOS_CACHE": str(cache), "SEED": str(42 + k), "SAMPLE_SEED": str(k)}
 
 
+def step_env(name: str, env: dict[str, str]) -> dict[str, str]:
+    """A step's variables: its seed's, and for the control the factor workflow's first LightGBM training day, read
+    from that workflow so that the two cannot drift apart."""
+    if name != "control":
+        return env
+    factors = load_workflow(WORKFLOWS / "kronos_lightgbm_csi300.yaml", env)
+    return {**env, "TRAIN_START": factors["task"]["dataset"]["kwargs"]["segments"]["train"][0]}
+
+
+def step_folder(name: str, folder: Path) -> Path:
+    return folder / SUBFOLDERS[name] if name in SUBFOLDERS else folder
+
+
 def run_step(name: str, folder: Path, env: dict[str, str]) -> float:
-    """Run one step in ``folder`` (its output in ``<name>.log``) unless it finished before; its wall time in s."""
+    """Run one step in its folder (its output in ``<name>.log``) unless it finished before; its wall time in s."""
+    seed, folder, env = folder.name, step_folder(name, folder), step_env(name, env)
+    folder.mkdir(parents=True, exist_ok=True)
     done = folder / f"{name}.json"
     if done.exists():
         return json.loads(done.read_text())["wall_s"]
-    print(f"{folder.name}: {name} ...", flush=True)
+    print(f"{seed}: {name} ...", flush=True)
     began = time.perf_counter()
     with open(folder / f"{name}.log", "w") as log:
         result = subprocess.run(STEPS[name], cwd=folder, env={**os.environ, **env}, stdout=log,
                                 stderr=subprocess.STDOUT)
     wall = time.perf_counter() - began
     if result.returncode != 0:
-        sys.exit(f"{folder.name}: {name} failed ({result.returncode}); the end of {folder / f'{name}.log'}:\n"
+        sys.exit(f"{seed}: {name} failed ({result.returncode}); the end of {folder / f'{name}.log'}:\n"
                  + (folder / f"{name}.log").read_text()[-4000:])
     atomic_write_text(done, json.dumps({"wall_s": wall, "env": env}))
     print(f"  {wall / 60:.1f} min", flush=True)
@@ -92,8 +115,11 @@ def run_step(name: str, folder: Path, env: dict[str, str]) -> float:
 def seed_metrics(folder: Path, provider: Path, steps: list[str]) -> dict[str, dict[str, float]]:
     """Each step's row of the model-zoo table; with both Kronos and LightGBM, Kronos beside LightGBM (rank
     correlation, residual IC); with the ensemble, its chosen weight."""
-    init_recorder_store(f"sqlite:///{folder / 'mlruns.db'}", str(provider))
-    runs = {step: load_run(RUNS[step]) for step in steps}
+    loaded = {}
+    for where in sorted({step_folder(s, folder) for s in steps}, key=lambda f: f == folder):  # the seed folder last:
+        init_recorder_store(f"sqlite:///{where / 'mlruns.db'}", str(provider))           # the weight is read there
+        loaded.update({s: load_run(RUNS[s]) for s in steps if step_folder(s, folder) == where})
+    runs = {step: loaded[step] for step in steps}
     rows = {step: summarize(run) for step, run in runs.items()}
     if {"kronos", "lightgbm"} <= set(runs):
         kronos, lgb = runs["kronos"], runs["lightgbm"]
@@ -130,12 +156,12 @@ def mean_std(frame: pd.DataFrame, column: str) -> str:
     return f"{fmt.format(frame[column].mean())} ± {fmt.format(frame[column].std())}"
 
 
-def paired_gain(a: pd.DataFrame, b: pd.DataFrame, column: str) -> str:
-    """a minus b, seed by seed (the same seed's pair shares LightGBM), and whether the mean gain exceeds b's std
-    across seeds (the issue's target)."""
+def paired_gain(a: pd.DataFrame, b: pd.DataFrame, column: str, baseline: str = "LightGBM") -> str:
+    """a minus b, seed by seed (the same seed's pair shares LightGBM's seed), and whether the mean gain exceeds b's
+    std across seeds (the issue's target)."""
     gain = (a[column] - b[column]).dropna()
     verdict = "above" if gain.mean() > b[column].std() else "not above"
-    return (f"{column} {gain.mean():+.4f} ± {gain.std():.4f} over {len(gain)} seeds ({verdict} LightGBM's std "
+    return (f"{column} {gain.mean():+.4f} ± {gain.std():.4f} over {len(gain)} seeds ({verdict} {baseline}'s std "
             f"{b[column].std():.4f})")
 
 
@@ -150,7 +176,7 @@ def measured_on(records: dict) -> dict[str, list[str]]:
 
 def plot(frames: dict[str, pd.DataFrame], path: Path) -> None:
     metrics = ["RankIC", "ICIR", "information ratio (with cost)"]
-    names = [RUNS[step] for step in frames]
+    names = [LABELS[step] for step in frames]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4))
     for ax, metric in zip(axes, metrics):
         for i, frame in enumerate(frames.values()):
@@ -176,7 +202,7 @@ def report(records: dict) -> str:
         "`../shared/cn_data`. Seed k: `SEED=42+k` (Kronos's training seed, LightGBM's seed) and `SAMPLE_SEED=k` "
         "(Kronos's sampling seed); seed 0 is the shipped default. Mean ± sample std across seeds.", "",
         "| run | seeds | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS),
-        *[f"| {RUNS[step]} | {len(frame)} | " + " | ".join(mean_std(frame, c) for c in COLUMNS) + " |"
+        *[f"| {LABELS[step]} | {len(frame)} | " + " | ".join(mean_std(frame, c) for c in COLUMNS) + " |"
           for step, frame in frames.items()], "",
     ]
     kronos, lgb = frames.get("kronos"), frames.get("lightgbm")
@@ -196,11 +222,16 @@ def report(records: dict) -> str:
                 lines += [f"Target, {RUNS[step]} minus LightGBM alone: "
                           + "; ".join(paired_gain(frames[step], lgb, c)
                                       for c in ("RankIC", "information ratio (with cost)")) + ".", ""]
+    if {"factors", "control"} <= set(frames):
+        lines += ["Like for like, kronos_lightgbm_csi300 minus its control (LightGBM / Alpha158 alone on the same "
+                  "training rows, from FACTOR_TRAIN_START): what the Kronos factors add, apart from the shorter "
+                  "training range: " + "; ".join(paired_gain(frames["factors"], frames["control"], c, "the control")
+                                                 for c in ("RankIC", "information ratio (with cost)")) + ".", ""]
     seeds = sorted({int(k) for step in steps for k in records[step]["seeds"]})
     lines += [
         "Per seed (RankIC / information ratio with cost; wall time of the step in min):", "",
         "| run | " + " | ".join(f"seed {k}" for k in seeds) + " |", "|---|" + "---|" * len(seeds),
-        *[f"| {RUNS[step]} | " + " | ".join(
+        *[f"| {LABELS[step]} | " + " | ".join(
             f"{frame.loc[str(k), 'RankIC']:.4f} / {frame.loc[str(k), 'information ratio (with cost)']:.2f} "
             f"({frame.loc[str(k), 'wall_s'] / 60:.1f})" if str(k) in frame.index else "–" for k in seeds) + " |"
           for step, frame in frames.items()], "",

@@ -257,3 +257,22 @@ def test_ensemble_refuses_runs_outside_the_test_dates_it_renders(recorded):
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "ensemble.py"), "--mlflow-uri", uri],
                             capture_output=True, text=True, timeout=300, env=env, cwd=tmp)
     assert result.returncode == 2 and "outside the test segment 2016-10-17..2016-11-04" in result.stderr
+
+
+@pytest.mark.parametrize("env", [{}, {**smoke_env(), **FACTOR_SMOKE}], ids=["defaults", "smoke"])
+def test_bench_seeds_control_is_lightgbm_on_the_factor_workflows_rows(env, monkeypatch):
+    """The control of the factor workflow (benchmarks/bench_seeds.py) is LightGBM / Alpha158 alone with the factor
+    workflow's segments, handler range and backtest: the difference between the two is the Kronos factors only."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_seeds", REPO / "benchmarks" / "bench_seeds.py")
+    bench_seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_seeds)
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    control_env = bench_seeds.step_env("control", env)
+    assert control_env["TRAIN_START"] != "2010-01-01" and bench_seeds.step_env("lightgbm", env) == env
+    control = render(WORKFLOWS / "lightgbm_csi300.yaml", monkeypatch, control_env)
+    factors = render(WORKFLOWS / FACTOR_WORKFLOW, monkeypatch, env)
+    assert dates(control) == dates(factors)
+    assert control["task"]["model"] == factors["task"]["model"]
