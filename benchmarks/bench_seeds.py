@@ -63,8 +63,9 @@ STEPS = {
     "factors": qrun_command() + [str(WORKFLOWS / "kronos_lightgbm_csi300.yaml")],
     "control": qrun_command() + [str(WORKFLOWS / "lightgbm_csi300.yaml")],
 }
-#: a step that records under another step's experiment name runs in its own subfolder (its own mlruns.db)
-SUBFOLDERS = {"control": "control"}
+#: the steps that record under another step's experiment name: each runs in a subfolder named for it (its own
+#: mlruns.db)
+OWN_FOLDER = {"control"}
 #: what a step needs to have run before it in the same seed's folder
 NEEDS = {"ensemble": {"kronos", "lightgbm"}}
 #: every measured step's per-seed results, merged across invocations (a step can be measured in another session)
@@ -88,7 +89,7 @@ def step_env(name: str, env: dict[str, str]) -> dict[str, str]:
 
 
 def step_folder(name: str, folder: Path) -> Path:
-    return folder / SUBFOLDERS[name] if name in SUBFOLDERS else folder
+    return folder / name if name in OWN_FOLDER else folder
 
 
 def run_step(name: str, folder: Path, env: dict[str, str]) -> float:
@@ -223,7 +224,7 @@ def report(records: dict) -> str:
                           + "; ".join(paired_gain(frames[step], lgb, c)
                                       for c in ("RankIC", "information ratio (with cost)")) + ".", ""]
     if {"factors", "control"} <= set(frames):
-        lines += ["Like for like, kronos_lightgbm_csi300 minus its control (LightGBM / Alpha158 alone on the same "
+        lines += [f"Like for like, {RUNS['factors']} minus its control (LightGBM / Alpha158 alone on the same "
                   "training rows, from FACTOR_TRAIN_START): what the Kronos factors add, apart from the shorter "
                   "training range: " + "; ".join(paired_gain(frames["factors"], frames["control"], c, "the control")
                                                  for c in ("RankIC", "information ratio (with cost)")) + ".", ""]
