@@ -32,6 +32,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+from fitted_model import fit_workflow_model  # noqa: E402
 from results import RESULTS, machine, update_section  # noqa: E402
 
 from kronos_qlib.calibration_grid import SETTINGS, best_setting, grid_row, scoring_days  # noqa: E402
@@ -39,24 +40,6 @@ from kronos_qlib.files import atomic_write_text  # noqa: E402
 from kronos_qlib.forecast_quality import ForecastSet, evaluate, load_closes, read_forecast_cache  # noqa: E402
 
 SEGMENT = "valid"
-
-
-def load(work: Path, provider: str):
-    """The shipped workflow's fitted KronosModel and its dataset, built in ``work`` as qrun builds them."""
-    import qlib
-    from qlib.utils import init_instance_by_config
-
-    from kronos_qlib.qrun import load_workflow
-
-    work.mkdir(parents=True, exist_ok=True)
-    os.chdir(work)  # the workflow's relative paths (mlruns.db, runs/) are where qrun ran
-    os.environ.update({"QLIB_DATA": str(Path(provider).resolve()), "KRONOS_CACHE": str(work / "forecasts")})
-    config = load_workflow(REPO / "workflows" / "kronos_csi300.yaml")
-    qlib.init(**config["qlib_init"])
-    dataset = init_instance_by_config(config["task"]["dataset"])
-    model = init_instance_by_config(config["task"]["model"])
-    model.fit(dataset)
-    return model, dataset, config["market"]
 
 
 def on_days(forecasts: ForecastSet, days: pd.DatetimeIndex) -> ForecastSet:
@@ -106,7 +89,8 @@ def main() -> None:
 
     from qlib.data import D
 
-    model, dataset, market = load(work, args.provider)
+    model, dataset, config = fit_workflow_model(work, args.provider)
+    market = config["market"]
     start, end = (pd.Timestamp(d) for d in dataset.segments[SEGMENT])
     days = scoring_days(pd.DatetimeIndex(D.calendar()), start, end, args.every_k_days, model.forecast.pred_len)
     print(f"{SEGMENT} {start.date()}..{end.date()}: forecasting {len(days)} days (every {args.every_k_days}th "

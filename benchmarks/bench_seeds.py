@@ -6,15 +6,18 @@ LightGBM's) and SAMPLE_SEED=k (Kronos's sampling seed), so seed 0 is the shipped
 
 1. `qrun workflows/kronos_csi300.yaml`
 2. `qrun workflows/lightgbm_csi300.yaml`
-3. `python scripts/ensemble.py`: the two combined, the Kronos weight chosen on the valid segment
+3. `python scripts/ensemble.py`: the two combined, the declared equal blend of their daily rank-gauss scores
 4. `qrun workflows/kronos_lightgbm_csi300.yaml`: LightGBM on Alpha158 plus Kronos factors (samples every day from
    2015 on: the longest step by far)
 5. the control of step 4: `TRAIN_START=<its FACTOR_TRAIN_START> qrun workflows/lightgbm_csi300.yaml`, LightGBM /
    Alpha158 alone on the training rows the factor workflow's LightGBM has, in the subfolder control/ (it records
    under the same experiment name as step 2)
 
-and then the metrics of the runs, Kronos's rank correlation with LightGBM and its residual IC after removing
-LightGBM's score. --steps runs a subset (the same for every seed). A step that finished is not run again (its
+and then the metrics of the runs, Kronos's rank correlation with LightGBM and its partial IC given LightGBM's
+score. Every "A beats B" is a paired test: the daily difference of the two runs' RankIC and of their daily excess
+returns with cost, averaged over seeds day by day, with its Newey-West t (the seeds share one test period, whose
+sampling error dominates their spread); each run's daily IC, RankIC and excess return are kept per seed in
+benchmarks/seeds_daily.csv for that. --steps runs a subset (the same for every seed). A step that finished is not run again (its
 `<step>.json` holds its wall time), so a killed benchmark continues where it stopped; the forecast cache (--cache) is
 shared, as its files are keyed by model, sampling settings and seed. Each step's per-seed results go into
 benchmarks/seeds.json, merged with the steps measured by earlier invocations (e.g. the long factor step on another
@@ -46,20 +49,22 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from results import SCALE_VARIABLES, machine, update_section  # noqa: E402
 
-from kronos_qlib.evaluation import (init_recorder_store, load_run, residual_ic, signal_correlation,  # noqa: E402
-                                    summarize)
+from kronos_qlib.evaluation import (NW_LAG, RecordedRun, init_recorder_store, load_run, mean_over_seeds,  # noqa: E402
+                                    mean_t, paired_difference, partial_ic, signal_correlation, summarize)
 from kronos_qlib.files import atomic_write_text  # noqa: E402
 from kronos_qlib.qrun import WORKFLOWS, load_workflow, qrun_command  # noqa: E402
 
 #: each step's experiment, where the step records its run
 RUNS = {"kronos": "kronos_csi300", "lightgbm": "lightgbm_csi300", "ensemble": "ensemble_csi300",
-        "factors": "kronos_lightgbm_csi300", "control": "lightgbm_csi300"}
+        "ensemble_valid": "ensemble_valid_csi300", "factors": "kronos_lightgbm_csi300", "control": "lightgbm_csi300"}
 #: each step's name in the tables
-LABELS = {**RUNS, "control": "lightgbm_csi300 (control)"}
+LABELS = {**RUNS, "ensemble_valid": "ensemble_csi300 (weight chosen on valid)", "control": "lightgbm_csi300 (control)"}
 STEPS = {
     "kronos": qrun_command() + [str(WORKFLOWS / "kronos_csi300.yaml")],
     "lightgbm": qrun_command() + [str(WORKFLOWS / "lightgbm_csi300.yaml")],
     "ensemble": [sys.executable, str(REPO / "scripts" / "ensemble.py")],
+    "ensemble_valid": [sys.executable, str(REPO / "scripts" / "ensemble.py"), "--weight", "valid", "--experiment",
+                       RUNS["ensemble_valid"]],
     "factors": qrun_command() + [str(WORKFLOWS / "kronos_lightgbm_csi300.yaml")],
     "control": qrun_command() + [str(WORKFLOWS / "lightgbm_csi300.yaml")],
 }
@@ -67,9 +72,12 @@ STEPS = {
 #: mlruns.db)
 OWN_FOLDER = {"control"}
 #: what a step needs to have run before it in the same seed's folder
-NEEDS = {"ensemble": {"kronos", "lightgbm"}}
+NEEDS = {"ensemble": {"kronos", "lightgbm"}, "ensemble_valid": {"kronos", "lightgbm"}}
 #: every measured step's per-seed results, merged across invocations (a step can be measured in another session)
 RECORDS = HERE / "seeds.json"
+#: each measured step's daily series per seed (the paired tests), merged the same way
+DAILY = HERE / "seeds_daily.csv"
+DAILY_COLUMNS = ("IC", "RankIC", "excess")
 #: Qlib's model-zoo columns, in its order
 COLUMNS = ["IC", "ICIR", "RankIC", "RankICIR", "excess return (ann., with cost)", "information ratio (with cost)",
            "max drawdown (with cost)"]
@@ -113,9 +121,15 @@ def run_step(name: str, folder: Path, env: dict[str, str]) -> float:
     return wall
 
 
-def seed_metrics(folder: Path, provider: Path, steps: list[str]) -> dict[str, dict[str, float]]:
-    """Each step's row of the model-zoo table; with both Kronos and LightGBM, Kronos beside LightGBM (rank
-    correlation, residual IC); with the ensemble, its chosen weight."""
+def daily_series(run: RecordedRun) -> pd.DataFrame:
+    """A run's daily IC, RankIC and excess return over the benchmark with cost."""
+    return pd.DataFrame({"IC": run.ic, "RankIC": run.rank_ic, "excess": run.excess_return(True)}).rename_axis("datetime")
+
+
+def seed_metrics(folder: Path, provider: Path, steps: list[str]) -> tuple[dict[str, dict[str, float]],
+                                                                          dict[str, pd.DataFrame]]:
+    """Each step's row of the model-zoo table and its daily series; with both Kronos and LightGBM, Kronos beside
+    LightGBM (rank correlation, partial IC); with the ensemble, its weight."""
     loaded = {}
     for where in sorted({step_folder(s, folder) for s in steps}, key=lambda f: f == folder):  # the seed folder last:
         init_recorder_store(f"sqlite:///{where / 'mlruns.db'}", str(provider))           # the weight is read there
@@ -124,26 +138,59 @@ def seed_metrics(folder: Path, provider: Path, steps: list[str]) -> dict[str, di
     rows = {step: summarize(run) for step, run in runs.items()}
     if {"kronos", "lightgbm"} <= set(runs):
         kronos, lgb = runs["kronos"], runs["lightgbm"]
-        rows["kronos"].update(residual_ic(kronos.pred.iloc[:, 0], lgb.pred.iloc[:, 0], lgb.label.iloc[:, 0]))
+        rows["kronos"].update(partial_ic(kronos.pred.iloc[:, 0], lgb.pred.iloc[:, 0], lgb.label.iloc[:, 0]))
         rows["kronos"]["rank correlation with LightGBM"] = float(signal_correlation(kronos, lgb).mean())
-    if "ensemble" in runs:
+    for step in {"ensemble", "ensemble_valid"} & set(runs):
         from qlib.workflow import R
 
-        recorder = R.get_recorder(recorder_id=runs["ensemble"].recorder_id, experiment_name=RUNS["ensemble"])
-        rows["ensemble"]["Kronos weight"] = float(recorder.list_params()["ensemble.kronos_weight"])
-    return rows
+        params = R.get_recorder(recorder_id=runs[step].recorder_id, experiment_name=RUNS[step]).list_params()
+        rows[step]["Kronos weight"] = float(params["ensemble.kronos_weight"])
+    return rows, {step: daily_series(run) for step, run in runs.items()}
 
 
 def record(steps: list[str], per_seed: dict[int, dict[str, dict[str, float]]], walls: dict[int, dict[str, float]],
-           note: str, path: Path = RECORDS) -> dict:
-    """Merge this invocation's per-seed results into the committed record file (steps measured in other invocations
-    keep theirs), atomically; the merged records."""
+           daily: dict[int, dict[str, pd.DataFrame]], note: str, path: Path = RECORDS, daily_path: Path = DAILY
+           ) -> tuple[dict, pd.DataFrame]:
+    """Merge this invocation's per-seed results and daily series into the committed record files (steps measured
+    in other invocations keep theirs), atomically; the merged records."""
     records = json.loads(path.read_text()) if path.exists() else {}
     for step in steps:
         records[step] = {"machine": machine(), "note": note,
                          "seeds": {str(k): {**per_seed[k][step], "wall_s": walls[k][step]} for k in per_seed}}
     atomic_write_text(path, json.dumps(records, indent=1, sort_keys=True))
-    return records
+    kept = read_daily(daily_path)
+    kept = kept[~kept["step"].isin(steps)]
+    new = [frame.reset_index().assign(step=step, seed=k) for k in daily for step, frame in daily[k].items()
+           if step in steps]
+    merged = pd.concat([kept, *new], ignore_index=True)[["step", "seed", "datetime", *DAILY_COLUMNS]]
+    atomic_write_text(daily_path, merged.to_csv(index=False, float_format="%.8g"))
+    return records, merged
+
+
+def read_daily(path: Path = DAILY) -> pd.DataFrame:
+    if not path.exists():
+        return pd.DataFrame(columns=["step", "seed", "datetime", *DAILY_COLUMNS])
+    return pd.read_csv(path, parse_dates=["datetime"])
+
+
+def seed_mean(daily: pd.DataFrame, step: str, column: str) -> pd.Series | None:
+    """The step's daily ``column`` averaged over its seeds day by day (None if its daily series were not kept)."""
+    rows = daily[daily["step"] == step]
+    if rows.empty:
+        return None
+    return mean_over_seeds([frame.set_index("datetime")[column] for _, frame in rows.groupby("seed")])
+
+
+def paired_line(daily: pd.DataFrame, a: str, b: str) -> str:
+    """a minus b, paired day by day (over the seeds' mean), for RankIC and the daily excess return with cost."""
+    parts = []
+    for column, scale, unit in (("RankIC", 1.0, ""), ("excess", 1e4, " bp/day")):
+        sa, sb = seed_mean(daily, a, column), seed_mean(daily, b, column)
+        if sa is None or sb is None:
+            return "daily series not kept for " + " and ".join(s for s, x in ((a, sa), (b, sb)) if x is None)
+        d = paired_difference(sa, sb)
+        parts.append(f"{column} {scale * d['mean']:+.4f}{unit} (t {d['t']:.2f}, {d['days']:.0f} days)")
+    return "; ".join(parts)
 
 
 def seed_frames(records: dict) -> dict[str, pd.DataFrame]:
@@ -157,13 +204,11 @@ def mean_std(frame: pd.DataFrame, column: str) -> str:
     return f"{fmt.format(frame[column].mean())} ± {fmt.format(frame[column].std())}"
 
 
-def paired_gain(a: pd.DataFrame, b: pd.DataFrame, column: str, baseline: str = "LightGBM") -> str:
-    """a minus b, seed by seed (the same seed's pair shares LightGBM's seed), and whether the mean gain exceeds b's
-    std across seeds (the issue's target)."""
+def seed_gain(a: pd.DataFrame, b: pd.DataFrame, column: str) -> str:
+    """a minus b, seed by seed (the same seed's pair shares LightGBM's seed), as mean ± std over seeds: the zoo's
+    view, beside the paired t."""
     gain = (a[column] - b[column]).dropna()
-    verdict = "above" if gain.mean() > b[column].std() else "not above"
-    return (f"{column} {gain.mean():+.4f} ± {gain.std():.4f} over {len(gain)} seeds ({verdict} {baseline}'s std "
-            f"{b[column].std():.4f})")
+    return f"{column} {gain.mean():+.4f} ± {gain.std():.4f} over {len(gain)} seeds"
 
 
 def measured_on(records: dict) -> dict[str, list[str]]:
@@ -193,7 +238,7 @@ def plot(frames: dict[str, pd.DataFrame], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def report(records: dict) -> str:
+def report(records: dict, daily: pd.DataFrame) -> str:
     frames = seed_frames(records)
     steps = list(frames)
     lines = [
@@ -207,27 +252,35 @@ def report(records: dict) -> str:
           for step, frame in frames.items()], "",
     ]
     kronos, lgb = frames.get("kronos"), frames.get("lightgbm")
-    if kronos is not None and "residual IC" in kronos:
+    measured = [step for step in steps if (daily["step"] == step).any()]
+    if measured:
+        lines += [f"Daily means over the seeds' mean day by day, Newey-West t (lag {NW_LAG}); excess: the daily "
+                  f"portfolio return over SH000300 with cost:", "",
+                  "| run | IC (t) | RankIC (t) | excess bp/day (t) |", "|---|---|---|---|"]
+        for step in measured:
+            cells = [mean_t(seed_mean(daily, step, c)) for c in DAILY_COLUMNS]
+            lines.append(f"| {LABELS[step]} | {cells[0]['mean']:.4f} ({cells[0]['t']:.2f}) | {cells[1]['mean']:.4f} "
+                         f"({cells[1]['t']:.2f}) | {1e4 * cells[2]['mean']:.2f} ({cells[2]['t']:.2f}) |")
+        lines.append("")
+    if kronos is not None and "partial IC" in kronos:
         lines += [f"Kronos beside LightGBM (the same seed's pair): daily rank correlation "
-                  f"{mean_std(kronos, 'rank correlation with LightGBM')}; residual IC after removing LightGBM's "
-                  f"score (per-day cross-sectional regression) {mean_std(kronos, 'residual IC')} (t "
-                  f"{mean_std(kronos, 'residual IC t')}), residual RankIC {mean_std(kronos, 'residual RankIC')} (t "
-                  f"{mean_std(kronos, 'residual RankIC t')}).", ""]
-    if "ensemble" in frames:
-        weights = frames["ensemble"]["Kronos weight"]
-        lines += ["Ensemble: the Kronos weight chosen on valid, per seed "
-                  + ", ".join(f"{w:.2f}" for w in weights) + ".", ""]
-    if lgb is not None:
-        for step in ("ensemble", "factors"):
-            if step in frames:
-                lines += [f"Target, {RUNS[step]} minus LightGBM alone: "
-                          + "; ".join(paired_gain(frames[step], lgb, c)
-                                      for c in ("RankIC", "information ratio (with cost)")) + ".", ""]
+                  f"{mean_std(kronos, 'rank correlation with LightGBM')}; partial IC given LightGBM's score (score "
+                  f"and label residualized on it per day) {mean_std(kronos, 'partial IC')} (Newey-West t "
+                  f"{mean_std(kronos, 'partial IC t')}), partial RankIC {mean_std(kronos, 'partial RankIC')} (t "
+                  f"{mean_std(kronos, 'partial RankIC t')}).", ""]
+    for step in ("ensemble", "ensemble_valid"):
+        if step in frames:
+            lines += [f"{LABELS[step]}: the Kronos weight per seed "
+                      + ", ".join(f"{w:.2f}" for w in frames[step]["Kronos weight"]) + ".", ""]
+    comparisons = [(step, "lightgbm", f"{LABELS[step]} minus LightGBM alone")
+                   for step in ("kronos", "ensemble", "ensemble_valid", "factors") if step in frames and lgb is not None]
     if {"factors", "control"} <= set(frames):
-        lines += [f"Like for like, {RUNS['factors']} minus its control (LightGBM / Alpha158 alone on the same "
-                  "training rows, from FACTOR_TRAIN_START): what the Kronos factors add, apart from the shorter "
-                  "training range: " + "; ".join(paired_gain(frames["factors"], frames["control"], c, "the control")
-                                                 for c in ("RankIC", "information ratio (with cost)")) + ".", ""]
+        comparisons.append(("factors", "control", f"Like for like, {RUNS['factors']} minus its control (LightGBM / "
+                            "Alpha158 alone on the same training rows, from FACTOR_TRAIN_START)"))
+    for a, b, title in comparisons:
+        lines += [f"{title}: paired daily difference {paired_line(daily, a, b)}; per seed "
+                  + "; ".join(seed_gain(frames[a], frames[b], c) for c in ("RankIC", "information ratio (with cost)"))
+                  + ".", ""]
     seeds = sorted({int(k) for step in steps for k in records[step]["seeds"]})
     lines += [
         "Per seed (RankIC / information ratio with cost; wall time of the step in min):", "",
@@ -266,7 +319,7 @@ def main() -> None:
         os.environ.pop(name, None)
     cache = Path(args.cache).resolve() if args.cache else work / "forecasts"
 
-    walls, per_seed = {}, {}
+    walls, per_seed, daily = {}, {}, {}
     for k in range(args.seeds):
         folder = work / f"seed{k}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -275,7 +328,7 @@ def main() -> None:
             finetune = load_workflow(WORKFLOWS / "kronos_csi300.yaml", env)["task"]["model"]["kwargs"]["finetune"]
             shutil.copytree(Path(args.stages).resolve(), folder / finetune["output_dir"])
         walls[k] = {name: run_step(name, folder, env) for name in steps}
-        per_seed[k] = seed_metrics(folder, provider, steps)
+        per_seed[k], daily[k] = seed_metrics(folder, provider, steps)
 
     reuse = []
     if args.stages:
@@ -284,7 +337,7 @@ def main() -> None:
     if args.cache:
         reuse.append(f"the forecast cache {args.cache} was filled before, so a step that finds its model's forecasts "
                      "there does not sample them again")
-    update_section("seeds", report(record(steps, per_seed, walls, "; ".join(reuse))))
+    update_section("seeds", report(*record(steps, per_seed, walls, daily, "; ".join(reuse))))
 
 
 if __name__ == "__main__":

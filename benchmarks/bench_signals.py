@@ -1,19 +1,35 @@
-"""Every signal of kronos_qlib.signals, scored on the dev split from the forecast cache of the full Kronos run.
+"""Which signal ships: every candidate scored on the VALID segment of the dev split, chosen by the rule of
+kronos_qlib/evaluation/selection.py, recorded, and only then the test table.
 
-Reads the run that `benchmarks/bench_workflows.py` recorded (default outputs/full_run): its model (`params.pkl`),
-the shipped workflow's dataset rendered with the same variables, and its forecast cache. For the valid and the
-test segment, each signal's IC, ICIR, RankIC, RankICIR and long-short (top minus bottom quintile) daily spread
-with its t-statistic. The valid segment is forecast once (the run itself only forecast test); nothing on test is
-sampled again. The best signal is chosen on valid alone (highest mean RankIC) before test is looked at.
-`low_forecast_risk` is also scored after removing a 20-day realized volatility, the part plain history explains.
+Two commands, in this order (the second refuses to run before the first has recorded its choice):
 
-    python benchmarks/bench_signals.py [--work outputs/full_run] [--provider ../shared/cn_data]
+    python benchmarks/bench_signals.py choose [--work outputs/signals] [--provider ../shared/cn_data]
+    python benchmarks/bench_signals.py test   [--work outputs/signals]
+
+``choose`` fits the shipped workflow's model in --work as qrun would (finished stages there are reused), samples
+--max-paths paths (with the workflow's T and top_p) for every valid trading day into the forecast cache, and scores
+every candidate: each signal of kronos_qlib.signals over each window, from the first m of the sampled paths (the
+sampler's draws depend on (seed, day, instrument, path, step) only, so the first m of 40 paths are exactly an
+m-path sample), smoothed across days with each half-life. Per candidate: IC, RankIC and the top-quintile spread
+with Newey-West t, and the screening proxy (the daily top-k excess over the universe minus the top k's turnover
+times the round-trip cost). The eligible finalists and the incumbent go through Qlib's TopkDropout backtest of
+the valid segment with the workflow's strategy and costs, and the rule picks. It writes <work>/signals/valid.csv,
+<work>/signals/choice.json and the RESULTS.md section "signal choice" before anything of test is computed.
+Valid days whose label (close t + 1 to close t + 2) lies past the segment's end are left out of every valid score.
+
+``test`` forecasts the test segment with the chosen path count and scores the chosen signal and the incumbent
+there (section "signals"): IC, RankIC, spreads with Newey-West t, Qlib's backtest, and their paired difference.
 """
 from __future__ import annotations
 
 import argparse
-import os
+import copy
+import dataclasses
+import itertools
+import json
+import logging
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,114 +38,282 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
+from fitted_model import fit_workflow_model  # noqa: E402
 from results import machine, update_section  # noqa: E402
 
-SEGMENTS = ("valid", "test")
-RISK_CONTROL_BARS = 20
+from kronos_qlib.evaluation import NW_LAG, mean_t, paired_difference, signal_metrics, topk_excess  # noqa: E402
+from kronos_qlib.evaluation.selection import (CRITERION, ELIGIBILITY, FINALISTS, MARGIN_SE, PROXY,  # noqa: E402
+                                              Candidate, SignalChoice, choose_signal, eligible, finalists,
+                                              incumbent)
+from kronos_qlib.files import atomic_write_text  # noqa: E402
+from kronos_qlib.signals import SIGNALS, check_signal, price_limits, score_day, smooth_scores  # noqa: E402
+
+logger = logging.getLogger("bench_signals")
+#: the grid: windows (start, end; None: pred_len), path counts and half-lives (trading days; None: unsmoothed)
+WINDOWS = ((1, None), (1, 5))
+PATH_COUNTS = (5, 10, 20, 40)
+HALFLIVES = (None, 3.0, 10.0)
+#: trading days a valid label reaches past its day (close t + 1 to close t + 2)
+LABEL_DAYS = 2
 
 
-def load(work: Path, provider: str):
-    """The recorded KronosModel and the workflow's dataset, as qrun built them (run from ``work``)."""
-    import qlib
+def candidates(pred_len: int, max_paths: int) -> list[Candidate]:
+    """Every valid combination of the grid (a signal whose window or path count it cannot use is left out)."""
+    out = []
+    for name, (start, end), paths, halflife in itertools.product(SIGNALS, WINDOWS, PATH_COUNTS, HALFLIVES):
+        end = pred_len if end is None else end
+        try:
+            check_signal(name, pred_len, paths, start, end)
+        except Exception:  # noqa: BLE001: the grid skips what the signal refuses
+            continue
+        if paths <= max_paths:
+            out.append(Candidate(name, start, end, paths, halflife))
+    return out
+
+
+def daily_scores(model, dataset, segment, grid: list[Candidate]) -> tuple[dict[str, pd.Series], dict[str, int]]:
+    """Each candidate's scores on every day of ``segment`` (computed as KronosModel.predict computes them, from
+    the first m cached paths), and the paths the price limit clipped / the floor changed at the largest m."""
+    raw = {key: [] for key in {(c.signal, c.start, c.end, c.paths) for c in grid}}
+    counts = {"paths": 0, "clipped": 0, "floored": 0}
+    top = max(c.paths for c in grid)
+    for day in model.day_forecasts(dataset, segment):
+        limit = price_limits(day.instruments, model.price_limit)
+        index = pd.MultiIndex.from_product([[day.day], day.instruments], names=["datetime", "instrument"])
+        counted = False
+        for (name, start, end, paths) in raw:
+            values, window = score_day(name, day.paths[:, :paths], day.last_close, start, end, day.history, limit)
+            raw[name, start, end, paths].append(pd.Series(values, index=index))
+            if paths == top and not counted:  # the floor and the limit act on whole paths, whatever the signal
+                counted = True
+                counts["paths"] += day.paths.shape[0] * paths
+                counts["clipped"] += window.clipped
+                counts["floored"] += window.floored
+    joined = {key: pd.concat(parts).sort_index() for key, parts in raw.items()}
+    return ({c.name: smooth_scores(joined[c.signal, c.start, c.end, c.paths], c.halflife) for c in grid}, counts)
+
+
+def valid_row(score: pd.Series, label: pd.Series, k: int, round_trip: float) -> dict[str, float]:
+    metrics = signal_metrics(score, label)
+    top = topk_excess(score, label, k)
+    net = top["excess"] - top["turnover"] * round_trip
+    return {**{name: metrics[name] for name in ("IC", "IC t", "RankIC", "RankIC t", "top quintile spread (daily)",
+                                                "top quintile t", "long-short spread (daily)", "long-short t")},
+            "top-k excess (daily)": float(top["excess"].mean()), "top-k turnover": float(top["turnover"].mean()),
+            PROXY: float(net.mean()), "top-k net t": mean_t(net)["t"]}
+
+
+def backtest(score: pd.Series, config: dict, start: str, end: str) -> pd.DataFrame:
+    """Qlib's backtest of ``score`` with the workflow's strategy, account, benchmark and costs over start..end:
+    the daily report (return, bench, cost, turnover)."""
+    from qlib.contrib.evaluate import backtest_daily
     from qlib.utils import init_instance_by_config
-    from qlib.workflow import R
 
-    from kronos_qlib.qrun import WORKFLOWS, load_workflow
-
-    os.chdir(work)  # the workflow's relative paths (mlruns.db, runs/) are where qrun ran
-    config = load_workflow(WORKFLOWS / "kronos_csi300.yaml",
-                           {"QLIB_DATA": str(Path(provider).resolve()), "KRONOS_CACHE": str(work / "forecasts")})
-    qlib.init(**config["qlib_init"])
-    recorders = R.get_exp(experiment_name="kronos_csi300", create=False).list_recorders()
-    finished = {k: r for k, r in recorders.items() if r.status == "FINISHED"}
-    recorder = finished[max(finished, key=lambda k: finished[k].info["start_time"])]
-    model = recorder.load_object("params.pkl")
-    return model, init_instance_by_config(config["task"]["dataset"]), recorder.id
+    port = config["port_analysis_config"]
+    strategy = init_instance_by_config({**port["strategy"], "kwargs": {**port["strategy"]["kwargs"],
+                                                                       "signal": score.to_frame("score")}})
+    bt = port["backtest"]
+    report, _ = backtest_daily(start, end, strategy, account=bt["account"], benchmark=bt["benchmark"],
+                               exchange_kwargs=bt["exchange_kwargs"])
+    return report
 
 
-def realized_volatility(dataset, end: str) -> pd.Series:
-    """Std of the last RISK_CONTROL_BARS daily log returns (traded days) up to each day, per instrument."""
-    closes = dataset.handler.bars(end)["close"].dropna()
-    log_ret = np.log(closes).groupby(level="instrument").diff()
-    vol = log_ret.groupby(level="instrument").rolling(RISK_CONTROL_BARS).std().droplevel(0)
-    return vol.swaplevel().sort_index().rename("vol")
+def book(report: pd.DataFrame) -> dict[str, float]:
+    """What the backtested book earned: daily excess with and without cost, turnover, annualized figures."""
+    from qlib.contrib.evaluate import risk_analysis
+
+    with_cost = report["return"] - report["bench"] - report["cost"]
+    risk = risk_analysis(with_cost, freq="day")["risk"]
+    stats = mean_t(with_cost)
+    return {CRITERION: stats["mean"], "excess with cost t": stats["t"],
+            "excess no cost (daily)": float((report["return"] - report["bench"]).mean()),
+            "excess with cost (ann.)": float(risk["annualized_return"]), "IR with cost": float(risk["information_ratio"]),
+            "turnover (daily)": float(report["turnover"].mean())}
+
+
+def choose(args) -> None:
+    work = Path(args.work).resolve()
+    model, dataset, config = fit_workflow_model(work, args.provider)
+    out = work / "signals"
+    out.mkdir(exist_ok=True)
+    spec, sampling = model.forecast, model.sampling
+    start, end = (pd.Timestamp(d) for d in dataset.segments["valid"])
+    model.sampling = dataclasses.replace(sampling, sample_count=args.max_paths)
+    grid = candidates(spec.pred_len, args.max_paths)
+    print(f"valid {start.date()}..{end.date()}: {len(grid)} candidates from {args.max_paths} paths "
+          f"(T={sampling.T:g}, top_p={sampling.top_p:g}, seed {sampling.seed})", flush=True)
+    began = time.perf_counter()
+    sampled, cached = model.fill_cache(dataset, "valid")
+    sample_s = time.perf_counter() - began
+    print(f"sampled {sampled}, cached {cached} valid forecasts in {sample_s / 60:.1f} min", flush=True)
+    scores, counts = daily_scores(model, dataset, "valid", grid)
+    label = dataset.prepare("valid", col_set="label").iloc[:, 0]
+    days = label.index.get_level_values("datetime").unique().sort_values()
+    label = label[label.index.get_level_values("datetime") <= days[-1 - LABEL_DAYS]]  # labels inside valid only
+    costs = config["port_analysis_config"]["backtest"]["exchange_kwargs"]
+    round_trip = costs["open_cost"] + costs["close_cost"]
+    topk = config["port_analysis_config"]["strategy"]["kwargs"]["topk"]
+    rows = {}
+    for c in grid:
+        rows[c.name] = {"segment": "valid", **dataclasses.asdict(c), **valid_row(scores[c.name], label, topk,
+                                                                                round_trip)}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    base = incumbent(spec.pred_len, sampling.sample_count).name
+    chosen_for_backtest = [*finalists(table), base]
+    last = str(days[-1 - LABEL_DAYS].date())
+    excess, books = {}, {}
+    for name in dict.fromkeys(chosen_for_backtest):
+        report = backtest(scores[name], config, str(start.date()), last)
+        books[name] = book(report)
+        excess[name] = report["return"] - report["bench"] - report["cost"]
+        print(f"backtest {name}: {books[name][CRITERION] * 1e4:.2f} bp/day with cost", flush=True)
+    table = table.join(pd.DataFrame.from_dict(books, orient="index"))
+    choice = choose_signal(table, excess, base)
+    atomic_write_text(out / "valid.csv", table.to_csv())
+    record = {"choice": choice.to_dict(), "candidate": dataclasses.asdict(_candidate(grid, choice.chosen)),
+              "incumbent": base, "incumbent_candidate": dataclasses.asdict(_candidate(grid, base)),
+              "sampling": dataclasses.asdict(sampling) | {"sample_count": args.max_paths},
+              "valid": [str(start.date()), last], "paths": counts, "sampled": sampled, "sample_seconds": sample_s,
+              "path_costs": path_costs(model, dataset, start), "machine": machine()}
+    atomic_write_text(out / "choice.json", json.dumps(record, indent=1, default=str))
+    update_section("signal-choice", choice_report(table, choice, record, args))
+
+
+def path_costs(model, dataset, day: pd.Timestamp) -> dict[str, float]:
+    """Seconds to sample 1000 forecasts with each path count: one valid day's members sampled afresh (no cache)
+    with the workflow's batch size. The prefill is shared across a forecast's paths, so cost grows less than m."""
+    costs = {}
+    for m in PATH_COUNTS:
+        fresh = copy.copy(model)
+        fresh.cache_dir, fresh.sampling = None, dataclasses.replace(model.sampling, sample_count=m)
+        began = time.perf_counter()
+        n = len(fresh.predict(dataset, slice(day, day)))
+        costs[str(m)] = 1000 * (time.perf_counter() - began) / n
+    return costs
+
+
+def report_only(args) -> None:
+    """Rewrite the section from the recorded valid table and choice (the path costs measured if missing)."""
+    work = Path(args.work).resolve()
+    out = work / "signals"
+    table = pd.read_csv(out / "valid.csv", index_col=0)
+    record = json.loads((out / "choice.json").read_text())
+    if "path_costs" not in record:
+        model, dataset, _ = fit_workflow_model(work, args.provider)
+        record["path_costs"] = path_costs(model, dataset, pd.Timestamp(record["valid"][0]))
+        atomic_write_text(out / "choice.json", json.dumps(record, indent=1, default=str))
+    choice = SignalChoice(**{k: v for k, v in record["choice"].items() if k not in ("margin_se", "nw_lag")})
+    update_section("signal-choice", choice_report(table, choice, record, args))
+
+
+def _candidate(grid: list[Candidate], name: str) -> Candidate:
+    return next(c for c in grid if c.name == name)
+
+
+def choice_report(table: pd.DataFrame, choice: SignalChoice, record: dict, args) -> str:
+    shown = table[eligible(table)].sort_values(PROXY, ascending=False).head(FINALISTS)
+    shown = pd.concat([shown, table.loc[[record["incumbent"]]]]).drop_duplicates()
+    sampling, pred_len = record["sampling"], int(table["end"].max())
+    windows = ", ".join(f"{start}..{pred_len if end is None else end}" for start, end in WINDOWS)
+    halflives = ", ".join("none" if h is None else f"{h:g}" for h in HALFLIVES)
+    lines = [
+        "## Signal choice on the valid segment (`benchmarks/bench_signals.py choose`)", "",
+        f"The shipped workflow's Kronos (its preset and seed), {sampling['sample_count']} paths per forecast "
+        f"sampled with T={sampling['T']:g}, top_p={sampling['top_p']:g} on every valid day {record['valid'][0]}.."
+        f"{record['valid'][1]} (the last {LABEL_DAYS} valid days are left out: their label lies in test). "
+        f"{len(table)} candidates: each signal x window (steps {windows}) x the first m of the paths "
+        f"(m = {', '.join(map(str, sorted(set(table['paths']))))}) x half-life (trading days: {halflives}). Rule (kronos_qlib/evaluation/selection.py, fixed before the run): eligible "
+        f"when valid {', '.join(ELIGIBILITY)} are all > 0; the {FINALISTS} eligible with the best proxy (daily "
+        f"top-50 label over the universe mean, minus top-50 turnover x round-trip cost) and the incumbent "
+        f"`{record['incumbent']}` go through Qlib's TopkDropout backtest of valid with the workflow's costs; the best "
+        f"finalist by mean daily excess with cost replaces the incumbent only if their paired daily difference has "
+        f"a Newey-West t (lag {NW_LAG}) above {MARGIN_SE:g}. Test was not read. Of {record['paths']['paths']} "
+        f"sampled paths, "
+        f"{record['paths']['clipped']} had a daily move clipped at the price limit and {record['paths']['floored']} "
+        f"a close floored. Machine: {record['machine']}.", "",
+        "| candidate | IC (t) | RankIC (t) | top quintile bp/day (t) | top-50 bp/day | top-50 turnover "
+        "| proxy net bp/day | backtest excess with cost bp/day (t) | no cost bp/day | IR with cost | turnover |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in shown.iterrows():
+        mark = " **(chosen)**" if name == choice.chosen else (" (incumbent)" if name == record["incumbent"] else "")
+        tested = np.isfinite(row.get(CRITERION, np.nan))
+        bt = (f"{1e4 * row[CRITERION]:.2f} ({row['excess with cost t']:.2f}) | {1e4 * row['excess no cost (daily)']:.2f} "
+              f"| {row['IR with cost']:.2f} | {100 * row['turnover (daily)']:.1f}%") if tested else "- | - | - | -"
+        lines.append(f"| {name}{mark} | {row['IC']:.4f} ({row['IC t']:.2f}) | {row['RankIC']:.4f} "
+                     f"({row['RankIC t']:.2f}) | {1e4 * row['top quintile spread (daily)']:.2f} "
+                     f"({row['top quintile t']:.2f}) | {1e4 * row['top-k excess (daily)']:.2f} "
+                     f"| {100 * row['top-k turnover']:.0f}% | {1e4 * row[PROXY]:.2f} | {bt} |")
+    costs = record["path_costs"]
+    lines += ["", "What the paths cost (seconds to sample 1000 forecasts, one valid day's members, this machine): "
+              + ", ".join(f"{m} paths {seconds:.1f} s" for m, seconds in costs.items()) + "."]
+    lines += ["", f"{int(eligible(table).sum())} of {len(table)} candidates are eligible. Outcome: "
+              f"**{choice.chosen}**: {choice.reason}"
+              + (f" (challenger `{choice.challenger}`, paired difference {1e4 * choice.difference:.2f} bp/day)."
+                 if choice.challenger else "."), "", "All candidates: `<work>/signals/valid.csv`."]
+    return "\n".join(lines)
+
+
+def test(args) -> None:
+    work = Path(args.work).resolve()
+    record_path = work / "signals" / "choice.json"
+    if not record_path.exists():
+        sys.exit(f"{record_path} does not exist: run `bench_signals.py choose` first (the choice is made and "
+                 f"recorded on valid before test is read)")
+    record = json.loads(record_path.read_text())
+    chosen = Candidate(**record["candidate"])
+    model, dataset, config = fit_workflow_model(work, args.provider)
+    base = Candidate(**record["incumbent_candidate"])
+    shipped = {name: getattr(model.sampling, name) for name in ("T", "top_p", "top_k", "seed")}
+    if any(record["sampling"][name] != value for name, value in shipped.items()):
+        sys.exit(f"the workflow now samples with {shipped}, the choice was made with {record['sampling']}: run "
+                 f"`bench_signals.py choose` again")
+    model.sampling = dataclasses.replace(model.sampling, sample_count=max(chosen.paths, base.paths))
+    model.fill_cache(dataset, "test")
+    scores, counts = daily_scores(model, dataset, "test", [chosen, base] if chosen != base else [chosen])
+    label = dataset.prepare("test", col_set="label").iloc[:, 0]
+    start, end = dataset.segments["test"]
+    backtest_end = config["port_analysis_config"]["backtest"]["end_time"]
+    rows, excess = {}, {}
+    for name, score in scores.items():
+        report = backtest(score, config, start, backtest_end)
+        excess[name] = report["return"] - report["bench"] - report["cost"]
+        rows[name] = {**signal_metrics(score, label), **book(report)}
+    lines = ["## Signals on test (`benchmarks/bench_signals.py test`)", "",
+             f"The choice recorded on valid (`{chosen.name}`; rule and valid table in the section above), scored on "
+             f"test {start}..{end} beside the incumbent, with Qlib's backtest (workflow strategy and costs, to "
+             f"{backtest_end}). t: Newey-West, lag {NW_LAG}. Paths clipped at the price limit: {counts['clipped']} "
+             f"of {counts['paths']}; floored: {counts['floored']}. Machine: {machine()}.", "",
+             "| signal | IC (t) | RankIC (t) | top quintile bp/day (t) | excess with cost bp/day (t) "
+             "| excess with cost (ann.) | IR with cost | turnover |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['IC']:.4f} ({r['IC t']:.2f}) | {r['RankIC']:.4f} ({r['RankIC t']:.2f}) "
+                     f"| {1e4 * r['top quintile spread (daily)']:.2f} ({r['top quintile t']:.2f}) "
+                     f"| {1e4 * r[CRITERION]:.2f} ({r['excess with cost t']:.2f}) "
+                     f"| {100 * r['excess with cost (ann.)']:.2f}% | {r['IR with cost']:.2f} "
+                     f"| {100 * r['turnover (daily)']:.1f}% |")
+    if len(rows) == 2:
+        paired = paired_difference(excess[chosen.name], excess[base.name])
+        lines += ["", f"Chosen minus incumbent, daily excess with cost: {1e4 * paired['mean']:.2f} bp/day, "
+                  f"t {paired['t']:.2f} over {paired['days']:.0f} days."]
+    update_section("signals", "\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default=str(REPO / "outputs" / "full_run"))
+    parser.add_argument("phase", choices=("choose", "test"))
+    parser.add_argument("--work", default=str(REPO / "outputs" / "signals"), help="where the workflow's model "
+                        "is trained (runs/) and its forecasts cached (forecasts/)")
     parser.add_argument("--provider", default=str(REPO.parent / "shared" / "cn_data"))
+    parser.add_argument("--max-paths", type=int, default=max(PATH_COUNTS), help="paths sampled per valid forecast")
+    parser.add_argument("--report-only", action="store_true", help="with choose: rewrite the RESULTS.md section "
+                        "from the recorded valid table and choice")
     args = parser.parse_args()
-
-    from kronos_qlib.evaluation import daily_ic, residualize, signal_metrics
-    from kronos_qlib.signals import SIGNALS, check_signal
-
-    model, dataset, recorder_id = load(Path(args.work).resolve(), args.provider)
-    spec, sampling = model.forecast, model.sampling
-    vol = realized_volatility(dataset, dataset.segments["test"][1])
-    rows, scores = {}, {}
-    for segment in SEGMENTS:
-        label = dataset.prepare(segment, col_set="label").iloc[:, 0]
-        for name in SIGNALS:
-            model.signal, model.signal_start = name, 1
-            model.signal_end = check_signal(name, spec.pred_len, sampling.sample_count, 1, None)
-            score = model.predict(dataset, segment)
-            scores[segment, name] = score
-            rows[segment, name] = signal_metrics(score, label)
-            print(segment, name, {k: round(v, 4) for k, v in rows[segment, name].items()}, flush=True)
-        risk = scores[segment, "low_forecast_risk"]
-        rows[segment, "low_forecast_risk"]["IC after 20-day vol"] = daily_ic(residualize(risk, vol), label).mean()
-        rows[segment, "low_forecast_risk"]["IC of -(20-day vol)"] = daily_ic(-vol, label).mean()
-
-    chosen = max(SIGNALS, key=lambda name: rows["valid", name]["RankIC"])
-    table = pd.DataFrame({(segment, metric): {name: rows[segment, name][metric] for name in SIGNALS}
-                          for segment in SEGMENTS for metric in ("IC", "ICIR", "RankIC", "RankICIR",
-                                                                 "long-short spread (daily)", "long-short t")})
-    plot(table, chosen, HERE / "signals.png")
-    lines = [
-        "## Signals on the dev split (`benchmarks/bench_signals.py`)", "",
-        f"The CPU-preset Kronos of the full workflow run (recorder {recorder_id}), its forecasts ({spec.lookback} "
-        f"bars, {spec.pred_len} steps, {sampling.sample_count} paths, T={sampling.T}, top_p={sampling.top_p}) turned "
-        f"into each signal over the tradable window, step 1 (the close of t + 1) to step {spec.pred_len}. Valid "
-        f"{dataset.segments['valid'][0]}..{dataset.segments['valid'][1]}, test {dataset.segments['test'][0]}.."
-        f"{dataset.segments['test'][1]}; label: close t + 1 to close t + 2. Long-short: mean daily return of the "
-        f"top minus the bottom score quintile, t = mean / std x sqrt(days). Chosen on valid (highest RankIC) before "
-        f"test was read: **{chosen}**. Machine: {machine()}.", "",
-        "| signal | valid IC | valid ICIR | valid RankIC | valid RankICIR | test IC | test ICIR | test RankIC "
-        "| test RankICIR | test long-short (bp/day) | test long-short t |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name in SIGNALS:
-        v, t = rows["valid", name], rows["test", name]
-        mark = " (chosen)" if name == chosen else ""
-        lines.append(f"| {name}{mark} | {v['IC']:.4f} | {v['ICIR']:.3f} | {v['RankIC']:.4f} | {v['RankICIR']:.3f} "
-                     f"| {t['IC']:.4f} | {t['ICIR']:.3f} | {t['RankIC']:.4f} | {t['RankICIR']:.3f} "
-                     f"| {1e4 * t['long-short spread (daily)']:.2f} | {t['long-short t']:.2f} |")
-    risk_v, risk_t = rows["valid", "low_forecast_risk"], rows["test", "low_forecast_risk"]
-    lines += ["", f"How much of `low_forecast_risk` plain history explains: its IC is {risk_v['IC']:.4f} (valid) and "
-              f"{risk_t['IC']:.4f} (test); after removing a {RISK_CONTROL_BARS}-day realized volatility (per-day "
-              f"cross-sectional regression) it is {risk_v['IC after 20-day vol']:.4f} and "
-              f"{risk_t['IC after 20-day vol']:.4f}; the low-volatility factor itself, minus the 20-day volatility, "
-              f"scores {risk_v['IC of -(20-day vol)']:.4f} and {risk_t['IC of -(20-day vol)']:.4f}.", "",
-              "![signals](signals.png)"]
-    update_section("signals", "\n".join(lines))
-
-
-def plot(table: pd.DataFrame, chosen: str, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 3.8))
-    x = np.arange(len(table))
-    for offset, segment in ((-0.2, "valid"), (0.2, "test")):
-        ax.bar(x + offset, table[segment, "RankIC"], 0.4, label=f"{segment} RankIC")
-    ax.set_xticks(x, [f"{n}*" if n == chosen else n for n in table.index], rotation=30, ha="right")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_title("mean daily RankIC of each signal (* chosen on valid)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.report_only:
+        report_only(args)
+    else:
+        choose(args) if args.phase == "choose" else test(args)
 
 
 if __name__ == "__main__":

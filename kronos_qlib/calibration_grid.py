@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, KronosInputError
+from .evaluation.selection import check_valid_table
 from .forecast_quality import ForecastQuality
 
 #: the columns naming a grid point
@@ -25,7 +26,6 @@ SETTINGS = ("T", "top_p", "sample_count")
 METRICS = ("n", "coverage_50", "calibrated_50", "coverage_90", "calibrated_90", "crps_return", "crps_skill_vs_rw",
            "hit_rate")
 SELECTED_BY = "crps_return"
-VALID = "valid"
 
 
 def scoring_days(calendar: pd.DatetimeIndex, start: str | pd.Timestamp, end: str | pd.Timestamp, every_k_days: int,
@@ -54,15 +54,7 @@ def best_setting(table: pd.DataFrame) -> dict:
     """The (T, top_p) with the lowest ``crps_return`` averaged over its path counts (ties: the earlier in the
     table), and the smallest path count of the table (see the module docstring). Refuses a table with a row of
     another segment than valid or with a missing score, so test results can never choose."""
-    missing = [name for name in ("segment", *SETTINGS, SELECTED_BY) if name not in table.columns]
-    if missing:
-        raise ConfigError(f"the calibration grid table lacks the column(s) {missing}")
-    if table.empty:
-        raise KronosInputError("the calibration grid table has no rows")
-    others = sorted(set(table["segment"]) - {VALID})
-    if others:
-        raise KronosInputError(f"the calibration grid table holds rows of segment(s) {others}: the setting is "
-                               f"chosen on '{VALID}' alone")
+    check_valid_table(table, (*SETTINGS, SELECTED_BY), "calibration grid", "the setting")
     blank = table[SELECTED_BY].isna() | ~np.isfinite(table[SELECTED_BY].astype(float))
     if blank.any():
         point = table.loc[blank.idxmax(), list(SETTINGS)].to_dict()

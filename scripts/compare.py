@@ -1,7 +1,8 @@
 """Put recorded qrun experiments side by side: a table of signal and portfolio metrics, a PNG of cumulative
 excess returns, and the training curves of each run that recorded them (Kronos: <experiment>_training.png).
 When both the --signal and the --control runs are among them: the daily rank correlation of the two signals and
-the signal's residual (partial) IC once the control's score is removed, i.e. what Kronos adds beyond LightGBM.
+the signal's partial IC and RankIC given the control (score and label both residualized on the control's
+score per day, Newey-West t), i.e. what Kronos adds beyond LightGBM.
 
     python scripts/compare.py                          # kronos_csi300 vs lightgbm_csi300 in ./mlruns.db
     python scripts/compare.py --experiments kronos_csi300 lightgbm_csi300 ensemble_csi300 kronos_lightgbm_csi300
@@ -13,8 +14,8 @@ import sys
 from pathlib import Path
 
 from kronos_qlib.errors import ConfigError
-from kronos_qlib.evaluation import (comparison_table, format_table, init_recorder_store, load_run,
-                                    plot_cumulative_excess, plot_training_curves, residual_ic, signal_correlation)
+from kronos_qlib.evaluation import (NW_LAG, comparison_table, format_table, init_recorder_store, load_run,
+                                    partial_ic, plot_cumulative_excess, plot_training_curves, signal_correlation)
 from kronos_qlib.files import atomic_write_text
 
 
@@ -45,10 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     if {args.signal, args.control} <= set(by_name) and args.signal != args.control:
         signal, control = by_name[args.signal], by_name[args.control]
         corr = signal_correlation(signal, control)
-        residual = residual_ic(signal.pred.iloc[:, 0], control.pred.iloc[:, 0], signal.label.iloc[:, 0])
+        partial = partial_ic(signal.pred.iloc[:, 0], control.pred.iloc[:, 0], signal.label.iloc[:, 0])
         text += (f"\n\nDaily rank correlation of {args.signal} with {args.control}: mean {corr.mean():.3f} over "
-                 f"{len(corr)} days.\n{args.signal} beyond {args.control} (residual of a daily regression on its "
-                 f"score): " + ", ".join(f"{key} {value:.4f}" for key, value in residual.items()) + ".")
+                 f"{len(corr)} days.\n{args.signal} beyond {args.control} (score and label residualized on its "
+                 f"score per day; t: Newey-West, lag {NW_LAG}): "
+                 + ", ".join(f"{key} {value:.4f}" for key, value in partial.items()) + ".")
     atomic_write_text(out / "comparison.md", text + "\n")
     plot_cumulative_excess(runs, out / "cumulative_excess.png")
     written = [out / "comparison.md", out / "comparison.csv", out / "cumulative_excess.png"]

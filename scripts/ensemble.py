@@ -1,12 +1,19 @@
-"""Combine two recorded runs (Kronos and LightGBM) into one signal, weight chosen on valid, and backtest it.
+"""Combine two recorded runs (Kronos and LightGBM) into one signal and backtest it.
 
-Each run's recorded model (params.pkl) predicts the valid segment of its workflow's dataset (the workflow file is
-rendered with the current environment, as qrun renders it: run this with the variables the runs had); the weight
-w of w * z(Kronos) + (1 - w) * z(LightGBM) with the best valid mean RankIC is applied to the recorded test
-signals, and the result is recorded in a new run of --experiment with Qlib's SigAnaRecord and PortAnaRecord (the
-backtest settings of the LightGBM workflow). See kronos_qlib/integration/ensemble.py.
+The signal is w * g(Kronos) + (1 - w) * g(LightGBM), g the daily rank-gauss score, on every row LightGBM scores
+(LightGBM's score alone where Kronos has none), applied to the recorded test signals and recorded in a new run of
+--experiment with Qlib's SigAnaRecord and PortAnaRecord (the backtest settings of the LightGBM workflow).
+
+The weight is the equal blend w = 0.5, declared in advance, unless --weight says otherwise. A weight chosen by
+valid RankIC is in-sample for both models (LightGBM early-stops on the valid segment, Kronos picks its checkpoint
+there), so it is only an option: --weight valid takes the weight of 0, 0.05, ..., 1 with the best valid mean
+RankIC, each run's recorded model (params.pkl) predicting the valid segment of its workflow's dataset (the workflow
+file is rendered with the current environment, as qrun renders it: run this with the variables the runs had). A
+number needs no valid predictions: no Kronos forecast is sampled. See kronos_qlib/integration/ensemble.py.
 
     python scripts/ensemble.py                                   # ./mlruns.db -> experiment ensemble_csi300
+    python scripts/ensemble.py --weight 0                        # LightGBM's ranking, recorded as an ensemble run
+    python scripts/ensemble.py --weight valid --valid-from 2019-07-01   # chosen on valid (in-sample, optimistic)
     env $(xargs < workflows/smoke.env) python scripts/ensemble.py   # after the smoke runs of both workflows
     python scripts/compare.py --experiments kronos_csi300 lightgbm_csi300 ensemble_csi300
 """
@@ -44,6 +51,19 @@ def valid_predictions(experiment: str, recorder_id: str, config: dict, workflow:
     return model.predict(dataset, segment), dataset, segment
 
 
+def parse_weight(text: str) -> float | None:
+    """--weight: a number in [0, 1], or None for "valid" (chosen on the valid segment)."""
+    if text == "valid":
+        return None
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = None
+    if weight is None or not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"--weight must be 'valid' or a number in [0, 1], got {text!r}")
+    return weight
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mlflow-uri", default="sqlite:///mlruns.db", help="the exp_manager uri of the workflows")
@@ -52,15 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kronos-workflow", default=str(WORKFLOWS / "kronos_csi300.yaml"))
     parser.add_argument("--lgb-workflow", default=str(WORKFLOWS / "lightgbm_csi300.yaml"))
     parser.add_argument("--experiment", default="ensemble_csi300", help="where the combined run is recorded")
-    parser.add_argument("--valid-from", help="choose the weight on the valid segment from this day only (default: "
-                        "all of it; a shorter range samples fewer Kronos forecasts)")
+    parser.add_argument("--weight", help="Kronos's weight: a number in [0, 1] (default: the equal blend, declared "
+                        "in advance because a weight chosen on valid is in-sample for both models), or 'valid' to "
+                        "choose it by valid mean RankIC")
+    parser.add_argument("--valid-from", help="with --weight valid, choose on the valid segment from this day only "
+                        "(default: all of it; a shorter range samples fewer Kronos forecasts)")
     args = parser.parse_args(argv)
 
     from qlib.data.dataset.handler import DataHandlerLP
 
-    from kronos_qlib.integration.ensemble import check_same_dates, choose_weight, combine, record_ensemble
+    from kronos_qlib.integration.ensemble import (DECLARED_WEIGHT, check_same_dates, choose_weight, combine,
+                                                  record_ensemble)
 
     try:
+        weight = DECLARED_WEIGHT if args.weight is None else parse_weight(args.weight)
+        if weight is not None and args.valid_from is not None:
+            print(f"note: --valid-from is unused: Kronos's weight is declared ({weight}), not chosen on valid",
+                  file=sys.stderr)
         workflows = {"kronos": Path(args.kronos_workflow), "lgb": Path(args.lgb_workflow)}
         configs = {name: load_workflow(path) for name, path in workflows.items()}
         segments = {name: config["task"]["dataset"]["kwargs"]["segments"] for name, config in configs.items()}
@@ -78,24 +106,31 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"the recorded runs score {recorded.min().date()}..{recorded.max().date()}, outside the "
                               f"test segment {start.date()}..{end.date()} the workflows render now: run this with "
                               f"the date variables the runs had")
-        valid = {}
-        for key in ("kronos", "lgb"):
-            valid[key], dataset, segment = valid_predictions(runs[key].experiment, runs[key].recorder_id,
-                                                             configs[key], workflows[key], args.valid_from)
-        label = dataset.prepare(segment, col_set="label", data_key=DataHandlerLP.DK_R).iloc[:, 0]
-        choice = choose_weight(valid["kronos"], valid["lgb"], label)
-        pred = combine(test["kronos"], test["lgb"], choice.weight)
-        recorder_id = record_ensemble(args.experiment, pred, runs["lgb"].label, configs["lgb"]["port_analysis_config"],
-                                      {"ensemble.kronos_weight": choice.weight, "ensemble.kronos_run": names["kronos"],
-                                       "ensemble.lgb_run": names["lgb"],
-                                       "ensemble.chosen_on": f"mean RankIC on {segment.start.date()}.."
-                                                             f"{segment.stop.date()} (valid)"})
+        params = {"ensemble.kronos_run": names["kronos"], "ensemble.lgb_run": names["lgb"],
+                  "ensemble.weight_rule": "declared" if weight is not None else "valid"}
+        if weight is None:
+            valid = {}
+            for key in ("kronos", "lgb"):
+                valid[key], dataset, segment = valid_predictions(runs[key].experiment, runs[key].recorder_id,
+                                                                 configs[key], workflows[key], args.valid_from)
+            label = dataset.prepare(segment, col_set="label", data_key=DataHandlerLP.DK_R).iloc[:, 0]
+            choice = choose_weight(valid["kronos"], valid["lgb"], label)
+            weight = choice.weight
+            params["ensemble.chosen_on"] = f"mean RankIC on {segment.start.date()}..{segment.stop.date()} (valid)"
+        combination = combine(test["kronos"], test["lgb"])
+        params.update({"ensemble.kronos_weight": weight, "ensemble.kronos_non_finite": combination.non_finite["kronos"],
+                       "ensemble.lgb_non_finite": combination.non_finite["lgb"]})
+        recorder_id = record_ensemble(args.experiment, combination.score(weight), runs["lgb"].label,
+                                      configs["lgb"]["port_analysis_config"], params)
     except (ConfigError, KronosInputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(choice.valid_rank_ic.to_string(float_format=lambda v: f"{v:.4f}"))
-    print(f"\nKronos weight {choice.weight:.2f} (best valid mean RankIC {choice.valid_rank_ic.max():.4f}); "
-          f"recorded as run {recorder_id} of experiment '{args.experiment}'")
+    if params["ensemble.weight_rule"] == "valid":
+        print(choice.valid_rank_ic.to_string(float_format=lambda v: f"{v:.4f}"))
+        how = f"chosen on valid: best valid mean RankIC {choice.valid_rank_ic.max():.4f}, in-sample for both models"
+    else:
+        how = "declared in advance"
+    print(f"\nKronos weight {weight:.2f} ({how}); recorded as run {recorder_id} of experiment '{args.experiment}'")
     return 0
 
 

@@ -1,4 +1,6 @@
 """KronosModel and KronosBarsHandler inside Qlib, in-process: signals, point-in-time scores, the forecast cache."""
+import copy
+import dataclasses
 import logging
 import pickle
 from pathlib import Path
@@ -157,6 +159,35 @@ def test_scores_do_not_see_the_future(fitted, dataset, monkeypatch):
     assert not np.allclose(after[days > t], before[days > t])
 
 
+def test_smoothed_scores_do_not_see_later_days(fitted, dataset, caplog):
+    """With a half-life, the score at t averages days up to t only: a segment that ends at t gives the same scores
+    up to t as a longer one. predict logs how many paths the price limit and the floor changed."""
+    model, _ = fitted
+    model.signal_halflife = 3.0
+    try:
+        with caplog.at_level(logging.INFO, logger="kronos_qlib"):
+            full = model.predict(dataset, "test")
+        short = model.predict(dataset, slice(pd.Timestamp("2016-10-10"), pd.Timestamp("2016-10-14")))
+    finally:
+        model.signal_halflife = None
+    plain = model.predict(dataset, "test")
+    pd.testing.assert_series_equal(full.loc[:"2016-10-14"], short)
+    assert not np.allclose(full.loc["2016-10-11":], plain.loc["2016-10-11":])
+    assert any("had a daily move clipped at the price limit (cn)" in r.getMessage() for r in caplog.records)
+
+
+def test_the_first_m_paths_of_more_are_an_m_path_sample(fitted, dataset):
+    """bench_signals scores m = 5, 10, 20 paths from one 40-path sample: that is exact, as each path's draws depend
+    on (seed, day, instrument, path, step) only."""
+    model, _ = fitted
+    more = copy.copy(model)
+    more.sampling = dataclasses.replace(model.sampling, sample_count=6)
+    day = slice(pd.Timestamp("2016-10-10"), pd.Timestamp("2016-10-10"))
+    (three,), (six,) = list(model.day_forecasts(dataset, day)), list(more.day_forecasts(dataset, day))
+    assert three.instruments == six.instruments
+    np.testing.assert_array_equal(six.paths[:, :3], three.paths)
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 def test_universe_with_no_data_in_the_segment(fitted, dataset):
     model, _ = fitted
@@ -217,6 +248,10 @@ def test_bad_model_arguments():
         KronosModel(signal_start=10)
     with pytest.raises(KronosInputError, match="'mean_over_std' needs sample_count >= 2"):
         KronosModel(signal="mean_over_std", sampling={"sample_count": 1})
+    with pytest.raises(ConfigError, match="signal_halflife must be a positive number of trading days"):
+        KronosModel(signal_halflife=0)
+    with pytest.raises(ConfigError, match="price_limit must be 'cn'"):
+        KronosModel(price_limit="us")
 
 
 # ------------------------------------------------------------------------- the recorded model, updates, finetune

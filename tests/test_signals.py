@@ -1,5 +1,6 @@
 """Signals from sampled paths: their windows (start and end steps), the new signals, and bad windows."""
 import numpy as np
+import pandas as pd
 import pytest
 
 from kronos_qlib import KronosInputError
@@ -106,3 +107,107 @@ def test_unknown_signals_and_too_few_paths():
         compute_signal("mean_over_std", PATHS[:, :1], LAST)
     with pytest.raises(KronosInputError, match="last observed closes must be positive"):
         compute_signal("expected_return", PATHS, np.array([10.0, 0.0]))
+
+
+# ------------------------------------------------------------------------------------ wild paths, price limits
+def sane_and_wild(n_stocks: int = 30, seed: int = 0):
+    """A day of ``n_stocks`` stocks with five sane paths each (+-3% a day, main-board codes) and, for stock 0, a
+    copy whose first path is floored at step 1 and recovers by step 10 (the +9,900% "return" of a wild path)."""
+    rng = np.random.default_rng(seed)
+    last = rng.uniform(5, 50, n_stocks)
+    closes = last[:, None, None] * np.exp(np.cumsum(rng.normal(0, 0.02, (n_stocks, 5, 10)), axis=2))
+    wild = closes.copy()
+    wild[0, 0, 0] = 0.0  # floored to 1% of the last close at step 1
+    wild[0, 0, 1:] = last[0]  # back to the last close from step 2 on
+    names = [f"SH60{i:04d}" for i in range(n_stocks)]
+    return last, closes, wild, names
+
+
+def test_one_wild_path_counts_no_more_than_limit_moves_the_market_allows():
+    from kronos_qlib.signals import price_limits, score_day
+
+    last, closes, wild, names = sane_and_wild()
+    limits = price_limits(names, "cn")
+    unclipped = compute_signal("expected_return", paths_of(wild), last)
+    assert unclipped[0] > 10, "without a limit the floored-and-recovered path dominates the stock's score"
+    clipped = compute_signal("expected_return", paths_of(wild), last, limit=limits)
+    # the same path as the market allows it: -10% at step 1, +10% at step 2, flat after: an unclipped sane path
+    # (scored from step 1, the floored close, which the unclipped score divides by)
+    sane = wild.copy()
+    sane[0, 0] = last[0] * np.array([0.9] + [0.99] * 9)
+    for signal in ("expected_return", "median_return", "mean_path_return", "low_forecast_risk"):
+        np.testing.assert_allclose(compute_signal(signal, paths_of(wild), last, limit=limits),
+                                   compute_signal(signal, paths_of(sane), last), err_msg=signal)
+    # its rank moves no more than replacing that path by the most extreme path the limits allow (+10% a day)
+    extreme = closes.copy()
+    extreme[0, 0] = last[0] * np.cumprod([1.1] * 10)
+    above = lambda values: int((values > values[0]).sum())  # noqa: E731: stocks ranked above stock 0
+    base = compute_signal("expected_return", paths_of(closes), last, limit=limits)
+    bound = compute_signal("expected_return", paths_of(extreme), last, limit=limits)
+    assert abs(above(clipped) - above(base)) <= abs(above(bound) - above(base))
+    values, window = score_day("expected_return", paths_of(wild), last, 1, None, None, limits)
+    assert window.floored == 1 and window.clipped == 1 and np.isfinite(values).all()
+
+
+def test_sane_paths_are_not_changed_by_the_limit():
+    last, closes, _, names = sane_and_wild()
+    from kronos_qlib.signals import price_limits
+
+    for name in SIGNALS:
+        if name == "vol_scaled_return":
+            continue
+        np.testing.assert_allclose(compute_signal(name, paths_of(closes), last, limit=price_limits(names, "cn")),
+                                   compute_signal(name, paths_of(closes), last), err_msg=name)
+
+
+def test_price_limits_by_board_and_setting():
+    from kronos_qlib.errors import ConfigError
+    from kronos_qlib.signals import price_limits
+
+    np.testing.assert_allclose(price_limits(["SH600000", "SZ000001", "SZ300750", "SH688981", "sz301001"], "cn"),
+                               [0.1, 0.1, 0.2, 0.2, 0.2])
+    np.testing.assert_allclose(price_limits(["AAPL", "MSFT"], 0.15), [0.15, 0.15])
+    assert price_limits(["AAPL"], None) is None
+    for bad in (0.0, 1.5, "us", True):
+        with pytest.raises(ConfigError, match="price_limit must be"):
+            price_limits(["AAPL"], bad)
+
+
+def test_nothing_non_finite_leaves_a_signal():
+    last, closes, wild, _ = sane_and_wild()
+    flat = closes.copy()
+    flat[1] = last[1]  # five identical paths: no spread across them
+    for name in SIGNALS:
+        if name != "vol_scaled_return":
+            assert np.isfinite(compute_signal(name, paths_of(flat), last, limit=0.1)).all(), name
+    broken = closes.copy()
+    broken[3, 2, 4] = np.nan
+    with pytest.raises(KronosInputError, match=r"series \[3\] hold non-finite closes"):
+        compute_signal("expected_return", paths_of(broken), last)
+
+
+def test_winsorize_caps_the_tails_and_keeps_the_order_inside():
+    from kronos_qlib.signals import winsorize
+
+    values = np.concatenate([np.linspace(-1, 1, 198), [50.0, -40.0]])
+    out = winsorize(values)
+    assert out.max() < 1.01 and out.min() > -1.01
+    inside = (values > np.quantile(values, 0.01)) & (values < np.quantile(values, 0.99))
+    np.testing.assert_array_equal(out[inside], values[inside])
+
+
+def test_smoothing_uses_no_later_day():
+    """The smoothed score at day t is the same whether or not days after t are scored (no look-ahead)."""
+    from kronos_qlib.signals import smooth_scores
+
+    rng = np.random.default_rng(3)
+    index = pd.MultiIndex.from_product([pd.bdate_range("2021-01-04", periods=30), ["A", "B", "C"]],
+                                       names=["datetime", "instrument"])
+    scores = pd.Series(rng.normal(size=len(index)), index=index)
+    full = smooth_scores(scores, 5.0)
+    early = smooth_scores(scores.loc[:"2021-01-29"], 5.0)
+    pd.testing.assert_series_equal(full.loc[:"2021-01-29"], early)
+    assert not np.allclose(full, scores) and smooth_scores(scores, None) is scores
+    first = scores.xs("A", level="instrument")
+    np.testing.assert_allclose(full.xs("A", level="instrument").iloc[1],
+                               (first.iloc[0] * 0.5 ** (1 / 5) + first.iloc[1]) / (0.5 ** (1 / 5) + 1))

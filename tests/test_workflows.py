@@ -225,13 +225,14 @@ def test_factor_workflow_feeds_lightgbm_the_kronos_features(recorded):
 
 
 def test_ensemble_and_the_three_side_by_side(recorded):
-    """scripts/ensemble.py records the combination (weight chosen on the last valid days), and compare.py shows
-    it beside both models with Kronos's correlation with LightGBM and its residual IC."""
+    """scripts/ensemble.py records the combination (here with the weight chosen on the last valid days, the
+    option), and compare.py shows it beside both models with Kronos's correlation with LightGBM and its partial
+    IC."""
     tmp, uri = recorded[0], f"sqlite:///{recorded[0] / 'mlruns.db'}"
     env = {**os.environ, **smoke_env(), "QLIB_DATA": str(CN_DATA)}
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "ensemble.py"), "--mlflow-uri", uri,
-                             "--valid-from", "2016-09-26"], capture_output=True, text=True, timeout=900, env=env,
-                            cwd=tmp)
+                             "--weight", "valid", "--valid-from", "2016-09-26"], capture_output=True, text=True,
+                            timeout=900, env=env, cwd=tmp)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Kronos weight " in result.stdout and "of experiment 'ensemble_csi300'" in result.stdout
     from kronos_qlib.evaluation import init_recorder_store, load_run, summarize
@@ -248,7 +249,7 @@ def test_ensemble_and_the_three_side_by_side(recorded):
     for name in ("kronos_csi300", "lightgbm_csi300", "ensemble_csi300", "kronos_lightgbm_csi300"):
         assert f"| {name} |" in table
     assert "Daily rank correlation of kronos_csi300 with lightgbm_csi300" in table
-    assert "residual RankIC " in table and "nan" not in table.lower()
+    assert "partial RankIC " in table and "nan" not in table.lower()
 
 
 def test_ensemble_refuses_runs_outside_the_test_dates_it_renders(recorded):

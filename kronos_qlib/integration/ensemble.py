@@ -1,33 +1,49 @@
-"""An ensemble of two recorded signals, w * z(Kronos) + (1 - w) * z(LightGBM), with w chosen on valid only.
+"""An ensemble of two recorded signals, w * g(Kronos) + (1 - w) * g(LightGBM), g the daily rank-gauss score, with
+the equal blend w = 0.5 declared in advance as the default.
 
-Scores are turned into cross-sectional z-scores per day (their scales differ: a return forecast, a risk measure,
-a regression output), and the weight is the one of a grid over [0, 1] whose combination has the highest mean
-daily RankIC on the valid segment. The test segment plays no part in the choice; it is then backtested like
-any other signal, in a new recorder, by Qlib's SigAnaRecord and PortAnaRecord (``scripts/ensemble.py``).
+Scores become rank-gauss scores per day: average ranks, (rank - 0.5) / n, through the standard normal quantile.
+Their scales differ (a return forecast, a risk measure, a regression output), and unlike a z-score a rank does not
+let one outlier move the rest of the day: a single inf made a day's std NaN, and that whole day's Kronos part fell
+to zero. Non-finite scores (NaN, +-inf) are dropped before ranking, counted, and logged once per ``combine``.
 
-Qlib's SignalRecord keeps only the test predictions, so the valid ones come from the recorded models themselves
-(``params.pkl``) predicting the valid segment of their workflow's dataset: KronosModel reads (or fills) its
-forecast cache there, LightGBM predicts from Alpha158.
+LightGBM's universe is the reference: every (datetime, instrument) row it scores gets a combined score; where
+Kronos has none (fewer than ``lookback`` traded bars, suspended on the day, a non-finite value dropped) it is
+LightGBM's rank-gauss score alone, so w = 0 reproduces LightGBM's ranking on every day. Rows Kronos scores but
+LightGBM does not are left out.
+
+Why the weight is declared, not chosen: LightGBM early-stops on the valid segment and Kronos picks its checkpoint
+there, so a weight chosen by valid RankIC is chosen in-sample for both models and flatters whichever fits valid
+best. ``choose_weight`` keeps that choice (grid 0..1, best mean daily RankIC on valid) as an option: the valid
+predictions come from the recorded models themselves (``params.pkl``), since Qlib's SignalRecord keeps only the
+test ones. Either way the test signal is backtested like any other, in a new recorder, by Qlib's SigAnaRecord and
+PortAnaRecord (``scripts/ensemble.py``).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from ..errors import ConfigError
 from ..evaluation import daily_ic
 
+logger = logging.getLogger(__name__)
+
+#: Kronos's weight unless told otherwise: the equal blend of the two rank-gauss scores, fixed before any result.
+DECLARED_WEIGHT = 0.5
 #: The weights of Kronos tried on valid: 0 (LightGBM alone) to 1 (Kronos alone) in steps of 0.05.
 DEFAULT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 
 
-def cross_sectional_z(score: pd.Series) -> pd.Series:
-    """(score - day mean) / day std, per day; a day whose scores are all equal gets zeros."""
+def rank_gauss(score: pd.Series) -> pd.Series:
+    """Per day, the standard normal quantile of (average rank - 0.5) / n, for finite scores: the same spread every
+    day whatever the scale, ties kept as ties, a day whose scores are all equal at zero."""
     by_day = score.groupby(level="datetime")
-    std = by_day.transform("std").replace(0.0, np.nan)
-    return ((score - by_day.transform("mean")) / std).fillna(0.0).rename(score.name)
+    quantile = (by_day.rank(method="average") - 0.5) / by_day.transform("count")
+    return pd.Series(norm.ppf(quantile), index=score.index, name=score.name)
 
 
 def check_same_dates(a: pd.Series, b: pd.Series, a_name: str, b_name: str, segment: str = "test") -> None:
@@ -42,15 +58,44 @@ def check_same_dates(a: pd.Series, b: pd.Series, a_name: str, b_name: str, segme
             f"({len(days_b)} days); {len(only)} day(s) in only one, the first {only[0].date()}")
 
 
-def combine(kronos: pd.Series, lgb: pd.Series, weight: float) -> pd.Series:
-    """w * z(kronos) + (1 - w) * z(lgb) on the (datetime, instrument) rows both scored."""
-    if not 0.0 <= weight <= 1.0:
-        raise ConfigError(f"the ensemble weight of Kronos must lie in [0, 1], got {weight}")
-    joined = pd.concat([kronos.rename("kronos"), lgb.rename("lgb")], axis=1, join="inner").dropna()
-    if joined.empty:
-        raise ConfigError("the two signals share no (datetime, instrument) row")
-    z = weight * cross_sectional_z(joined["kronos"]) + (1.0 - weight) * cross_sectional_z(joined["lgb"])
-    return z.rename("score").sort_index()
+@dataclass
+class Combination:
+    """Both signals as rank-gauss scores on LightGBM's rows (Kronos NaN where it has no finite score) and the number
+    of non-finite scores dropped from each input ("kronos", "lgb")."""
+
+    kronos: pd.Series
+    lgb: pd.Series
+    non_finite: dict[str, int]
+
+    def score(self, weight: float) -> pd.Series:
+        """w * g(Kronos) + (1 - w) * g(LightGBM); g(LightGBM) alone where Kronos has no score."""
+        if not 0.0 <= weight <= 1.0:
+            raise ConfigError(f"the ensemble weight of Kronos must lie in [0, 1], got {weight}")
+        blend = weight * self.kronos + (1.0 - weight) * self.lgb
+        return blend.fillna(self.lgb).rename("score")
+
+
+def _finite(score: pd.Series, name: str) -> tuple[pd.Series, int, str]:
+    """The finite scores, the number of the others and a note naming the first of them (day, instrument)."""
+    ok = np.isfinite(score.to_numpy(dtype=float))
+    bad = score.index[~ok].sort_values()
+    if bad.empty:
+        return score, 0, f"{name} 0"
+    day, instrument = bad[0]
+    return score[ok], len(bad), f"{name} {len(bad)} (the first {pd.Timestamp(day).date()} {instrument})"
+
+
+def combine(kronos: pd.Series, lgb: pd.Series) -> Combination:
+    """Both signals on LightGBM's (datetime, instrument) rows as daily rank-gauss scores, Kronos ranked among those
+    rows only; non-finite scores dropped first, with one warning line naming the count and the first row of each."""
+    (kronos, kronos_bad, kronos_note), (lgb, lgb_bad, lgb_note) = _finite(kronos, "Kronos"), _finite(lgb, "LightGBM")
+    if kronos_bad or lgb_bad:
+        logger.warning("ensemble: non-finite scores dropped before ranking: %s; %s", kronos_note, lgb_note)
+    lgb = lgb.sort_index()
+    shared = kronos[kronos.index.isin(lgb.index)]
+    if shared.empty:
+        raise ConfigError("Kronos scores none of the (datetime, instrument) rows LightGBM scores (finite scores)")
+    return Combination(rank_gauss(shared).reindex(lgb.index), rank_gauss(lgb), {"kronos": kronos_bad, "lgb": lgb_bad})
 
 
 @dataclass
@@ -64,13 +109,13 @@ class WeightChoice:
 def choose_weight(kronos_valid: pd.Series, lgb_valid: pd.Series, label_valid: pd.Series,
                   grid: tuple[float, ...] = DEFAULT_GRID) -> WeightChoice:
     """The weight of the grid whose combination has the highest mean daily RankIC on the valid scores and label
-    given (ties: the smaller weight, closer to the baseline)."""
+    given (ties: the smaller weight, closer to the baseline). In-sample for both models: an option, not the default."""
     check_same_dates(kronos_valid, lgb_valid, "Kronos", "LightGBM", "valid")
-    scores = {float(w): daily_ic(combine(kronos_valid, lgb_valid, float(w)), label_valid, "spearman").mean()
-              for w in grid}
+    combination = combine(kronos_valid, lgb_valid)
+    scores = {float(w): daily_ic(combination.score(float(w)), label_valid, "spearman").mean() for w in grid}
     table = pd.Series(scores).sort_index().rename_axis("weight").rename("valid mean RankIC")
     if table.isna().all():
-        raise ConfigError("no valid day has both signals and a label: the valid RankIC is undefined")
+        raise ConfigError("no valid day has a LightGBM score and a label: the valid RankIC is undefined")
     return WeightChoice(float(table.idxmax()), table)
 
 

@@ -20,7 +20,7 @@ from qlib.data.dataset.loader import DataLoader, NestedDataLoader
 
 from ..errors import ConfigError, KronosInputError
 from ..model.hub import weights_digest
-from ..signals import compute_signal
+from ..signals import compute_signal, price_limits
 from .alpha158 import CheckedAlpha158
 from .forecast_cache import read_day
 from .handler import KronosBarsHandler
@@ -65,31 +65,37 @@ def check_cache_model(folder: Path, tokenizer: str, predictor: str) -> None:
                                    f"digest is {key.get(name)}, this Kronos model's is {digest}")
 
 
-def path_features(paths: np.ndarray, last_close: np.ndarray) -> dict[str, np.ndarray]:
+def path_features(paths: np.ndarray, last_close: np.ndarray, limit: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
     """Features of each series' paths (n, sample_count, pred_len, 6), all measured from t's close (step 0):
     the expected return to several steps, the share of rising paths, the dispersion across paths (mean minus
-    the 20% quantile of the path returns) and the forecast volatility (of the paths' daily log returns)."""
+    the 20% quantile of the path returns) and the forecast volatility (of the paths' daily log returns). Daily
+    moves are clipped at ``limit`` (see :func:`kronos_qlib.signals.compute_signal`)."""
     pred_len = paths.shape[2]
-    out = {f"KRONOS_RET{k}": compute_signal("expected_return", paths, last_close, 0, k)
-           for k in RETURN_STEPS if k <= pred_len}
-    out["KRONOS_PROB_UP"] = compute_signal("prob_up", paths, last_close, 0)
-    out["KRONOS_DISPERSION"] = (compute_signal("expected_return", paths, last_close, 0)
-                                - compute_signal("downside_return", paths, last_close, 0))
+
+    def signal(name: str, end: int | None = None) -> np.ndarray:
+        return compute_signal(name, paths, last_close, 0, end, limit=limit)
+
+    out = {f"KRONOS_RET{k}": signal("expected_return", k) for k in RETURN_STEPS if k <= pred_len}
+    out["KRONOS_PROB_UP"] = signal("prob_up")
+    out["KRONOS_DISPERSION"] = signal("expected_return") - signal("downside_return")
     if pred_len >= 2:
-        out["KRONOS_VOL"] = -compute_signal("low_forecast_risk", paths, last_close, 0)
+        out["KRONOS_VOL"] = -signal("low_forecast_risk")
     return out
 
 
-def read_factors(folder: Path, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+def read_factors(folder: Path, start: pd.Timestamp, end: pd.Timestamp, price_limit: str | float | None = None
+                 ) -> pd.DataFrame:
     """The features of every cached day in [start, end], indexed (datetime, instrument), columns
-    ("feature", name)."""
+    ("feature", name); sampled daily moves clipped at ``price_limit`` (see :mod:`kronos_qlib.signals.price_limits`)."""
     frames = []
     for path in sorted(folder.glob("*.npz")):
         day = pd.Timestamp(path.stem)
         if start <= day <= end:
             instruments, paths, last_close = read_day(path)
             index = pd.MultiIndex.from_product([[day], instruments], names=["datetime", "instrument"])
-            frames.append(pd.DataFrame(path_features(paths, last_close), index=index))
+            limit = price_limits(list(instruments), price_limit)
+            frames.append(pd.DataFrame(path_features(paths, last_close, limit), index=index))
     if not frames:
         raise KronosInputError(f"forecast cache {folder} holds no day in {start.date()}..{end.date()}")
     frame = pd.concat(frames).sort_index()
@@ -145,7 +151,7 @@ class KronosAlpha158(CheckedAlpha158):
         model.fill_cache(dataset, slice(start, pd.Timestamp(end_time)))
         self.forecast_folder = Path(model.forecast_folder)
         check_cache_model(self.forecast_folder, weights_digest(model.tokenizer), weights_digest(model.model))
-        factors = read_factors(self.forecast_folder, start, pd.Timestamp(end_time))
+        factors = read_factors(self.forecast_folder, start, pd.Timestamp(end_time), model.price_limit)
         logger.info("KronosAlpha158: %d Kronos feature rows (%s) from %s, Kronos trained on targets up to %s",
                     len(factors), ", ".join(factors.columns.get_level_values(1)), self.forecast_folder,
                     self.trained_until.date())

@@ -23,7 +23,8 @@ from ..inference.spec import as_int
 from ..logs import progress_bar
 from ..model import Kronos, KronosTokenizer
 from ..model.hub import weights_digest
-from ..signals import check_signal, compute_signal
+from ..signals import check_price_limit, check_signal, price_limits, score_day, smooth_scores
+from ..signals.smoothing import check_halflife
 from ..training import SequentialTrainer, config_from_dict
 from .forecast_cache import ForecastCache
 from .handler import KronosBarsHandler
@@ -36,6 +37,18 @@ CHUNK_BATCHES = 4
 
 
 @dataclasses.dataclass
+class DayForecasts:
+    """The forecasts of one day's universe members, in instrument order: their sampled paths (n, sample_count,
+    pred_len, 6), the close each starts from and the ``lookback`` observed closes up to it (n, lookback)."""
+
+    day: pd.Timestamp
+    instruments: list[str]
+    paths: np.ndarray
+    last_close: np.ndarray
+    history: np.ndarray
+
+
+@dataclasses.dataclass
 class _Plan:
     """What one predict or fill_cache call forecasts: day -> {instrument: panel row of its last bar}."""
 
@@ -44,6 +57,9 @@ class _Plan:
     calendar: pd.DatetimeIndex
     requests: dict[pd.Timestamp, dict[str, int]]
     sampled: int = 0
+    paths: int = 0  # paths scored
+    floored: int = 0  # of which reached the close floor
+    clipped: int = 0  # of which moved beyond the price limit on some day
 
     @property
     def total(self) -> int:
@@ -79,6 +95,11 @@ class KronosModel(ModelFT):
             series' paths depend on the seed, its day and instrument only, not on batching.
         signal: one of :data:`kronos_qlib.signals.SIGNALS`, scored over the path from step ``signal_start`` to
             step ``signal_end`` (default: from step 1, the first close a trade at t + 1 gets, to the last step).
+            Each day's scores are winsorized at the 1st / 99th percentile.
+        signal_halflife: smooth each stock's daily score with an exponential average of this half-life in
+            trading days (None: no smoothing); a persistent score trades less.
+        price_limit: each sampled daily move is clipped to the market's daily limit before scoring: ``cn`` (China
+            A-share limits by board), a fraction for every stock, or None (see :mod:`kronos_qlib.signals.price_limits`).
         batch_size: series per forward pass; it changes speed and memory, never the forecasts.
         device: where forecasting runs (default: CUDA, MPS or CPU, whichever is present).
         precision: ``auto`` (bf16 on a GPU that supports it, else fp32), ``fp32``, ``bf16`` or ``int8`` (CPU);
@@ -92,7 +113,8 @@ class KronosModel(ModelFT):
                  finetune: dict | None = None, refit: dict | None = None,
                  forecast: dict | ForecastSpec | None = None,
                  sampling: dict | Sampling | None = None, signal: str = "expected_return", signal_start: int = 1,
-                 signal_end: int | None = None, batch_size: int = 64, device: str | None = None,
+                 signal_end: int | None = None, signal_halflife: float | None = None,
+                 price_limit: str | float | None = "cn", batch_size: int = 64, device: str | None = None,
                  precision: str = "auto", cache_dir: str | None = "~/.cache/kronos_qlib/forecasts"):
         self.forecast = ForecastSpec.build(forecast, "KronosModel forecast")
         self.sampling = Sampling.build(sampling, "KronosModel sampling")
@@ -104,6 +126,7 @@ class KronosModel(ModelFT):
         self.tokenizer_source, self.predictor_source = tokenizer, predictor
         self.finetune_config, self.refit = finetune, refit
         self.signal, self.signal_start = signal, int(signal_start)
+        self.signal_halflife, self.price_limit = check_halflife(signal_halflife), check_price_limit(price_limit)
         self.device, self.cache_dir = device, cache_dir
         self.precision = precision
         self._resolved_precision()  # checked here, resolved again where it runs (params.pkl may move machines)
@@ -185,9 +208,18 @@ class KronosModel(ModelFT):
         missing from the cache are sampled in large batches across days; each day is saved once it is done.
         """
         plan = self._plan(dataset, segment)
-        scores = [self._scores(day, forecasts, plan.requests[day], plan.panel)
-                  for day, forecasts in self._forecasts(plan)]
-        return pd.concat(scores).rename("score").sort_index()
+        scores = [self._scores(day, plan) for day in self._days(plan)]
+        logger.info("KronosModel: signal %s over steps %d..%d scored %d paths: %d had a daily move clipped at the "
+                    "price limit (%s), %d a close floored", self.signal, self.signal_start, self.signal_end,
+                    plan.paths, plan.clipped, self.price_limit, plan.floored)
+        return smooth_scores(pd.concat(scores).rename("score").sort_index(), self.signal_halflife)
+
+    def day_forecasts(self, dataset: DatasetH, segment: str | slice = "test", shard: tuple[int, int] = (0, 1)
+                      ) -> Iterator[DayForecasts]:
+        """What :meth:`predict` scores, day by day (every ``shard[1]``-th day from the ``shard[0]``-th, as in
+        :meth:`fill_cache`): the members' paths (from the cache, or sampled into it) with their last closes and
+        observed history, for scoring them in other ways (benchmarks/bench_signals.py)."""
+        yield from self._days(self._plan(dataset, segment, shard))
 
     def fill_cache(self, dataset: DatasetH, segment: str | slice = "test", shard: tuple[int, int] = (0, 1)
                    ) -> tuple[int, int]:
@@ -246,9 +278,8 @@ class KronosModel(ModelFT):
                     for day in chunk:
                         yield day, cache.save(day, sampled[day])
                         bar.update(len(missing[day]))
-        logger.info("KronosModel: %d forecasts on %d days (%d sampled, %d from the cache in %s), signal %s",
-                    plan.total, len(plan.requests), plan.sampled, plan.total - plan.sampled, self.forecast_folder,
-                    self.signal)
+        logger.info("KronosModel: %d forecasts on %d days (%d sampled, %d from the cache in %s)",
+                    plan.total, len(plan.requests), plan.sampled, plan.total - plan.sampled, self.forecast_folder)
 
     def _chunks(self, missing: dict[pd.Timestamp, dict[str, int]]) -> Iterator[list[pd.Timestamp]]:
         """Consecutive days holding at least CHUNK_BATCHES batches of missing forecasts (the last may hold less)."""
@@ -262,16 +293,28 @@ class KronosModel(ModelFT):
         if chunk:
             yield chunk
 
-    def _scores(self, day: pd.Timestamp, forecasts: dict[str, tuple[np.ndarray, float]], rows: dict[str, int],
-                panel: BarPanel) -> pd.Series:
-        """The day's signal; the observed closes of each context go along for the signals that need them."""
-        names = sorted(rows)
-        paths = np.stack([forecasts[n][0] for n in names]).astype(np.float64)
-        last_close = np.array([forecasts[n][1] for n in names])
-        contexts = np.array([rows[n] for n in names])[:, None] + np.arange(1 - self.forecast.lookback, 1)
-        values = compute_signal(self.signal, paths, last_close, self.signal_start, self.signal_end,
-                                history=panel.values[contexts, CLOSE])
-        return pd.Series(values, index=pd.MultiIndex.from_product([[day], names], names=["datetime", "instrument"]))
+    def _days(self, plan: _Plan) -> Iterator[DayForecasts]:
+        lookback = self.forecast.lookback
+        for day, forecasts in self._forecasts(plan):
+            rows = plan.requests[day]
+            names = sorted(rows)
+            paths = np.stack([forecasts[n][0] for n in names]).astype(np.float64)
+            broken = [name for name, p in zip(names, paths) if not np.isfinite(p[..., CLOSE]).all()]
+            if broken:
+                raise KronosInputError(f"the forecasts of {day.date()} in {self.forecast_folder} hold non-finite "
+                                       f"closes for {', '.join(broken[:5])}: delete that day's file to sample it again")
+            contexts = np.array([rows[n] for n in names])[:, None] + np.arange(1 - lookback, 1)
+            yield DayForecasts(day, names, paths, np.array([forecasts[n][1] for n in names]),
+                               plan.panel.values[contexts, CLOSE])
+
+    def _scores(self, day: DayForecasts, plan: _Plan) -> pd.Series:
+        """The day's signal, winsorized; counts the paths the floor and the price limit changed into ``plan``."""
+        values, window = score_day(self.signal, day.paths, day.last_close, self.signal_start, self.signal_end,
+                                   day.history, price_limits(day.instruments, self.price_limit))
+        plan.paths += day.paths.shape[0] * day.paths.shape[1]
+        plan.floored, plan.clipped = plan.floored + window.floored, plan.clipped + window.clipped
+        return pd.Series(values, index=pd.MultiIndex.from_product([[day.day], day.instruments],
+                                                                  names=["datetime", "instrument"]))
 
     def _requests(self, panel: BarPanel, handler: KronosBarsHandler, days: pd.DatetimeIndex,
                   segment) -> dict[pd.Timestamp, dict[str, int]]:

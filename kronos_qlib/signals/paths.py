@@ -8,6 +8,10 @@ at day t is traded at t + 1's close (Qlib's TopkDropoutStrategy with deal price 
 t + 1 cannot be earned: the default window starts at step 1, the first tradable close, and ends at the last step.
 Qlib's label (close t + 1 to close t + 2) is the window (1, 2). Returns are relative to the close at ``start``, so
 scores compare across stocks whatever their price level.
+
+Paths are read in log space, one daily move at a time, and each move is clipped to the daily price limit of the
+stock's market (``limit``): a path that the sampler sent to zero and back (a +9,900% "return" from a floored step)
+then counts as no more than a path of limit moves the market allows, so one wild path cannot rank a stock first.
 """
 from __future__ import annotations
 
@@ -23,9 +27,8 @@ from ..features import CLOSE
 HISTORY_VOL_BARS = 20
 #: Quantile of the path returns scored by downside_return.
 DOWNSIDE_QUANTILE = 0.2
-#: Forecast closes are floored at this fraction of the last observed close. De-normalized paths can reach zero or
-#: below (mean - 5 std of a volatile context); a 99% fall is the worst a path may say, so one wild path neither
-#: stops a backtest nor swamps the cross-section.
+#: Forecast closes are floored at this fraction of the last observed close before taking logs: de-normalized
+#: paths can reach zero or below (mean - 5 std of a volatile context).
 CLOSE_FLOOR = 0.01
 #: The smallest daily volatility vol_scaled_return divides by: a stock locked at its limit for a month has none.
 VOL_FLOOR = 0.005
@@ -33,27 +36,55 @@ VOL_FLOOR = 0.005
 
 @dataclass(frozen=True)
 class PathWindow:
-    """The closes of every path from step 0 (last observed) and the scored window [start, end]."""
+    """Each path's log price relative to the last observed close (0 at step 0, every daily move clipped to the
+    price limit), the scored window [start, end], and how many paths the floor and the limit changed."""
 
-    closes: np.ndarray  # (n_series, sample_count, pred_len + 1)
+    log_closes: np.ndarray  # (n_series, sample_count, pred_len + 1)
     start: int
     end: int
     history: np.ndarray | None  # (n_series, n_bars) observed closes up to the last one, or None
+    floored: int = 0  # paths with a close below CLOSE_FLOOR x the last close
+    clipped: int = 0  # paths with a daily move beyond the price limit
 
     @property
     def returns(self) -> np.ndarray:
         """(n_series, sample_count) return of each path from start to end."""
-        return self.closes[..., self.end] / self.closes[..., self.start] - 1.0
+        return np.expm1(self.log_closes[..., self.end] - self.log_closes[..., self.start])
 
     @property
     def step_returns(self) -> np.ndarray:
         """(n_series, sample_count, end - start) return from start to each later step of the window."""
-        return self.closes[..., self.start + 1:self.end + 1] / self.closes[..., self.start, None] - 1.0
+        return np.expm1(self.log_closes[..., self.start + 1:self.end + 1] - self.log_closes[..., self.start, None])
 
     @property
     def daily_log_returns(self) -> np.ndarray:
         """(n_series, sample_count, end - start) step-to-step log returns inside the window."""
-        return np.diff(np.log(self.closes[..., self.start:self.end + 1]), axis=-1)
+        return np.diff(self.log_closes[..., self.start:self.end + 1], axis=-1)
+
+
+def path_window(closes: np.ndarray, last_close: np.ndarray, start: int, end: int, history: np.ndarray | None = None,
+                limit: np.ndarray | float | None = None) -> PathWindow:
+    """The clipped log paths of the sampled ``closes`` (n_series, sample_count, pred_len). ``limit`` is each
+    series' daily price limit as a fraction (0.1: +-10%; a scalar for all, NaN or None: no limit)."""
+    closes = np.asarray(closes, dtype=np.float64)
+    bad = ~np.isfinite(closes).all(axis=(1, 2))
+    if bad.any():
+        raise KronosInputError(f"the sampled paths of series {np.flatnonzero(bad)[:5].tolist()} hold non-finite "
+                               f"closes")
+    floor = CLOSE_FLOOR * last_close[:, None, None]
+    floored = closes < floor
+    log_moves = np.diff(np.log(np.maximum(closes, floor) / last_close[:, None, None]), axis=2,
+                        prepend=0.0)
+    clipped = np.zeros(closes.shape[:2], dtype=bool)
+    if limit is not None:
+        limit = np.broadcast_to(np.asarray(limit, dtype=np.float64), last_close.shape)[:, None, None]
+        low, high = np.log1p(-np.minimum(limit, 0.99)), np.log1p(limit)
+        outside = (log_moves < low) | (log_moves > high)
+        outside &= np.isfinite(limit)
+        log_moves = np.where(outside, np.clip(log_moves, low, high), log_moves)
+        clipped = outside.any(axis=2)
+    log_closes = np.concatenate([np.zeros((*closes.shape[:2], 1)), np.cumsum(log_moves, axis=2)], axis=2)
+    return PathWindow(log_closes, start, end, history, int(floored.any(axis=2).sum()), int(clipped.sum()))
 
 
 def expected_return(w: PathWindow) -> np.ndarray:
@@ -79,7 +110,8 @@ def prob_up(w: PathWindow) -> np.ndarray:
 def mean_over_std(w: PathWindow) -> np.ndarray:
     """Mean / std across paths of the window's return: expected return per unit of model uncertainty."""
     ret = w.returns
-    return ret.mean(axis=1) / (ret.std(axis=1) + 1e-8)
+    std = ret.std(axis=1)
+    return np.divide(ret.mean(axis=1), std, out=np.zeros(len(ret)), where=std > 1e-8)
 
 
 def vol_scaled_return(w: PathWindow) -> np.ndarray:
@@ -143,16 +175,20 @@ def check_signal(name: str, pred_len: int, sample_count: int, start: int = 1, en
 
 
 def compute_signal(name: str, paths: np.ndarray, last_close: np.ndarray, start: int = 1, end: int | None = None,
-                   history: np.ndarray | None = None) -> np.ndarray:
+                   history: np.ndarray | None = None, limit: np.ndarray | float | None = None) -> np.ndarray:
     """The signal ``name`` (see :data:`SIGNALS`) of each series over the window [start, end] (default: step 1 to
     the last step). ``history`` (n_series, n_bars) holds the observed closes up to the last one, for the signals
-    that need them."""
+    that need them; ``limit`` the daily price limit of each series (see :func:`path_window`)."""
+    return score_window(name, prepared_window(name, paths, last_close, start, end, history, limit))
+
+
+def prepared_window(name: str, paths: np.ndarray, last_close: np.ndarray, start: int = 1, end: int | None = None,
+                    history: np.ndarray | None = None, limit: np.ndarray | float | None = None) -> PathWindow:
+    """The checked :class:`PathWindow` that :func:`score_window` scores with ``name``."""
     end = check_signal(name, paths.shape[2], paths.shape[1], start, end)
     last_close = np.asarray(last_close, dtype=np.float64)
     if (last_close <= 0).any() or not np.isfinite(last_close).all():
         raise KronosInputError("last observed closes must be positive and finite to compute returns")
-    forecast = np.maximum(paths[..., CLOSE].astype(np.float64), CLOSE_FLOOR * last_close[:, None, None])
-    closes = np.concatenate([np.broadcast_to(last_close[:, None, None], (*paths.shape[:2], 1)), forecast], axis=2)
     if SIGNALS[name].needs_history:
         if history is None or np.ndim(history) != 2 or len(history) != len(paths) or np.shape(history)[1] < 3:
             raise KronosInputError(f"the signal '{name}' needs the observed closes of each series (history: "
@@ -160,4 +196,31 @@ def compute_signal(name: str, paths: np.ndarray, last_close: np.ndarray, start: 
         history = np.asarray(history, dtype=np.float64)
         if (history <= 0).any() or not np.isfinite(history).all():
             raise KronosInputError(f"the signal '{name}' needs positive, finite observed closes")
-    return SIGNALS[name].function(PathWindow(closes, start, end, history))
+    return path_window(paths[..., CLOSE], last_close, start, end, history, limit)
+
+
+def score_window(name: str, window: PathWindow) -> np.ndarray:
+    """The signal ``name`` of a prepared window; never non-finite (a spread of zero scores 0, not inf)."""
+    values = SIGNALS[name].function(window)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise KronosInputError(f"the signal '{name}' is not finite for series {np.flatnonzero(bad)[:5].tolist()}")
+    return values
+
+
+def score_day(name: str, paths: np.ndarray, last_close: np.ndarray, start: int = 1, end: int | None = None,
+              history: np.ndarray | None = None, limit: np.ndarray | float | None = None
+              ) -> tuple[np.ndarray, PathWindow]:
+    """One day's cross-section of the signal, as KronosModel ships it: scored, then winsorized (and the window,
+    whose counts say how many paths the floor and the limit changed)."""
+    window = prepared_window(name, paths, last_close, start, end, history, limit)
+    return winsorize(score_window(name, window)), window
+
+
+def winsorize(values: np.ndarray, quantile: float = 0.01) -> np.ndarray:
+    """One day's cross-section clipped to its [quantile, 1 - quantile] range, so that no outlier dominates a
+    z-score or a mean; ranks inside the range are kept."""
+    if len(values) < 3:
+        return values
+    low, high = np.quantile(values, [quantile, 1.0 - quantile], method="inverted_cdf")  # values that occur
+    return np.clip(values, low, high)

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from .metrics import group_returns, rank_correlation
 
 
 @dataclass
@@ -114,119 +115,15 @@ def quantile_returns(run: RecordedRun, groups: int = 5) -> pd.DataFrame:
     return group_returns(run.pred.iloc[:, 0], run.label.iloc[:, 0], groups)
 
 
-def _joined(score: pd.Series, label: pd.Series) -> pd.DataFrame:
-    return pd.concat([score.rename("score"), label.rename("label")], axis=1, join="inner").dropna()
-
-
-def group_returns(score: pd.Series, label: pd.Series, groups: int = 5) -> pd.DataFrame:
-    """Mean label of each score quantile per day (``(datetime, instrument)``-indexed series); column 1 holds the
-    lowest scores."""
-    def by_group(day: pd.DataFrame) -> pd.Series:
-        ranks = day["score"].rank(method="first")
-        bucket = pd.qcut(ranks, groups, labels=range(1, groups + 1))
-        return day["label"].groupby(bucket, observed=False).mean()
-
-    return _joined(score, label).groupby(level="datetime").apply(by_group)
-
-
-def daily_ic(score: pd.Series, label: pd.Series, method: str = "pearson") -> pd.Series:
-    """Cross-sectional correlation of score and label per day (``method="spearman"``: RankIC)."""
-    return _joined(score, label).groupby(level="datetime").apply(lambda d: d["score"].corr(d["label"], method=method))
-
-
-def residualize(score: pd.Series, control: pd.Series) -> pd.Series:
-    """The part of ``score`` that ``control`` does not explain: per day, the residual of a least-squares fit of
-    score on control (with intercept). Its IC with the label is the score's partial (residual) IC."""
-    joined = pd.concat([score.rename("score"), control.rename("control")], axis=1, join="inner").dropna()
-
-    def residual(day: pd.DataFrame) -> pd.Series:
-        x = day["control"] - day["control"].mean()
-        beta = (x * day["score"]).sum() / (x * x).sum() if (x * x).sum() > 0 else 0.0
-        return day["score"] - day["score"].mean() - beta * x
-
-    return joined.groupby(level="datetime", group_keys=False).apply(residual).rename(score.name)
-
-
-def residual_ic(score: pd.Series, control: pd.Series, label: pd.Series) -> dict[str, float]:
-    """IC and RankIC of what ``score`` adds beyond ``control`` (the partial IC: of :func:`residualize`'s residual),
-    with the t-statistic of the daily values: does the score still predict once the control's part is removed?"""
-    residual = residualize(score, control)
-    out = {}
-    for name, method in (("IC", "pearson"), ("RankIC", "spearman")):
-        daily = daily_ic(residual, label, method).dropna()
-        out[f"residual {name}"] = daily.mean()
-        out[f"residual {name} t"] = daily.mean() / daily.std() * np.sqrt(len(daily))
-    return out
-
-
-def signal_metrics(score: pd.Series, label: pd.Series, groups: int = 5) -> dict[str, float]:
-    """IC, ICIR, RankIC, RankICIR and the daily long-short (top minus bottom quantile) spread with its t-statistic,
-    as Qlib's SigAnaRecord reports them (ICIR: mean / std of the daily values, not annualized)."""
-    ic, rank_ic = daily_ic(score, label), daily_ic(score, label, "spearman")
-    quantiles = group_returns(score, label, groups)
-    spread = (quantiles[groups] - quantiles[1]).dropna()
-    return {"IC": ic.mean(), "ICIR": ic.mean() / ic.std(), "RankIC": rank_ic.mean(),
-            "RankICIR": rank_ic.mean() / rank_ic.std(), "long-short spread (daily)": spread.mean(),
-            "long-short t": spread.mean() / spread.std() * np.sqrt(len(spread)), "days": float(len(ic))}
+def signal_correlation(a: RecordedRun, b: RecordedRun) -> pd.Series:
+    """Daily cross-sectional rank correlation between two runs' scores, on the stocks both scored."""
+    return rank_correlation(a.pred.iloc[:, 0], b.pred.iloc[:, 0])
 
 
 def universe_return(run: RecordedRun) -> pd.Series:
     """Daily return of holding every scored stock equally (mean label), before costs: the naive alternative a
     top-k portfolio should beat, since a cap-weighted index can lag its average member for years."""
     return run.label.iloc[:, 0].groupby(level="datetime").mean()
-
-
-def drawdown(returns: pd.Series) -> pd.Series:
-    """Drawdown of the cumulative (summed) returns, as Qlib measures max drawdown."""
-    cumulative = returns.cumsum()
-    return cumulative - cumulative.cummax()
-
-
-def signal_correlation(a: RecordedRun, b: RecordedRun) -> pd.Series:
-    """Daily cross-sectional rank correlation between two runs' scores, on the stocks both scored."""
-    joined = pd.concat([a.pred.iloc[:, 0].rename("a"), b.pred.iloc[:, 0].rename("b")], axis=1).dropna()
-    return joined.groupby(level="datetime").apply(lambda d: d["a"].corr(d["b"], method="spearman"))
-
-
-def plot_cumulative_excess(runs: list[RecordedRun], path: str | Path | None = None, ax=None,
-                           title: str = "cumulative excess return over the benchmark"):
-    """Cumulative excess return over the benchmark, with cost (solid) and without (dashed)."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(9, 4))
-    for run, color in zip(runs, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
-        ax.plot(run.excess_return(True).cumsum(), color=color, label=f"{run.experiment} (with cost)")
-        ax.plot(run.excess_return(False).cumsum(), color=color, ls="--", alpha=0.6,
-                label=f"{run.experiment} (no cost)")
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_ylabel("cumulative excess return (sum of daily)")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    if path is not None:
-        ax.figure.tight_layout()
-        ax.figure.savefig(path, dpi=120)
-    return ax
-
-
-def plot_training_curves(run: RecordedRun, path: str | Path | None = None):
-    """Train and valid loss of each stage by epoch (one panel per stage), as recorded under qrun."""
-    import matplotlib.pyplot as plt
-
-    stages = sorted({key.split("/")[0] for key in run.curves.columns})
-    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.5), squeeze=False)
-    for ax, stage in zip(axes[0], stages):
-        for split in ("train", "valid"):
-            column = f"{stage}/{split}_loss"
-            if column in run.curves:
-                ax.plot(run.curves.index, run.curves[column], marker="o", label=f"{split} loss")
-        ax.set_title(f"{run.experiment}: {stage} stage")
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
 
 
 def format_table(table: pd.DataFrame) -> str:

@@ -1,0 +1,219 @@
+"""What training compute and model size buy Kronos on this machine: the CPU-preset family trained at several
+budgets of windows seen, each point scored on the valid segment.
+
+A point is a predictor size and a budget (epochs x windows drawn per epoch: the learning-rate schedule spans the
+whole budget, so a budget is not a truncated longer run). Every point shares the CPU preset's tokenizer (trained
+once, seed 42, in the first point's folder and copied into the others, where its finished stage is reused) and is
+trained as the shipped workflow trains, through KronosModel.fit on the workflow's dataset, in
+--work/points/<name>/. For each point: the predictor's wall time and throughput, its best valid cross-entropy (s1,
+s2 and their mean, the loss the training selects on), and on every --every-k-days-th valid day (horizon inside
+valid), --paths paths sampled with the workflow's T / top_p: the fair CRPS of the return and its skill against a
+random walk with the stock's own volatility, 50% / 90% band coverage beside a calibrated sampler's, and the daily
+RankIC and top-50 excess of the incumbent signal (expected_return over steps 1..pred_len).
+
+Points run one at a time in the order of POINTS (two torch jobs on 2 cores slow each other several-fold); a
+finished point (result.json) is not run again, and a killed one resumes its training from last.pt, so the study
+continues across sessions. The RESULTS.md section "scaling" and benchmarks/scaling.png are rewritten from every
+finished point after each one.
+
+    python benchmarks/bench_scaling.py [--work outputs/scaling] [--points cpu-98k cpu-393k ...]
+    python benchmarks/bench_scaling.py --report-only        # rewrite the section from finished points
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from bench_calibration import score_point  # noqa: E402
+from fitted_model import fit_workflow_model  # noqa: E402
+from results import machine, update_section  # noqa: E402
+
+from kronos_qlib.evaluation import mean_t, signal_metrics, topk_excess  # noqa: E402
+from kronos_qlib.files import atomic_write_text  # noqa: E402
+
+SEED = 42
+#: the CPU preset's predictor, and a wider and deeper one
+SIZES = {"cpu": dict(n_layers=3, d_model=128, n_heads=4, ff_dim=256),
+         "wide": dict(n_layers=4, d_model=192, n_heads=6, ff_dim=384)}
+#: name -> (size, epochs, windows drawn per epoch); the first is today's CPU preset (6 x 16,384)
+POINTS = {
+    "cpu-98k": ("cpu", 6, 16_384),
+    "cpu-393k": ("cpu", 6, 65_536),
+    "wide-393k": ("wide", 6, 65_536),
+    "cpu-1.2M": ("cpu", 6, 196_608),
+}
+
+
+def finetune_settings(name: str, folder: Path) -> dict:
+    size, epochs, windows = POINTS[name]
+    return {"preset": "cpu", "seed": SEED, "output_dir": str(folder),
+            "predictor_config": SIZES[size],
+            "predictor_training": {"epochs": epochs, "max_train_windows": windows}}
+
+
+def share_tokenizer(first: Path, folder: Path) -> None:
+    """Copy the first point's finished tokenizer stage into ``folder`` (reused there: same settings)."""
+    source, target = first / "tokenizer", folder / "tokenizer"
+    if target.exists() or not (source / "done.json").exists():
+        return
+    shutil.copytree(source, target)
+
+
+def training_figures(folder: Path) -> dict:
+    epochs = [json.loads(line) for line in (folder / "predictor" / "metrics.jsonl").read_text().splitlines()]
+    best = min(epochs, key=lambda e: e["valid_loss"])
+    return {"train_s": sum(e["epoch_s"] for e in epochs), "windows_per_s": float(np.mean([e["samples_per_s"]
+                                                                                        for e in epochs])),
+            "valid_loss": best["valid_loss"], "valid_s1": best["valid_s1"], "valid_s2": best["valid_s2"],
+            "best_epoch": best["epoch"], "epochs": len(epochs),
+            "last_epoch_gain": epochs[-2]["valid_loss"] - epochs[-1]["valid_loss"] if len(epochs) > 1 else None}
+
+
+def forecast_figures(model, dataset, every_k_days: int, paths: int) -> dict:
+    """Fair CRPS, coverage and the incumbent signal's valid figures on every k-th valid day."""
+    from qlib.data import D
+
+    from kronos_qlib.calibration_grid import scoring_days
+    from kronos_qlib.signals import price_limits, score_day
+
+    model.sampling = dataclasses.replace(model.sampling, sample_count=paths)
+    start, end = (pd.Timestamp(d) for d in dataset.segments["valid"])
+    days = scoring_days(pd.DatetimeIndex(D.calendar()), start, end, every_k_days, model.forecast.pred_len)
+    began = time.perf_counter()
+    quality = score_point(model, dataset, days, every_k_days, dataset.handler.market, end, window=60, min_history=20)
+    sample_s = time.perf_counter() - began
+    pooled = quality.summary()
+    scores = []
+    for day in model.day_forecasts(dataset, slice(days[0], days[-1]), shard=(0, every_k_days)):
+        values, _ = score_day("expected_return", day.paths, day.last_close, 1, model.forecast.pred_len,
+                              limit=price_limits(day.instruments, model.price_limit))
+        scores.append(pd.Series(values, index=pd.MultiIndex.from_product([[day.day], day.instruments],
+                                                                         names=["datetime", "instrument"])))
+    score = pd.concat(scores)
+    label = dataset.prepare("valid", col_set="label").iloc[:, 0]
+    metrics = signal_metrics(score, label)
+    top = mean_t(topk_excess(score, label, 50)["excess"])
+    row = pooled.loc["kronos"]
+    return {"forecast_days": len(days), "scored_steps": int(row["n"]), "sample_s": sample_s,
+            "crps_return": float(row["crps_return"]), "crps_skill_vs_rw": float(row["crps_skill_vs_rw"]),
+            "coverage_50": float(row["coverage_50"]), "calibrated_50": float(row["calibrated_50"]),
+            "coverage_90": float(row["coverage_90"]), "calibrated_90": float(row["calibrated_90"]),
+            "RankIC": metrics["RankIC"], "RankIC t": metrics["RankIC t"], "top50 excess": top["mean"],
+            "top50 t": top["t"], "paths": paths}
+
+
+def run_point(name: str, work: Path, provider: str, every_k_days: int, paths: int) -> dict:
+    folder = work / "points" / name
+    result_path = folder / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    share_tokenizer(work / "points" / next(iter(POINTS)), folder)
+    print(f"{name}: training in {folder}", flush=True)
+    model, dataset, _ = fit_workflow_model(work, provider, {"finetune": finetune_settings(name, folder)})
+    size, epochs, windows = POINTS[name]
+    params = sum(p.numel() for p in model.model.parameters())
+    result = {"name": name, "size": size, "epochs": epochs, "windows_per_epoch": windows,
+              "windows_seen": epochs * windows, "parameters": params, **training_figures(folder)}
+    print(f"{name}: valid loss {result['valid_loss']:.4f}; forecasting valid", flush=True)
+    result.update(forecast_figures(model, dataset, every_k_days, paths), machine=machine())
+    atomic_write_text(result_path, json.dumps(result, indent=1))
+    return result
+
+
+def report(results: list[dict], plot_path: Path, every_k_days: int) -> str:
+    lines = [
+        "## What compute buys: the scaling study (`benchmarks/bench_scaling.py`)", "",
+        f"The CPU-preset family on the dev split (train 2010-2017, valid 2018-2019), seed {SEED}, one shared "
+        f"tokenizer. A budget is windows seen (epochs x windows per epoch; the one-cycle schedule spans it). Valid "
+        f"loss: the best epoch's mean of the s1 and s2 cross-entropies on the fixed valid subset (today's preset: "
+        f"the first row). Forecast figures on every {every_k_days}th valid day (horizon inside valid), CSI300 "
+        f"members, paths sampled with the workflow's T and top_p: fair CRPS skill of the return against a random "
+        f"walk with the stock's own 60-day volatility (> 0: Kronos better), band coverage beside a calibrated "
+        f"sampler's with as many paths, and expected_return over steps 1..10: mean daily RankIC and top-50 excess "
+        f"over the universe (Newey-West t, lag 5). Training wall time is the predictor's, on 2 CPU cores.", "",
+        "| point | parameters | windows seen | train min | windows/s | valid loss (s1 / s2) | last-epoch gain "
+        "| CRPS skill | coverage 50% (cal.) | coverage 90% (cal.) | RankIC (t) | top-50 bp/day (t) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        gain = "-" if r["last_epoch_gain"] is None else f"{r['last_epoch_gain']:.4f}"
+        lines.append(
+            f"| {r['name']} | {r['parameters'] / 1e6:.2f}M | {r['windows_seen']:,} | {r['train_s'] / 60:.1f} "
+            f"| {r['windows_per_s']:.0f} | {r['valid_loss']:.4f} ({r['valid_s1']:.3f} / {r['valid_s2']:.3f}) "
+            f"| {gain} | {r['crps_skill_vs_rw']:.4f} | {r['coverage_50']:.3f} "
+            f"({r['calibrated_50']:.3f}) | {r['coverage_90']:.3f} ({r['calibrated_90']:.3f}) "
+            f"| {r['RankIC']:.4f} ({r['RankIC t']:.2f}) | {1e4 * r['top50 excess']:.2f} ({r['top50 t']:.2f}) |")
+    missing = [name for name in POINTS if name not in {r["name"] for r in results}]
+    if missing:
+        lines += ["", f"Not yet run: {', '.join(missing)} (the study continues where it stopped)."]
+    lines += ["", f"![scaling]({plot_path.name})"]
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kronos_qlib.files import atomic_write
+
+    frame = pd.DataFrame(results)
+    frame["compute"] = 6 * frame["parameters"] * frame["windows_seen"]  # ~FLOPs per token x windows, relative
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for size, points in frame.sort_values("compute").groupby("size"):
+        left.plot(points["compute"], points["valid_loss"], marker="o", label=size)
+        right.plot(points["compute"], points["crps_skill_vs_rw"], marker="o", label=size)
+        for _, p in points.iterrows():
+            left.annotate(p["name"], (p["compute"], p["valid_loss"]), fontsize=7)
+    for ax, title in ((left, "best valid loss (mean s1/s2 cross-entropy)"),
+                      (right, "fair CRPS skill of the return vs random walk")):
+        ax.set_xscale("log")
+        ax.set_xlabel("training compute: 6 x parameters x windows seen (relative)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    right.axhline(0, color="grey", lw=0.8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default=str(REPO / "outputs" / "scaling"))
+    parser.add_argument("--provider", default=str(REPO.parent / "shared" / "cn_data"))
+    parser.add_argument("--points", nargs="+", default=list(POINTS), choices=list(POINTS))
+    parser.add_argument("--every-k-days", type=int, default=5)
+    parser.add_argument("--paths", type=int, default=20, help="paths per forecast for the valid figures")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    work, plot_path = Path(args.work).resolve(), HERE / "scaling.png"
+    for name in ([] if args.report_only else args.points):
+        run_point(name, work, args.provider, args.every_k_days, args.paths)
+        write(work, plot_path, args.every_k_days)
+    write(work, plot_path, args.every_k_days)
+
+
+def write(work: Path, plot_path: Path, every_k_days: int) -> None:
+    results = [json.loads(p.read_text()) for name in POINTS
+               if (p := work / "points" / name / "result.json").exists()]
+    if results:
+        plot(results, plot_path)
+        update_section("scaling", report(results, plot_path, every_k_days))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The shipped Kronos workflow's model, fitted the way qrun fits it, for the benchmarks that score it on valid."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def fit_workflow_model(work: Path, provider: str, overrides: dict | None = None):
+    """workflows/kronos_csi300.yaml rendered under the caller's environment (QLIB_DATA from ``provider``,
+    KRONOS_CACHE = <work>/forecasts), its dataset and KronosModel built, and ``model.fit(dataset)`` run in ``work``:
+    finished stage folders (runs/) there are reused, missing ones trained. ``overrides`` replace model kwargs
+    (e.g. ``finetune``). Returns (model, dataset, rendered config)."""
+    import qlib
+    from qlib.utils import init_instance_by_config
+
+    from kronos_qlib.qrun import WORKFLOWS, load_workflow
+
+    work.mkdir(parents=True, exist_ok=True)
+    os.chdir(work)  # the workflow's relative paths (mlruns.db, runs/) are where qrun ran
+    config = load_workflow(WORKFLOWS / "kronos_csi300.yaml",
+                           {"QLIB_DATA": str(Path(provider).resolve()),
+                            "KRONOS_CACHE": str(work / "forecasts")})
+    qlib.init(**config["qlib_init"])
+    dataset = init_instance_by_config(config["task"]["dataset"])
+    model_config = config["task"]["model"]
+    model_config["kwargs"].update(overrides or {})
+    model = init_instance_by_config(model_config)
+    model.fit(dataset)
+    return model, dataset, config

@@ -1,0 +1,80 @@
+"""The rule that chooses the shipped signal on valid: eligibility, screening, the incumbent's margin, no test rows."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from kronos_qlib.errors import KronosInputError
+from kronos_qlib.evaluation.selection import (CRITERION, PROXY, Candidate, choose_signal, eligible, finalists,
+                                              incumbent)
+
+DAYS = pd.bdate_range("2018-01-02", periods=480)
+BASE = incumbent(10, 5).name
+
+
+def table(**overrides) -> pd.DataFrame:
+    """Three candidates: the incumbent, a good challenger and one whose RankIC is negative."""
+    rows = {
+        BASE: dict(IC=0.01, RankIC=0.02, spread=0.0002, proxy=0.0001),
+        "prob_up 1..10 m20 h3": dict(IC=0.02, RankIC=0.03, spread=0.0004, proxy=0.0003),
+        "low_forecast_risk 1..10 m5 h-": dict(IC=0.03, RankIC=-0.01, spread=0.0005, proxy=0.0009),
+    }
+    frame = pd.DataFrame({name: {"segment": "valid", "IC": r["IC"], "RankIC": r["RankIC"],
+                                 "top quintile spread (daily)": r["spread"], PROXY: r["proxy"]}
+                          for name, r in rows.items()}).T
+    for column, value in overrides.items():
+        frame[column] = value
+    return frame.astype({c: float for c in frame.columns if c != "segment"})
+
+
+def excess(gap: float, noise: float = 0.002, seed: int = 0) -> dict[str, pd.Series]:
+    rng = np.random.default_rng(seed)
+    common = rng.normal(0, noise, len(DAYS))
+    return {BASE: pd.Series(common, index=DAYS),
+            "prob_up 1..10 m20 h3": pd.Series(common + gap + rng.normal(0, 0.001, len(DAYS)), index=DAYS)}
+
+
+def test_a_candidate_needs_positive_ic_rank_ic_and_top_spread():
+    assert eligible(table()).tolist() == [True, True, False]
+    assert finalists(table()) == ["prob_up 1..10 m20 h3", BASE], "ranked by the proxy, the ineligible left out"
+
+
+def test_the_incumbent_stays_unless_beaten_by_two_standard_errors():
+    clear = choose_signal(table(), excess(gap=0.0005), BASE)
+    assert clear.chosen == "prob_up 1..10 m20 h3" and clear.t > 2
+    close = choose_signal(table(), excess(gap=0.00005), BASE)
+    assert close.chosen == BASE and close.challenger == "prob_up 1..10 m20 h3" and close.t < 2
+    worse = choose_signal(table(), excess(gap=-0.0005), BASE)
+    assert worse.chosen == BASE
+
+
+def test_no_eligible_challenger_keeps_the_incumbent():
+    frame = table()
+    frame.loc["prob_up 1..10 m20 h3", "IC"] = -0.01
+    assert choose_signal(frame, excess(gap=0.01), BASE).chosen == BASE
+
+
+def test_the_rule_refuses_test_rows_and_an_unbacktested_incumbent():
+    frame = table()
+    frame.loc["prob_up 1..10 m20 h3", "segment"] = "test"
+    with pytest.raises(KronosInputError, match=r"segment\(s\) \['test'\]: the signal is chosen on 'valid' alone"):
+        choose_signal(frame, excess(gap=0.0005), BASE)
+    with pytest.raises(KronosInputError, match="was not backtested"):
+        choose_signal(table(), {"prob_up 1..10 m20 h3": excess(0.0005)["prob_up 1..10 m20 h3"]}, BASE)
+
+
+def test_candidate_names():
+    assert Candidate("prob_up", 1, 10, 20, 3.0).name == "prob_up 1..10 m20 h3"
+    assert BASE == "expected_return 1..10 m5 h-"
+    assert CRITERION == "excess with cost (daily)"
+
+
+def test_the_benchmark_reads_test_only_after_the_choice_is_recorded(tmp_path):
+    """benchmarks/bench_signals.py test refuses to run before `choose` has written its choice."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_signals.py"
+    result = subprocess.run([sys.executable, str(script), "test", "--work", str(tmp_path)], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode != 0 and "run `bench_signals.py choose` first" in result.stderr
