@@ -1,5 +1,5 @@
 """Which sampling settings give the best-calibrated paths? A grid of temperature x top_p x number of paths,
-each scored on a subsample of the VALID segment's days (kronos_qlib/calibration_grid.py); test is never sampled.
+each scored on a subsample of the VALID segment's days (kronos_qlib/evaluation/selection.py); test is never sampled.
 
 The trained model is the shipped workflow's, loaded the way users have it: workflows/kronos_csi300.yaml rendered
 under the caller's environment variables (QLIB_DATA from --provider, KRONOS_CACHE = <work>/forecasts), the
@@ -7,8 +7,8 @@ dataset and KronosModel built from it and ``model.fit(dataset)`` run in --work, 
 folders (runs/) of an earlier ``qrun`` there, or trains them. Each grid point keeps the weights and changes only
 the sampling, so it samples into its own cache folder. Every --every-k-days-th valid day is forecast whose
 pred_len-day horizon ends inside valid, and the CSI300 members' forecasts are scored with
-kronos_qlib.forecast_quality. The winner is the rule declared beforehand: the (T, top_p) with the lowest pooled
-fair CRPS of the return over its path counts, with the fewest paths (kronos_qlib.calibration_grid.best_setting).
+kronos_qlib.evaluation.forecast_scores. The winner is the rule declared beforehand: the (T, top_p) with the lowest pooled
+fair CRPS of the return over its path counts, with the fewest paths (kronos_qlib.evaluation.selection.best_setting).
 
     python benchmarks/bench_calibration.py [--work outputs/full_run] [--provider ../shared/cn_data]
     env $(xargs < workflows/smoke.env) python benchmarks/bench_calibration.py --work /tmp/calib \\
@@ -35,9 +35,10 @@ sys.path.insert(0, str(HERE))
 from fitted_model import fit_workflow_model  # noqa: E402
 from results import RESULTS, machine, update_section  # noqa: E402
 
-from kronos_qlib.calibration_grid import SETTINGS, best_setting, grid_row, scoring_days  # noqa: E402
+from kronos_qlib.evaluation.forecast_scores import evaluate  # noqa: E402
+from kronos_qlib.evaluation.forecasts import ForecastSet, load_closes, read_forecast_cache  # noqa: E402
+from kronos_qlib.evaluation.selection import SETTINGS, best_setting, grid_row, scoring_days  # noqa: E402
 from kronos_qlib.files import atomic_write_text  # noqa: E402
-from kronos_qlib.forecast_quality import ForecastSet, evaluate, load_closes, read_forecast_cache  # noqa: E402
 
 SEGMENT = "valid"
 
@@ -130,7 +131,7 @@ def report(table: pd.DataFrame, chosen: dict, model, dataset, days, args, plot_p
         f"seed {default.seed}, {spec.lookback} bars, {spec.pred_len} steps), on a subsample of the {SEGMENT} "
         f"segment {valid[0]}..{valid[1]}: every {args.every_k_days}th trading day whose {spec.pred_len}-day horizon "
         f"ends inside {SEGMENT}, {len(days)} days ({days[0].date()}..{days[-1].date()}), CSI300 members only. "
-        f"Test ({test[0]}..{test[1]}) is never sampled or read. Scores are kronos_qlib.forecast_quality's, pooled "
+        f"Test ({test[0]}..{test[1]}) is never sampled or read. Scores are kronos_qlib.evaluation.forecast_scores', pooled "
         f"over the steps: band coverage beside the coverage a calibrated sampler with m paths reaches, the fair "
         f"CRPS of the return, its skill against a random walk with the stock's own {args.window}-day volatility "
         f"(same m), the median path's hit rate. The valid segment also picked the training's best checkpoint, so "

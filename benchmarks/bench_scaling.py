@@ -85,7 +85,7 @@ def forecast_figures(model, dataset, every_k_days: int, paths: int) -> dict:
     """Fair CRPS, coverage and the incumbent signal's valid figures on every k-th valid day."""
     from qlib.data import D
 
-    from kronos_qlib.calibration_grid import scoring_days
+    from kronos_qlib.evaluation.selection import scoring_days
     from kronos_qlib.signals import price_limits, score_day
 
     model.sampling = dataclasses.replace(model.sampling, sample_count=paths)
@@ -143,7 +143,7 @@ def report(results: list[dict], plot_path: Path, every_k_days: int) -> str:
         f"members, paths sampled with the workflow's T and top_p: fair CRPS skill of the return against a random "
         f"walk with the stock's own 60-day volatility (> 0: Kronos better), band coverage beside a calibrated "
         f"sampler's with as many paths, and expected_return over steps 1..10: mean daily RankIC and top-50 excess "
-        f"over the universe (Newey-West t, lag 5). Training wall time is the predictor's, on 2 CPU cores.", "",
+        f"over the universe (Newey-West t, lag 5 scored days, {5 * every_k_days} trading days). Training wall time is the predictor's, on 2 CPU cores.", "",
         "| point | parameters | windows seen | train min | windows/s | valid loss (s1 / s2) | last-epoch gain "
         "| CRPS skill | coverage 50% (cal.) | coverage 90% (cal.) | RankIC (t) | top-50 bp/day (t) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",

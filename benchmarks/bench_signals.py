@@ -11,9 +11,9 @@ Two commands, in this order (the second refuses to run before the first has reco
 every candidate: each signal of kronos_qlib.signals over each window, from the first m of the sampled paths (the
 sampler's draws depend on (seed, day, instrument, path, step) only, so the first m of 40 paths are exactly an
 m-path sample), smoothed across days with each half-life. Per candidate: IC, RankIC and the top-quintile spread
-with Newey-West t, and the screening proxy (the daily top-k excess over the universe minus the top k's turnover
-times the round-trip cost). The eligible finalists and the incumbent go through Qlib's TopkDropout backtest of
-the valid segment with the workflow's strategy and costs, and the rule picks. It writes <work>/signals/valid.csv,
+with Newey-West t, and the daily top-k excess over the universe with its turnover (a book rebuilt daily: shown,
+not used). Every eligible candidate and the incumbent go through Qlib's TopkDropout backtest of the valid segment
+with the workflow's strategy and costs, and the rule picks. It writes <work>/signals/valid.csv,
 <work>/signals/choice.json and the RESULTS.md section "signal choice" before anything of test is computed.
 Valid days whose label (close t + 1 to close t + 2) lies past the segment's end are left out of every valid score.
 
@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -42,9 +43,9 @@ from fitted_model import fit_workflow_model  # noqa: E402
 from results import machine, update_section  # noqa: E402
 
 from kronos_qlib.evaluation import NW_LAG, mean_t, paired_difference, signal_metrics, topk_excess  # noqa: E402
-from kronos_qlib.evaluation.selection import (CRITERION, ELIGIBILITY, FINALISTS, MARGIN_SE, PROXY,  # noqa: E402
-                                              Candidate, SignalChoice, choose_signal, eligible, finalists,
-                                              incumbent)
+from kronos_qlib.evaluation.selection import (CRITERION, ELIGIBILITY, MARGIN_SE, Candidate,  # noqa: E402
+                                              SignalChoice, choose_signal, eligible, incumbent)
+from kronos_qlib.errors import KronosInputError  # noqa: E402
 from kronos_qlib.files import atomic_write_text  # noqa: E402
 from kronos_qlib.signals import SIGNALS, check_signal, price_limits, score_day, smooth_scores  # noqa: E402
 
@@ -55,6 +56,8 @@ PATH_COUNTS = (5, 10, 20, 40)
 HALFLIVES = (None, 3.0, 10.0)
 #: trading days a valid label reaches past its day (close t + 1 to close t + 2)
 LABEL_DAYS = 2
+#: rows of the valid table shown in RESULTS.md (all are in <work>/signals/valid.csv)
+SHOWN = 15
 
 
 def candidates(pred_len: int, max_paths: int) -> list[Candidate]:
@@ -64,7 +67,7 @@ def candidates(pred_len: int, max_paths: int) -> list[Candidate]:
         end = pred_len if end is None else end
         try:
             check_signal(name, pred_len, paths, start, end)
-        except Exception:  # noqa: BLE001: the grid skips what the signal refuses
+        except KronosInputError:  # the grid skips what the signal refuses
             continue
         if paths <= max_paths:
             out.append(Candidate(name, start, end, paths, halflife))
@@ -93,14 +96,13 @@ def daily_scores(model, dataset, segment, grid: list[Candidate]) -> tuple[dict[s
     return ({c.name: smooth_scores(joined[c.signal, c.start, c.end, c.paths], c.halflife) for c in grid}, counts)
 
 
-def valid_row(score: pd.Series, label: pd.Series, k: int, round_trip: float) -> dict[str, float]:
+def valid_row(score: pd.Series, label: pd.Series, k: int) -> dict[str, float]:
     metrics = signal_metrics(score, label)
     top = topk_excess(score, label, k)
-    net = top["excess"] - top["turnover"] * round_trip
     return {**{name: metrics[name] for name in ("IC", "IC t", "RankIC", "RankIC t", "top quintile spread (daily)",
                                                 "top quintile t", "long-short spread (daily)", "long-short t")},
-            "top-k excess (daily)": float(top["excess"].mean()), "top-k turnover": float(top["turnover"].mean()),
-            PROXY: float(net.mean()), "top-k net t": mean_t(net)["t"]}
+            "top-k excess (daily)": float(top["excess"].mean()), "top-k t": mean_t(top["excess"])["t"],
+            "top-k turnover": float(top["turnover"].mean())}
 
 
 def backtest(score: pd.Series, config: dict, start: str, end: str) -> pd.DataFrame:
@@ -116,6 +118,24 @@ def backtest(score: pd.Series, config: dict, start: str, end: str) -> pd.DataFra
     report, _ = backtest_daily(start, end, strategy, account=bt["account"], benchmark=bt["benchmark"],
                                exchange_kwargs=bt["exchange_kwargs"])
     return report
+
+
+def backtests(scores: dict[str, pd.Series], names: list[str], config: dict, start: str, end: str,
+              folder: Path) -> dict[str, pd.DataFrame]:
+    """Each named candidate's backtest report, kept in ``folder`` (one CSV each, written whole) so that a killed
+    run backtests only what is missing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    reports = {}
+    for name in tqdm(list(dict.fromkeys(names)), desc="valid backtests"):
+        path = folder / f"{name.replace(' ', '_')}.csv"
+        if path.exists():
+            reports[name] = pd.read_csv(path, index_col=0, parse_dates=True)
+            continue
+        reports[name] = backtest(scores[name], config, start, end)
+        atomic_write_text(path, reports[name].to_csv())
+        print(f"backtest {name}: {reports[name].eval('return - bench - cost').mean() * 1e4:.2f} bp/day with cost",
+              flush=True)
+    return reports
 
 
 def book(report: pd.DataFrame) -> dict[str, float]:
@@ -150,31 +170,23 @@ def choose(args) -> None:
     label = dataset.prepare("valid", col_set="label").iloc[:, 0]
     days = label.index.get_level_values("datetime").unique().sort_values()
     label = label[label.index.get_level_values("datetime") <= days[-1 - LABEL_DAYS]]  # labels inside valid only
-    costs = config["port_analysis_config"]["backtest"]["exchange_kwargs"]
-    round_trip = costs["open_cost"] + costs["close_cost"]
     topk = config["port_analysis_config"]["strategy"]["kwargs"]["topk"]
-    rows = {}
-    for c in grid:
-        rows[c.name] = {"segment": "valid", **dataclasses.asdict(c), **valid_row(scores[c.name], label, topk,
-                                                                                round_trip)}
+    rows = {c.name: {"segment": "valid", **dataclasses.asdict(c), **valid_row(scores[c.name], label, topk)}
+            for c in grid}
     table = pd.DataFrame.from_dict(rows, orient="index")
     base = incumbent(spec.pred_len, sampling.sample_count).name
-    chosen_for_backtest = [*finalists(table), base]
     last = str(days[-1 - LABEL_DAYS].date())
-    excess, books = {}, {}
-    for name in dict.fromkeys(chosen_for_backtest):
-        report = backtest(scores[name], config, str(start.date()), last)
-        books[name] = book(report)
-        excess[name] = report["return"] - report["bench"] - report["cost"]
-        print(f"backtest {name}: {books[name][CRITERION] * 1e4:.2f} bp/day with cost", flush=True)
-    table = table.join(pd.DataFrame.from_dict(books, orient="index"))
+    reports = backtests(scores, [base, *table.index[eligible(table)]], config, str(start.date()), last,
+                        out / "backtests")
+    excess = {name: r["return"] - r["bench"] - r["cost"] for name, r in reports.items()}
+    table = table.join(pd.DataFrame.from_dict({name: book(r) for name, r in reports.items()}, orient="index"))
     choice = choose_signal(table, excess, base)
     atomic_write_text(out / "valid.csv", table.to_csv())
     record = {"choice": choice.to_dict(), "candidate": dataclasses.asdict(_candidate(grid, choice.chosen)),
               "incumbent": base, "incumbent_candidate": dataclasses.asdict(_candidate(grid, base)),
               "sampling": dataclasses.asdict(sampling) | {"sample_count": args.max_paths},
-              "valid": [str(start.date()), last], "paths": counts, "sampled": sampled, "sample_seconds": sample_s,
-              "path_costs": path_costs(model, dataset, start), "machine": machine()}
+              "valid": [str(days[0].date()), last], "paths": counts, "sampled": sampled, "sample_seconds": sample_s,
+              "path_costs": path_costs(model, dataset, days[0]), "machine": machine()}
     atomic_write_text(out / "choice.json", json.dumps(record, indent=1, default=str))
     update_section("signal-choice", choice_report(table, choice, record, args))
 
@@ -186,6 +198,7 @@ def path_costs(model, dataset, day: pd.Timestamp) -> dict[str, float]:
     for m in PATH_COUNTS:
         fresh = copy.copy(model)
         fresh.cache_dir, fresh.sampling = None, dataclasses.replace(model.sampling, sample_count=m)
+        fresh.predict(dataset, slice(day, day))  # warm-up: data loading, first-call allocations
         began = time.perf_counter()
         n = len(fresh.predict(dataset, slice(day, day)))
         costs[str(m)] = 1000 * (time.perf_counter() - began) / n
@@ -200,7 +213,10 @@ def report_only(args) -> None:
     record = json.loads((out / "choice.json").read_text())
     if "path_costs" not in record:
         model, dataset, _ = fit_workflow_model(work, args.provider)
-        record["path_costs"] = path_costs(model, dataset, pd.Timestamp(record["valid"][0]))
+        from qlib.data import D
+
+        first = pd.Timestamp(D.calendar(start_time=record["valid"][0], end_time=record["valid"][1])[0])
+        record["path_costs"] = path_costs(model, dataset, first)
         atomic_write_text(out / "choice.json", json.dumps(record, indent=1, default=str))
     choice = SignalChoice(**{k: v for k, v in record["choice"].items() if k not in ("margin_se", "nw_lag")})
     update_section("signal-choice", choice_report(table, choice, record, args))
@@ -211,8 +227,10 @@ def _candidate(grid: list[Candidate], name: str) -> Candidate:
 
 
 def choice_report(table: pd.DataFrame, choice: SignalChoice, record: dict, args) -> str:
-    shown = table[eligible(table)].sort_values(PROXY, ascending=False).head(FINALISTS)
-    shown = pd.concat([shown, table.loc[[record["incumbent"]]]]).drop_duplicates()
+    """The section: what ran, the rule, the best backtested candidates (and the incumbent), the outcome."""
+    shown = table[eligible(table)].sort_values(CRITERION, ascending=False).head(SHOWN)
+    shown = pd.concat([shown, table.loc[[record["incumbent"]]]])
+    shown = shown[~shown.index.duplicated()]
     sampling, pred_len = record["sampling"], int(table["end"].max())
     windows = ", ".join(f"{start}..{pred_len if end is None else end}" for start, end in WINDOWS)
     halflives = ", ".join("none" if h is None else f"{h:g}" for h in HALFLIVES)
@@ -222,18 +240,21 @@ def choice_report(table: pd.DataFrame, choice: SignalChoice, record: dict, args)
         f"sampled with T={sampling['T']:g}, top_p={sampling['top_p']:g} on every valid day {record['valid'][0]}.."
         f"{record['valid'][1]} (the last {LABEL_DAYS} valid days are left out: their label lies in test). "
         f"{len(table)} candidates: each signal x window (steps {windows}) x the first m of the paths "
-        f"(m = {', '.join(map(str, sorted(set(table['paths']))))}) x half-life (trading days: {halflives}). Rule (kronos_qlib/evaluation/selection.py, fixed before the run): eligible "
-        f"when valid {', '.join(ELIGIBILITY)} are all > 0; the {FINALISTS} eligible with the best proxy (daily "
-        f"top-50 label over the universe mean, minus top-50 turnover x round-trip cost) and the incumbent "
-        f"`{record['incumbent']}` go through Qlib's TopkDropout backtest of valid with the workflow's costs; the best "
-        f"finalist by mean daily excess with cost replaces the incumbent only if their paired daily difference has "
-        f"a Newey-West t (lag {NW_LAG}) above {MARGIN_SE:g}. Test was not read. Of {record['paths']['paths']} "
-        f"sampled paths, "
-        f"{record['paths']['clipped']} had a daily move clipped at the price limit and {record['paths']['floored']} "
-        f"a close floored. Machine: {record['machine']}.", "",
-        "| candidate | IC (t) | RankIC (t) | top quintile bp/day (t) | top-50 bp/day | top-50 turnover "
-        "| proxy net bp/day | backtest excess with cost bp/day (t) | no cost bp/day | IR with cost | turnover |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"(m = {', '.join(map(str, sorted(set(table['paths']))))}) x half-life (trading days: {halflives}). "
+        f"Rule (kronos_qlib/evaluation/selection.py, fixed before the run): a challenger is eligible when its valid "
+        f"{', '.join(ELIGIBILITY)} are all > 0; every eligible challenger and the incumbent `{record['incumbent']}` "
+        f"go through Qlib's TopkDropout backtest of valid with the workflow's strategy and costs; the challenger with "
+        f"the best mean daily excess with cost replaces the incumbent only if their paired daily difference has a "
+        f"Newey-West t (lag {NW_LAG}) above {MARGIN_SE:g} (lenient: it is the best of many). Test was not read. "
+        f"Of {record['paths']['paths']} sampled paths, {record['paths']['clipped']} had a daily move beyond the "
+        f"price limit somewhere in their {pred_len} steps (clipped) and {record['paths']['floored']} a close at the "
+        f"floor. Machine: {record['machine']}.", "",
+        f"The {SHOWN} eligible candidates with the best valid book, and the incumbent (top-50: the daily top 50 over "
+        f"the universe mean and its turnover, a book rebuilt daily, before cost; the backtest's TopkDropout 50/5 "
+        f"replaces at most 5 names a day):", "",
+        "| candidate | IC (t) | RankIC (t) | top quintile bp/day (t) | top-50 bp/day (t) | top-50 turnover "
+        "| backtest excess with cost bp/day (t) | no cost bp/day | IR with cost | turnover |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in shown.iterrows():
         mark = " **(chosen)**" if name == choice.chosen else (" (incumbent)" if name == record["incumbent"] else "")
@@ -243,7 +264,7 @@ def choice_report(table: pd.DataFrame, choice: SignalChoice, record: dict, args)
         lines.append(f"| {name}{mark} | {row['IC']:.4f} ({row['IC t']:.2f}) | {row['RankIC']:.4f} "
                      f"({row['RankIC t']:.2f}) | {1e4 * row['top quintile spread (daily)']:.2f} "
                      f"({row['top quintile t']:.2f}) | {1e4 * row['top-k excess (daily)']:.2f} "
-                     f"| {100 * row['top-k turnover']:.0f}% | {1e4 * row[PROXY]:.2f} | {bt} |")
+                     f"({row['top-k t']:.2f}) | {100 * row['top-k turnover']:.0f}% | {bt} |")
     costs = record["path_costs"]
     lines += ["", "What the paths cost (seconds to sample 1000 forecasts, one valid day's members, this machine): "
               + ", ".join(f"{m} paths {seconds:.1f} s" for m, seconds in costs.items()) + "."]
@@ -309,8 +330,10 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="with choose: rewrite the RESULTS.md section "
                         "from the recorded valid table and choice")
     args = parser.parse_args()
+    if args.report_only and args.phase != "choose":
+        parser.error("--report-only rewrites the choice's section: use it with choose")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.report_only:
+    if args.report_only and args.phase == "choose":
         report_only(args)
     else:
         choose(args) if args.phase == "choose" else test(args)

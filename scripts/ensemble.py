@@ -1,7 +1,7 @@
 """Combine two recorded runs (Kronos and LightGBM) into one signal and backtest it.
 
 The signal is w * g(Kronos) + (1 - w) * g(LightGBM), g the daily rank-gauss score, on every row LightGBM scores
-(LightGBM's score alone where Kronos has none), applied to the recorded test signals and recorded in a new run of
+(Kronos's part neutral, 0, where it has no score), applied to the recorded test signals and recorded in a new run of
 --experiment with Qlib's SigAnaRecord and PortAnaRecord (the backtest settings of the LightGBM workflow).
 
 The weight is the equal blend w = 0.5, declared in advance, unless --weight says otherwise. A weight chosen by

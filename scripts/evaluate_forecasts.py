@@ -1,5 +1,5 @@
 """Score cached Kronos forecast paths against what happened: band coverage, PIT, CRPS, median-path error and
-hit rate by step, beside random-walk and zero-return baselines (see kronos_qlib/forecast_quality.py).
+hit rate by step, beside random-walk and zero-return baselines (see kronos_qlib/evaluation/forecast_scores.py).
 
     python scripts/evaluate_forecasts.py --cache ~/.cache/kronos_qlib/forecasts/<digest>
     python scripts/evaluate_forecasts.py --run kronos_csi300 --start 2020-01-01 --end 2020-12-31
@@ -16,8 +16,9 @@ from pathlib import Path
 from kronos_qlib.data import init_qlib, membership
 from kronos_qlib.errors import ConfigError, KronosInputError
 from kronos_qlib.evaluation import init_recorder_store
-from kronos_qlib.forecast_quality import (ForecastSet, evaluate, format_report, load_closes, read_forecast_cache,
-                                          write_report)
+from kronos_qlib.evaluation.forecast_reports import format_report, write_report
+from kronos_qlib.evaluation.forecast_scores import evaluate
+from kronos_qlib.evaluation.forecasts import ForecastSet, load_closes, read_forecast_cache
 
 
 def forecast_folder_of_run(experiment: str, recorder_id: str | None) -> Path:

@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from kronos_qlib.calibration_grid import METRICS, best_setting, scoring_days
+from kronos_qlib.evaluation.selection import METRICS, best_setting, scoring_days
 from kronos_qlib.errors import ConfigError, KronosInputError
 from kronos_qlib.qrun import smoke_env
 

@@ -59,8 +59,8 @@ def test_a_non_finite_kronos_score_is_dropped_counted_and_logged_without_zeroing
     assert out.index.equals(INDEX) and np.allclose(out, missing)
     day = out.loc[DAYS[3]]
     assert not np.allclose(day, rank_gauss(lgb).loc[DAYS[3]])
-    # ... and the dropped stock keeps LightGBM's score
-    assert out.loc[(DAYS[3], STOCKS[7])] == rank_gauss(lgb).loc[(DAYS[3], STOCKS[7])]
+    # ... and the dropped stock keeps LightGBM's part, its Kronos part neutral
+    assert out.loc[(DAYS[3], STOCKS[7])] == 0.5 * rank_gauss(lgb).loc[(DAYS[3], STOCKS[7])]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="kronos_qlib.integration.ensemble"):
         assert combine(kronos, lgb).non_finite == {"kronos": 0, "lgb": 0}
@@ -74,7 +74,7 @@ def test_combine_is_the_weighted_rank_gauss_on_lightgbm_rows():
     out = combine(kronos, b).score(0.25)
     assert out.index.equals(INDEX), "LightGBM's rows, all of them, and no other"
     assert np.allclose(out.iloc[40:], 0.25 * rank_gauss(a.iloc[40:]) + 0.75 * rank_gauss(b.iloc[40:]))
-    assert np.array_equal(out.iloc[:40], rank_gauss(b).iloc[:40]), "LightGBM-only rows keep LightGBM's score"
+    assert np.array_equal(out.iloc[:40], 0.75 * rank_gauss(b).iloc[:40]), "LightGBM-only rows: Kronos's part 0"
     assert np.allclose(combine(a, b).score(1.0), rank_gauss(a))
     with pytest.raises(ConfigError, match=r"weight of Kronos must lie in \[0, 1\], got 1.5"):
         combine(a, b).score(1.5)

@@ -13,8 +13,10 @@ import pytest
 
 from kronos_qlib.data import init_qlib, load_bars
 from kronos_qlib.errors import KronosInputError
-from kronos_qlib.forecast_quality import (ForecastSet, band_coverage, band_order_statistics, calibrated_coverage,
-                                          evaluate, fair_crps, past_log_returns, pit_ranks, random_walk_paths)
+from kronos_qlib.evaluation.baselines import past_log_returns, random_walk_paths
+from kronos_qlib.evaluation.forecast_scores import (band_coverage, band_order_statistics, calibrated_coverage,
+                                                    evaluate, fair_crps, pit_ranks)
+from kronos_qlib.evaluation.forecasts import ForecastSet
 
 from conftest import CN_DATA, REPO
 

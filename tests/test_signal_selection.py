@@ -4,23 +4,21 @@ import pandas as pd
 import pytest
 
 from kronos_qlib.errors import KronosInputError
-from kronos_qlib.evaluation.selection import (CRITERION, PROXY, Candidate, choose_signal, eligible, finalists,
-                                              incumbent)
+from kronos_qlib.evaluation.selection import CRITERION, Candidate, choose_signal, eligible, incumbent
 
 DAYS = pd.bdate_range("2018-01-02", periods=480)
 BASE = incumbent(10, 5).name
 
 
 def table(**overrides) -> pd.DataFrame:
-    """Three candidates: the incumbent, a good challenger and one whose RankIC is negative."""
+    """Three candidates: the incumbent (whose IC is negative), a good challenger and one whose RankIC is negative."""
     rows = {
-        BASE: dict(IC=0.01, RankIC=0.02, spread=0.0002, proxy=0.0001),
-        "prob_up 1..10 m20 h3": dict(IC=0.02, RankIC=0.03, spread=0.0004, proxy=0.0003),
-        "low_forecast_risk 1..10 m5 h-": dict(IC=0.03, RankIC=-0.01, spread=0.0005, proxy=0.0009),
+        BASE: dict(IC=-0.001, RankIC=0.02, spread=0.0002),
+        "prob_up 1..10 m20 h3": dict(IC=0.02, RankIC=0.03, spread=0.0004),
+        "low_forecast_risk 1..10 m5 h-": dict(IC=0.03, RankIC=-0.01, spread=0.0005),
     }
     frame = pd.DataFrame({name: {"segment": "valid", "IC": r["IC"], "RankIC": r["RankIC"],
-                                 "top quintile spread (daily)": r["spread"], PROXY: r["proxy"]}
-                          for name, r in rows.items()}).T
+                                 "top quintile spread (daily)": r["spread"]} for name, r in rows.items()}).T
     for column, value in overrides.items():
         frame[column] = value
     return frame.astype({c: float for c in frame.columns if c != "segment"})
@@ -33,9 +31,13 @@ def excess(gap: float, noise: float = 0.002, seed: int = 0) -> dict[str, pd.Seri
             "prob_up 1..10 m20 h3": pd.Series(common + gap + rng.normal(0, 0.001, len(DAYS)), index=DAYS)}
 
 
-def test_a_candidate_needs_positive_ic_rank_ic_and_top_spread():
-    assert eligible(table()).tolist() == [True, True, False]
-    assert finalists(table()) == ["prob_up 1..10 m20 h3", BASE], "ranked by the proxy, the ineligible left out"
+def test_a_challenger_needs_positive_ic_rank_ic_and_top_spread_and_a_backtest():
+    assert eligible(table()).tolist() == [False, True, False]
+    # the ineligible challenger's book earns most, and still cannot win
+    books = {**excess(gap=0.0005), "low_forecast_risk 1..10 m5 h-": excess(gap=0.01)[BASE] + 0.01}
+    assert choose_signal(table(), books, BASE).chosen == "prob_up 1..10 m20 h3"
+    with pytest.raises(KronosInputError, match="1 eligible challengers were not backtested"):
+        choose_signal(table(), {BASE: excess(0.0005)[BASE]}, BASE)
 
 
 def test_the_incumbent_stays_unless_beaten_by_two_standard_errors():
@@ -47,10 +49,11 @@ def test_the_incumbent_stays_unless_beaten_by_two_standard_errors():
     assert worse.chosen == BASE
 
 
-def test_no_eligible_challenger_keeps_the_incumbent():
+def test_no_eligible_challenger_keeps_the_incumbent_even_an_ineligible_one():
     frame = table()
     frame.loc["prob_up 1..10 m20 h3", "IC"] = -0.01
-    assert choose_signal(frame, excess(gap=0.01), BASE).chosen == BASE
+    choice = choose_signal(frame, excess(gap=0.01), BASE)
+    assert choice.chosen == BASE and choice.challenger is None
 
 
 def test_the_rule_refuses_test_rows_and_an_unbacktested_incumbent():
@@ -58,7 +61,7 @@ def test_the_rule_refuses_test_rows_and_an_unbacktested_incumbent():
     frame.loc["prob_up 1..10 m20 h3", "segment"] = "test"
     with pytest.raises(KronosInputError, match=r"segment\(s\) \['test'\]: the signal is chosen on 'valid' alone"):
         choose_signal(frame, excess(gap=0.0005), BASE)
-    with pytest.raises(KronosInputError, match="was not backtested"):
+    with pytest.raises(KronosInputError, match="the incumbent '.*' was not backtested"):
         choose_signal(table(), {"prob_up 1..10 m20 h3": excess(0.0005)["prob_up 1..10 m20 h3"]}, BASE)
 
 

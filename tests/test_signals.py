@@ -164,10 +164,12 @@ def test_price_limits_by_board_and_setting():
     from kronos_qlib.errors import ConfigError
     from kronos_qlib.signals import price_limits
 
-    np.testing.assert_allclose(price_limits(["SH600000", "SZ000001", "SZ300750", "SH688981", "sz301001"], "cn"),
-                               [0.1, 0.1, 0.2, 0.2, 0.2])
+    np.testing.assert_allclose(price_limits(["SH600000", "SZ000001", "SZ300750", "SH688981", "sz301001", "SH689009",
+                                             "BJ430047"], "cn"), [0.1, 0.1, 0.2, 0.2, 0.2, 0.2, 0.3])
     np.testing.assert_allclose(price_limits(["AAPL", "MSFT"], 0.15), [0.15, 0.15])
     assert price_limits(["AAPL"], None) is None
+    with pytest.raises(ConfigError, match="instrument 'AAPL' is not an SH/SZ/BJ code"):
+        price_limits(["SH600000", "AAPL"], "cn")
     for bad in (0.0, 1.5, "us", True):
         with pytest.raises(ConfigError, match="price_limit must be"):
             price_limits(["AAPL"], bad)

@@ -80,9 +80,11 @@ def partial_ic(score: pd.Series, control: pd.Series, label: pd.Series, lag: int 
 def topk_excess(score: pd.Series, label: pd.Series, k: int = 50) -> pd.DataFrame:
     """Per day: the mean label of the ``k`` highest scores minus the mean label of every scored stock (what an
     equal-weight top-k book earns over the universe before costs) and the share of the top k not in the previous
-    day's top k (its turnover; 1 on the first day)."""
+    day's top k (its turnover; 1 on the first day). Ties at the k-th place are broken at random (fixed seed)."""
     frame = _joined(score, label)
-    top = frame.groupby(level="datetime")["score"].rank(method="first", ascending=False) <= k
+    frame = frame.sample(frac=1.0, random_state=TIE_SEED)  # ties at the k-th place: at random, not in code order
+    top = (frame.groupby(level="datetime")["score"].rank(method="first", ascending=False) <= k).sort_index()
+    frame = frame.sort_index()
     day_mean = frame["label"].groupby(level="datetime").mean()
     excess = frame["label"][top].groupby(level="datetime").mean() - day_mean
     held = top.unstack("instrument", fill_value=False).astype(bool)

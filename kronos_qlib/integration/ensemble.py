@@ -7,8 +7,9 @@ let one outlier move the rest of the day: a single inf made a day's std NaN, and
 to zero. Non-finite scores (NaN, +-inf) are dropped before ranking, counted, and logged once per ``combine``.
 
 LightGBM's universe is the reference: every (datetime, instrument) row it scores gets a combined score; where
-Kronos has none (fewer than ``lookback`` traded bars, suspended on the day, a non-finite value dropped) it is
-LightGBM's rank-gauss score alone, so w = 0 reproduces LightGBM's ranking on every day. Rows Kronos scores but
+Kronos has none (fewer than ``lookback`` traded bars, suspended on the day, a non-finite value dropped) Kronos's
+part is neutral (0, the middle of a rank-gauss day), so those stocks keep LightGBM's part on the same scale as the
+others and w = 0 reproduces LightGBM's ranking on every day. Rows Kronos scores but
 LightGBM does not are left out.
 
 Why the weight is declared, not chosen: LightGBM early-stops on the valid segment and Kronos picks its checkpoint
@@ -68,11 +69,10 @@ class Combination:
     non_finite: dict[str, int]
 
     def score(self, weight: float) -> pd.Series:
-        """w * g(Kronos) + (1 - w) * g(LightGBM); g(LightGBM) alone where Kronos has no score."""
+        """w * g(Kronos) + (1 - w) * g(LightGBM), with g(Kronos) = 0 (neutral) where Kronos has no score."""
         if not 0.0 <= weight <= 1.0:
             raise ConfigError(f"the ensemble weight of Kronos must lie in [0, 1], got {weight}")
-        blend = weight * self.kronos + (1.0 - weight) * self.lgb
-        return blend.fillna(self.lgb).rename("score")
+        return (weight * self.kronos.fillna(0.0) + (1.0 - weight) * self.lgb).rename("score")
 
 
 def _finite(score: pd.Series, name: str) -> tuple[pd.Series, int, str]:

@@ -43,8 +43,8 @@ class PathWindow:
     start: int
     end: int
     history: np.ndarray | None  # (n_series, n_bars) observed closes up to the last one, or None
-    floored: int = 0  # paths with a close below CLOSE_FLOOR x the last close
-    clipped: int = 0  # paths with a daily move beyond the price limit
+    floored: int = 0  # paths with a close below CLOSE_FLOOR x the last close at some step of the forecast
+    clipped: int = 0  # paths with a daily move beyond the price limit at some step of the forecast
 
     @property
     def returns(self) -> np.ndarray:
@@ -218,9 +218,10 @@ def score_day(name: str, paths: np.ndarray, last_close: np.ndarray, start: int =
 
 
 def winsorize(values: np.ndarray, quantile: float = 0.01) -> np.ndarray:
-    """One day's cross-section clipped to its [quantile, 1 - quantile] range, so that no outlier dominates a
-    z-score or a mean; ranks inside the range are kept."""
-    if len(values) < 3:
+    """One day's cross-section with its floor(quantile x n) lowest and highest values set to the next value
+    inside, so that no outlier dominates a z-score or a mean; the order of the rest is kept."""
+    k = int(np.floor(quantile * len(values)))
+    if k == 0:
         return values
-    low, high = np.quantile(values, [quantile, 1.0 - quantile], method="inverted_cdf")  # values that occur
-    return np.clip(values, low, high)
+    ordered = np.sort(values)
+    return np.clip(values, ordered[k], ordered[-1 - k])
