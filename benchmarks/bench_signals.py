@@ -133,8 +133,7 @@ def backtests(scores: dict[str, pd.Series], names: list[str], config: dict, star
             continue
         reports[name] = backtest(scores[name], config, start, end)
         atomic_write_text(path, reports[name].to_csv())
-        print(f"backtest {name}: {reports[name].eval('return - bench - cost').mean() * 1e4:.2f} bp/day with cost",
-              flush=True)
+        print(f"backtest {name}: {book(reports[name])[CRITERION] * 1e4:.2f} bp/day with cost", flush=True)
     return reports
 
 
