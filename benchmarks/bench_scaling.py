@@ -12,9 +12,10 @@ random walk with the stock's own volatility, 50% / 90% band coverage beside a ca
 RankIC and top-50 excess of the incumbent signal (expected_return over steps 1..pred_len).
 
 Points run one at a time in the order of POINTS (two torch jobs on 2 cores slow each other several-fold); a
-finished point (result.json) is not run again, and a killed one resumes its training from last.pt, so the study
-continues across sessions. The RESULTS.md section "scaling" and benchmarks/scaling.png are rewritten from every
-finished point after each one.
+finished point (kept in the committed benchmarks/scaling.json, so a later session on a fresh machine has it too) is
+not run again, and a killed one resumes its training from last.pt in --work, so the study continues across
+sessions. The RESULTS.md section "scaling" and benchmarks/scaling.png are rewritten from every finished point
+after each one.
 
     python benchmarks/bench_scaling.py [--work outputs/scaling] [--points cpu-98k cpu-393k ...]
     python benchmarks/bench_scaling.py --report-only        # rewrite the section from finished points
@@ -44,6 +45,8 @@ from kronos_qlib.evaluation import mean_t, signal_metrics, topk_excess  # noqa: 
 from kronos_qlib.files import atomic_write_text  # noqa: E402
 
 SEED = 42
+#: every finished point's figures, committed: the study's memory across sessions and machines
+RECORDS = HERE / "scaling.json"
 #: the CPU preset's predictor, and a wider and deeper one
 SIZES = {"cpu": dict(n_layers=3, d_model=128, n_heads=4, ff_dim=256),
          "wide": dict(n_layers=4, d_model=192, n_heads=6, ff_dim=384)}
@@ -116,9 +119,9 @@ def forecast_figures(model, dataset, every_k_days: int, paths: int) -> dict:
 
 def run_point(name: str, work: Path, provider: str, every_k_days: int, paths: int) -> dict:
     folder = work / "points" / name
-    result_path = folder / "result.json"
-    if result_path.exists():
-        return json.loads(result_path.read_text())
+    records = read_records()
+    if name in records:
+        return records[name]
     folder.mkdir(parents=True, exist_ok=True)
     share_tokenizer(work / "points" / next(iter(POINTS)), folder)
     print(f"{name}: training in {folder}", flush=True)
@@ -129,8 +132,12 @@ def run_point(name: str, work: Path, provider: str, every_k_days: int, paths: in
               "windows_seen": epochs * windows, "parameters": params, **training_figures(folder)}
     print(f"{name}: valid loss {result['valid_loss']:.4f}; forecasting valid", flush=True)
     result.update(forecast_figures(model, dataset, every_k_days, paths), machine=machine())
-    atomic_write_text(result_path, json.dumps(result, indent=1))
+    atomic_write_text(RECORDS, json.dumps({**read_records(), name: result}, indent=1, sort_keys=True))
     return result
+
+
+def read_records() -> dict[str, dict]:
+    return json.loads(RECORDS.read_text()) if RECORDS.exists() else {}
 
 
 def report(results: list[dict], plot_path: Path, every_k_days: int) -> str:
@@ -203,13 +210,13 @@ def main() -> None:
     work, plot_path = Path(args.work).resolve(), HERE / "scaling.png"
     for name in ([] if args.report_only else args.points):
         run_point(name, work, args.provider, args.every_k_days, args.paths)
-        write(work, plot_path, args.every_k_days)
-    write(work, plot_path, args.every_k_days)
+        write(plot_path, args.every_k_days)
+    write(plot_path, args.every_k_days)
 
 
-def write(work: Path, plot_path: Path, every_k_days: int) -> None:
-    results = [json.loads(p.read_text()) for name in POINTS
-               if (p := work / "points" / name / "result.json").exists()]
+def write(plot_path: Path, every_k_days: int) -> None:
+    records = read_records()
+    results = [records[name] for name in POINTS if name in records]
     if results:
         plot(results, plot_path)
         update_section("scaling", report(results, plot_path, every_k_days))
