@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_calibration import score_point  # noqa: E402
+from bench_signals import daily_scores  # noqa: E402
 from fitted_model import fit_workflow_model  # noqa: E402
 from results import machine, update_section  # noqa: E402
 
@@ -88,8 +89,7 @@ def forecast_figures(model, dataset, every_k_days: int, paths: int) -> dict:
     """Fair CRPS, coverage and the incumbent signal's valid figures on every k-th valid day."""
     from qlib.data import D
 
-    from kronos_qlib.evaluation.selection import scoring_days
-    from kronos_qlib.signals import price_limits, score_day
+    from kronos_qlib.evaluation.selection import incumbent, scoring_days
 
     model.sampling = dataclasses.replace(model.sampling, sample_count=paths)
     start, end = (pd.Timestamp(d) for d in dataset.segments["valid"])
@@ -98,13 +98,9 @@ def forecast_figures(model, dataset, every_k_days: int, paths: int) -> dict:
     quality = score_point(model, dataset, days, every_k_days, dataset.handler.market, end, window=60, min_history=20)
     sample_s = time.perf_counter() - began
     pooled = quality.summary()
-    scores = []
-    for day in model.day_forecasts(dataset, slice(days[0], days[-1]), shard=(0, every_k_days)):
-        values, _ = score_day("expected_return", day.paths, day.last_close, 1, model.forecast.pred_len,
-                              limit=price_limits(day.instruments, model.price_limit))
-        scores.append(pd.Series(values, index=pd.MultiIndex.from_product([[day.day], day.instruments],
-                                                                         names=["datetime", "instrument"])))
-    score = pd.concat(scores)
+    signal = incumbent(model.forecast.pred_len, paths)
+    scores, _ = daily_scores(model, dataset, slice(days[0], days[-1]), [signal], shard=(0, every_k_days))
+    score = scores[signal.name]
     label = dataset.prepare("valid", col_set="label").iloc[:, 0]
     metrics = signal_metrics(score, label)
     top = mean_t(topk_excess(score, label, 50)["excess"])

@@ -74,13 +74,15 @@ def candidates(pred_len: int, max_paths: int) -> list[Candidate]:
     return out
 
 
-def daily_scores(model, dataset, segment, grid: list[Candidate]) -> tuple[dict[str, pd.Series], dict[str, int]]:
-    """Each candidate's scores on every day of ``segment`` (computed as KronosModel.predict computes them, from
-    the first m cached paths), and the paths the price limit clipped / the floor changed at the largest m."""
+def daily_scores(model, dataset, segment, grid: list[Candidate], shard: tuple[int, int] = (0, 1)
+                 ) -> tuple[dict[str, pd.Series], dict[str, int]]:
+    """Each candidate's scores on every day of ``segment`` (every ``shard[1]``-th from the ``shard[0]``-th),
+    computed as KronosModel.predict computes them, from the first m cached paths; and the paths the price limit
+    clipped / the floor changed at the largest m."""
     raw = {key: [] for key in {(c.signal, c.start, c.end, c.paths) for c in grid}}
     counts = {"paths": 0, "clipped": 0, "floored": 0}
     top = max(c.paths for c in grid)
-    for day in model.day_forecasts(dataset, segment):
+    for day in model.day_forecasts(dataset, segment, shard):
         limit = price_limits(day.instruments, model.price_limit)
         index = pd.MultiIndex.from_product([[day.day], day.instruments], names=["datetime", "instrument"])
         counted = False
@@ -137,11 +139,16 @@ def backtests(scores: dict[str, pd.Series], names: list[str], config: dict, star
     return reports
 
 
+def excess_with_cost(report: pd.DataFrame) -> pd.Series:
+    """A backtest report's daily portfolio return over the benchmark, net of trading cost."""
+    return report["return"] - report["bench"] - report["cost"]
+
+
 def book(report: pd.DataFrame) -> dict[str, float]:
     """What the backtested book earned: daily excess with and without cost, turnover, annualized figures."""
     from qlib.contrib.evaluate import risk_analysis
 
-    with_cost = report["return"] - report["bench"] - report["cost"]
+    with_cost = excess_with_cost(report)
     risk = risk_analysis(with_cost, freq="day")["risk"]
     stats = mean_t(with_cost)
     return {CRITERION: stats["mean"], "excess with cost t": stats["t"],
@@ -177,7 +184,7 @@ def choose(args) -> None:
     last = str(days[-1 - LABEL_DAYS].date())
     reports = backtests(scores, [base, *table.index[eligible(table)]], config, str(start.date()), last,
                         out / "backtests")
-    excess = {name: r["return"] - r["bench"] - r["cost"] for name, r in reports.items()}
+    excess = {name: excess_with_cost(r) for name, r in reports.items()}
     table = table.join(pd.DataFrame.from_dict({name: book(r) for name, r in reports.items()}, orient="index"))
     choice = choose_signal(table, excess, base)
     atomic_write_text(out / "valid.csv", table.to_csv())
@@ -297,7 +304,7 @@ def test(args) -> None:
     rows, excess = {}, {}
     for name, score in scores.items():
         report = backtest(score, config, start, backtest_end)
-        excess[name] = report["return"] - report["bench"] - report["cost"]
+        excess[name] = excess_with_cost(report)
         rows[name] = {**signal_metrics(score, label), **book(report)}
     lines = ["## Signals on test (`benchmarks/bench_signals.py test`)", "",
              f"The choice recorded on valid (`{chosen.name}`; rule and valid table in the section above), scored on "

@@ -65,7 +65,6 @@ def incumbent(pred_len: int, paths: int) -> Candidate:
     return Candidate("expected_return", 1, pred_len, paths, None)
 
 
-
 def check_valid_table(table: pd.DataFrame, columns: tuple[str, ...], what: str, chosen: str) -> None:
     """``table`` has the ``columns`` (and ``segment``), some rows, and only rows of the valid segment: a choice
     made from it (``chosen``, e.g. "the signal") can never have read test."""
@@ -115,12 +114,10 @@ def choose_signal(table: pd.DataFrame, daily_excess: dict[str, pd.Series], incum
     if missing:
         raise KronosInputError(f"{len(missing)} eligible challengers were not backtested, e.g. '{missing[0]}': "
                                f"every one must be")
-    backtested = challengers
-    if not backtested:
+    if not challengers:
         return SignalChoice(incumbent_name, None, float("nan"), float("nan"),
                             "no eligible challenger: the incumbent stays")
-    means = {name: float(daily_excess[name].mean()) for name in backtested}
-    challenger = max(backtested, key=lambda name: (means[name], -backtested.index(name)))
+    challenger = max(challengers, key=lambda name: daily_excess[name].mean())  # ties: the first in the table
     paired = paired_difference(daily_excess[challenger], daily_excess[incumbent_name])
     if np.isfinite(paired["t"]) and paired["t"] > MARGIN_SE:
         reason = f"the challenger beats the incumbent by {paired['t']:.2f} > {MARGIN_SE:g} standard errors"
