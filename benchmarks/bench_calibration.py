@@ -50,10 +50,9 @@ def on_days(forecasts: ForecastSet, days: pd.DatetimeIndex) -> ForecastSet:
                        forecasts.last_close[keep], forecasts.key)
 
 
-def score_point(model, dataset, days: pd.DatetimeIndex, every_k_days: int, market: str, segment_end: pd.Timestamp,
-                window: int, min_history: int):
+def sample_days(model, dataset, days: pd.DatetimeIndex, every_k_days: int, market: str) -> ForecastSet:
     """Sample ``days`` (every k-th trading day from days[0], as :func:`scoring_days` picks them) into ``model``'s
-    forecast cache and score the cached paths of the market's members."""
+    forecast cache and read back the cached paths of the market's members on those days."""
     from kronos_qlib.data import membership
 
     model.fill_cache(dataset, slice(days[0], days[-1]), shard=(0, every_k_days))
@@ -62,7 +61,13 @@ def score_point(model, dataset, days: pd.DatetimeIndex, every_k_days: int, marke
     if len(missing):
         raise RuntimeError(f"no forecasts were sampled for {len(missing)} of the chosen days, e.g. "
                            f"{missing[0].date()}, in {model.forecast_folder}")
-    forecasts = forecasts.members_only(membership(market, days[0], days[-1]), market)
+    return forecasts.members_only(membership(market, days[0], days[-1]), market)
+
+
+def score_point(model, dataset, days: pd.DatetimeIndex, every_k_days: int, market: str, segment_end: pd.Timestamp,
+                window: int, min_history: int):
+    """The scores of the market members' paths on ``days`` (see :func:`sample_days`)."""
+    forecasts = sample_days(model, dataset, days, every_k_days, market)
     closes = load_closes(forecasts, window)
     if closes.index[-1] > segment_end:  # scoring_days keeps every horizon inside the segment
         raise RuntimeError(f"scoring would read closes up to {closes.index[-1].date()}, past the {SEGMENT} "

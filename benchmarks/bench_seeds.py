@@ -1,31 +1,40 @@
-"""Results over seeds, in Qlib's benchmark format: each workflow run with several seeds at full scale (CPU preset,
-default dates), every metric reported as mean +- std across seeds in benchmarks/RESULTS.md, with the wall times.
+"""Results over seeds, in Qlib's benchmark format: each workflow run with several seeds at full scale (CPU preset),
+every metric reported as mean +- std across seeds in benchmarks/RESULTS.md, with the wall times.
 
-Seed k runs, in its own folder --work/seed<k> (mlruns.db, runs/), with SEED=42+k (Kronos's training seed and
-LightGBM's) and SAMPLE_SEED=k (Kronos's sampling seed), so seed 0 is the shipped default:
+Seed k runs, in its own folder --work/seed<k> (mlruns.db, runs/), with SEED=42+k (Kronos's, LightGBM's and GRU's
+training seed) and SAMPLE_SEED=k (Kronos's sampling seed), so seed 0 is the shipped default:
 
 1. `qrun workflows/kronos_csi300.yaml`
 2. `qrun workflows/lightgbm_csi300.yaml`
-3. `python scripts/ensemble.py`: the two combined, the declared equal blend of their daily rank-gauss scores
-4. `qrun workflows/kronos_lightgbm_csi300.yaml`: LightGBM on Alpha158 plus Kronos factors (samples every day from
+3. `qrun workflows/gru_alpha360_csi300.yaml`: Qlib's GRU on Alpha360, the supervised model that reads the same raw
+   bars as Kronos, its epochs capped by GRU_EPOCHS (--gru-epochs) on a CPU
+4. `python scripts/ensemble.py`: Kronos and LightGBM combined, the declared equal blend of their daily rank-gauss
+   scores; `ensemble_valid`: the weight chosen on valid instead (in-sample); `ensemble_gru`: Kronos and GRU
+5. `qrun workflows/kronos_lightgbm_csi300.yaml`: LightGBM on Alpha158 plus Kronos factors (samples every day from
    2015 on: the longest step by far)
-5. the control of step 4: `TRAIN_START=<its FACTOR_TRAIN_START> qrun workflows/lightgbm_csi300.yaml`, LightGBM /
+6. the control of step 5: `TRAIN_START=<its FACTOR_TRAIN_START> qrun workflows/lightgbm_csi300.yaml`, LightGBM /
    Alpha158 alone on the training rows the factor workflow's LightGBM has, in the subfolder control/ (it records
    under the same experiment name as step 2)
 
 and then the metrics of the runs, Kronos's rank correlation with LightGBM and its partial IC given LightGBM's
 score. Every "A beats B" is a paired test: the daily difference of the two runs' RankIC and of their daily excess
 returns with cost, averaged over seeds day by day, with its Newey-West t (the seeds share one test period, whose
-sampling error dominates their spread); each run's daily IC, RankIC and excess return are kept per seed in
-benchmarks/seeds_daily.csv for that. --steps runs a subset (the same for every seed). A step that finished is not run again (its
-`<step>.json` holds its wall time), so a killed benchmark continues where it stopped; the forecast cache (--cache) is
-shared, as its files are keyed by model, sampling settings and seed. Each step's per-seed results go into
-benchmarks/seeds.json, merged with the steps measured by earlier invocations (e.g. the long factor step on another
-day), and the RESULTS.md section and benchmarks/seeds.png are written from all of them.
+sampling error dominates their spread); each run's daily IC, RankIC and excess return are kept per seed for that.
+--steps runs a subset (the same for every seed). A step that finished is not run again (its `<step>.json` holds its
+wall time), so a killed benchmark continues where it stopped; the forecast cache (--cache) is shared, as its files
+are keyed by model, sampling settings and seed. Each step's per-seed results are merged with the steps measured by
+earlier invocations (e.g. the long factor step on another day), and the RESULTS.md section and its plot are written
+from all of them.
+
+--dates picks the dates: `default` (the workflows' own: train 2010-2017, valid 2018-2019, test 2020-2022; records
+benchmarks/seeds.json and seeds_daily.csv, section "seeds", seeds.png) or `zoo` (Qlib's model-zoo segments as far
+as the data allows: train 2010-2014, valid 2015-2016, test 2017-01-01..2020-07-31; records seeds_zoo.json and
+seeds_zoo_daily.csv, section "zoo", seeds_zoo.png, beside the zoo's published rows).
 
     python benchmarks/bench_seeds.py [--seeds 3] [--provider ../shared/cn_data] [--work outputs/seeds]
     python benchmarks/bench_seeds.py --stages outputs/full_run/runs/<name> --cache outputs/full_run/forecasts
         # seed 0 reuses a finished full run of the default workflow (its stage folder is copied)
+    python benchmarks/bench_seeds.py --dates zoo --steps lightgbm gru --work outputs/zoo
 """
 from __future__ import annotations
 
@@ -36,6 +45,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -55,36 +65,76 @@ from kronos_qlib.files import atomic_write_text  # noqa: E402
 from kronos_qlib.qrun import WORKFLOWS, load_workflow, qrun_command  # noqa: E402
 
 #: each step's experiment, where the step records its run
-RUNS = {"kronos": "kronos_csi300", "lightgbm": "lightgbm_csi300", "ensemble": "ensemble_csi300",
-        "ensemble_valid": "ensemble_valid_csi300", "factors": "kronos_lightgbm_csi300", "control": "lightgbm_csi300"}
+RUNS = {"kronos": "kronos_csi300", "lightgbm": "lightgbm_csi300", "gru": "gru_alpha360_csi300",
+        "ensemble": "ensemble_csi300", "ensemble_valid": "ensemble_valid_csi300", "ensemble_gru": "ensemble_gru_csi300",
+        "factors": "kronos_lightgbm_csi300", "control": "lightgbm_csi300"}
 #: each step's name in the tables
-LABELS = {**RUNS, "ensemble_valid": "ensemble_csi300 (weight chosen on valid)", "control": "lightgbm_csi300 (control)"}
+LABELS = {**RUNS, "ensemble": "ensemble_csi300 (Kronos + LightGBM)",
+          "ensemble_valid": "ensemble_csi300 (weight chosen on valid)", "ensemble_gru": "ensemble_gru_csi300 (Kronos + GRU)",
+          "control": "lightgbm_csi300 (control)"}
+ENSEMBLE = [sys.executable, str(REPO / "scripts" / "ensemble.py")]
 STEPS = {
     "kronos": qrun_command() + [str(WORKFLOWS / "kronos_csi300.yaml")],
     "lightgbm": qrun_command() + [str(WORKFLOWS / "lightgbm_csi300.yaml")],
-    "ensemble": [sys.executable, str(REPO / "scripts" / "ensemble.py")],
-    "ensemble_valid": [sys.executable, str(REPO / "scripts" / "ensemble.py"), "--weight", "valid", "--experiment",
-                       RUNS["ensemble_valid"]],
+    "gru": qrun_command() + [str(WORKFLOWS / "gru_alpha360_csi300.yaml")],
+    "ensemble": ENSEMBLE,
+    "ensemble_valid": ENSEMBLE + ["--weight", "valid", "--experiment", RUNS["ensemble_valid"]],
+    "ensemble_gru": ENSEMBLE + ["--baseline", RUNS["gru"], "--baseline-workflow",
+                                str(WORKFLOWS / "gru_alpha360_csi300.yaml"), "--experiment", RUNS["ensemble_gru"]],
     "factors": qrun_command() + [str(WORKFLOWS / "kronos_lightgbm_csi300.yaml")],
     "control": qrun_command() + [str(WORKFLOWS / "lightgbm_csi300.yaml")],
 }
+
+
+@dataclass(frozen=True)
+class Dates:
+    """A set of segments the study runs on, with where its records and its RESULTS.md section go."""
+
+    name: str
+    env: dict  # the date variables the workflows read (empty: their defaults)
+    described: str
+    records: Path
+    daily: Path
+    section: str
+    plot: Path
+    published: dict  # step -> the model zoo's published row on these dates (Qlib's examples/benchmarks/README.md)
+
+
+DATES = {
+    "default": Dates("default", {}, "the default dates (train 2010-2017, valid 2018-2019, test 2020-01-01..2022-12-30)",
+                     HERE / "seeds.json", HERE / "seeds_daily.csv", "seeds", HERE / "seeds.png", {}),
+    "zoo": Dates("zoo", {"TRAIN_START": "2010-01-01", "TRAIN_END": "2014-12-31", "VALID_START": "2015-01-01",
+                         "VALID_END": "2016-12-31", "TEST_START": "2017-01-01", "TEST_END": "2020-07-31",
+                         "BACKTEST_END": "2020-07-31"},
+                 "the model zoo's dates as far as the data allows (train 2010-2014 where the zoo starts 2008, valid "
+                 "2015-2016, test 2017-01-01..2020-07-31)",
+                 HERE / "seeds_zoo.json", HERE / "seeds_zoo_daily.csv", "zoo", HERE / "seeds_zoo.png",
+                 # mean ± std over 20 seeds, Qlib's CSI300 cn_data (v1/v2 of Yahoo-sourced data), Qlib's README
+                 {"lightgbm": {"IC": (0.0448, 0.00), "ICIR": (0.3660, 0.00), "RankIC": (0.0469, 0.00),
+                               "RankICIR": (0.3877, 0.00), "excess return (ann., with cost)": (0.0901, 0.00),
+                               "information ratio (with cost)": (1.0164, 0.00), "max drawdown (with cost)": (-0.1038, 0.00)},
+                  "gru": {"IC": (0.0493, 0.00), "ICIR": (0.3772, 0.04), "RankIC": (0.0584, 0.00),
+                          "RankICIR": (0.4638, 0.03), "excess return (ann., with cost)": (0.0720, 0.02),
+                          "information ratio (with cost)": (0.9730, 0.33), "max drawdown (with cost)": (-0.0821, 0.02)}}),
+}
+#: GRU's epoch cap on a CPU (GRU_EPOCHS; the zoo trains up to 200, stopping after 20 without a better valid
+#: loss): an epoch over the default training years takes several minutes on 2 cores (one training batch of 800 and
+#: an evaluation pass of train and valid), so 10 epochs already make a GRU run the longest step after the factors
+GRU_EPOCHS = 10
 #: the steps that record under another step's experiment name: each runs in a subfolder named for it (its own
 #: mlruns.db)
 OWN_FOLDER = {"control"}
 #: what a step needs to have run before it in the same seed's folder
-NEEDS = {"ensemble": {"kronos", "lightgbm"}, "ensemble_valid": {"kronos", "lightgbm"}}
-#: every measured step's per-seed results, merged across invocations (a step can be measured in another session)
-RECORDS = HERE / "seeds.json"
-#: each measured step's daily series per seed (the paired tests), merged the same way
-DAILY = HERE / "seeds_daily.csv"
+NEEDS = {"ensemble": {"kronos", "lightgbm"}, "ensemble_valid": {"kronos", "lightgbm"}, "ensemble_gru": {"kronos", "gru"}}
 DAILY_COLUMNS = ("IC", "RankIC", "excess")
 #: Qlib's model-zoo columns, in its order
 COLUMNS = ["IC", "ICIR", "RankIC", "RankICIR", "excess return (ann., with cost)", "information ratio (with cost)",
            "max drawdown (with cost)"]
 
 
-def seed_env(k: int, provider: Path, cache: Path) -> dict[str, str]:
-    return {"QLIB_DATA": str(provider), "KRONOS_CACHE": str(cache), "SEED": str(42 + k), "SAMPLE_SEED": str(k)}
+def seed_env(k: int, provider: Path, cache: Path, dates: Dates, gru_epochs: int) -> dict[str, str]:
+    return {"QLIB_DATA": str(provider), "KRONOS_CACHE": str(cache), "SEED": str(42 + k), "SAMPLE_SEED": str(k),
+            "GRU_EPOCHS": str(gru_epochs), **dates.env}
 
 
 def step_env(name: str, env: dict[str, str]) -> dict[str, str]:
@@ -149,10 +199,10 @@ def seed_metrics(folder: Path, provider: Path, steps: list[str]) -> tuple[dict[s
 
 
 def record(steps: list[str], per_seed: dict[int, dict[str, dict[str, float]]], walls: dict[int, dict[str, float]],
-           daily: dict[int, dict[str, pd.DataFrame]], note: str, path: Path = RECORDS, daily_path: Path = DAILY
-           ) -> tuple[dict, pd.DataFrame]:
+           daily: dict[int, dict[str, pd.DataFrame]], note: str, dates: Dates) -> tuple[dict, pd.DataFrame]:
     """Merge this invocation's per-seed results and daily series into the committed record files (steps measured
     in other invocations keep theirs), atomically; the merged records."""
+    path, daily_path = dates.records, dates.daily
     records = json.loads(path.read_text()) if path.exists() else {}
     for step in steps:
         records[step] = {"machine": machine(), "note": note,
@@ -167,7 +217,7 @@ def record(steps: list[str], per_seed: dict[int, dict[str, dict[str, float]]], w
     return records, merged
 
 
-def read_daily(path: Path = DAILY) -> pd.DataFrame:
+def read_daily(path: Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=["step", "seed", "datetime", *DAILY_COLUMNS])
     return pd.read_csv(path, parse_dates=["datetime"])
@@ -220,7 +270,7 @@ def measured_on(records: dict) -> dict[str, list[str]]:
     return groups
 
 
-def plot(frames: dict[str, pd.DataFrame], path: Path) -> None:
+def plot(frames: dict[str, pd.DataFrame], dates: Dates) -> None:
     metrics = ["RankIC", "ICIR", "information ratio (with cost)"]
     names = [LABELS[step] for step in frames]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4))
@@ -233,23 +283,32 @@ def plot(frames: dict[str, pd.DataFrame], path: Path) -> None:
         ax.set_title(metric)
         ax.axhline(0, color="grey", linewidth=0.5)
     axes[0].legend()
-    fig.suptitle("test 2020-2022, mean ± std over seeds")
+    fig.suptitle(f"{dates.name} dates, test segment: mean ± std over seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(dates.plot, dpi=110)
 
 
-def report(records: dict, daily: pd.DataFrame) -> str:
+def published_row(step: str, row: dict) -> str:
+    def cell(column: str) -> str:
+        fmt = "{:.2%}" if "return" in column or "drawdown" in column else "{:.4f}"
+        return f"{fmt.format(row[column][0])} ± {fmt.format(row[column][1])}"
+    return f"| {LABELS[step]}: the zoo's published row | 20 | " + " | ".join(cell(c) for c in COLUMNS) + " |"
+
+
+def report(records: dict, daily: pd.DataFrame, dates: Dates) -> str:
     frames = seed_frames(records)
     steps = list(frames)
+    title = "Results over seeds" if dates.name == "default" else "Qlib's model zoo reproduced"
     lines = [
-        "## Results over seeds (`benchmarks/bench_seeds.py`)", "",
-        "Each workflow at full scale on the default dates (train 2010-2017, valid 2018-2019, test "
-        "2020-01-01..2022-12-30, TopkDropout 50/5 against SH000300 with Qlib's benchmark costs), on "
-        "`../shared/cn_data`. Seed k: `SEED=42+k` (Kronos's training seed, LightGBM's seed) and `SAMPLE_SEED=k` "
-        "(Kronos's sampling seed); seed 0 is the shipped default. Mean ± sample std across seeds.", "",
+        f"## {title} (`benchmarks/bench_seeds.py --dates {dates.name}`)", "",
+        f"Each workflow at full scale on {dates.described}, TopkDropout 50/5 against SH000300 with Qlib's "
+        "benchmark costs, on `../shared/cn_data`. Seed k: `SEED=42+k` (the training seed of Kronos, LightGBM and "
+        "GRU) and `SAMPLE_SEED=k` (Kronos's sampling seed); seed 0 is the shipped default. Mean ± sample std across "
+        "seeds.", "",
         "| run | seeds | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS),
-        *[f"| {LABELS[step]} | {len(frame)} | " + " | ".join(mean_std(frame, c) for c in COLUMNS) + " |"
-          for step, frame in frames.items()], "",
+        *[line for step, frame in frames.items() for line in
+          [f"| {LABELS[step]} | {len(frame)} | " + " | ".join(mean_std(frame, c) for c in COLUMNS) + " |"]
+          + ([published_row(step, dates.published[step])] if step in dates.published else [])], "",
     ]
     kronos, lgb = frames.get("kronos"), frames.get("lightgbm")
     measured = [step for step in steps if (daily["step"] == step).any()]
@@ -273,7 +332,10 @@ def report(records: dict, daily: pd.DataFrame) -> str:
             lines += [f"{LABELS[step]}: the Kronos weight per seed "
                       + ", ".join(f"{w:.2f}" for w in frames[step]["Kronos weight"]) + ".", ""]
     comparisons = [(step, "lightgbm", f"{LABELS[step]} minus LightGBM alone")
-                   for step in ("kronos", "ensemble", "ensemble_valid", "factors") if step in frames and lgb is not None]
+                   for step in ("kronos", "gru", "ensemble", "ensemble_valid", "factors")
+                   if step in frames and lgb is not None]
+    comparisons += [(step, "gru", f"{LABELS[step]} minus GRU alone") for step in ("kronos", "ensemble_gru")
+                    if {step, "gru"} <= set(frames)]
     if {"factors", "control"} <= set(frames):
         comparisons.append(("factors", "control", f"Like for like, {RUNS['factors']} minus its control (LightGBM / "
                             "Alpha158 alone on the same training rows, from FACTOR_TRAIN_START)"))
@@ -291,9 +353,9 @@ def report(records: dict, daily: pd.DataFrame) -> str:
           for step, frame in frames.items()], "",
         "Measured on:", "",
         *[f"- {', '.join(f'`{s}`' for s in group)}: {where}" for where, group in measured_on(records).items()], "",
-        "![results over seeds](seeds.png)",
+        f"![results over seeds]({dates.plot.name})",
     ]
-    plot(frames, HERE / "seeds.png")
+    plot(frames, dates)
     return "\n".join(lines)
 
 
@@ -307,6 +369,8 @@ def main() -> None:
                         help="the steps to run for every seed (default: all)")
     parser.add_argument("--stages", default=None,
                         help="finished stage folder of a full run of the default workflow (seed 0), to reuse")
+    parser.add_argument("--dates", choices=list(DATES), default="default", help="the segments (see above)")
+    parser.add_argument("--gru-epochs", type=int, default=GRU_EPOCHS, help="GRU's epoch cap (GRU_EPOCHS)")
     args = parser.parse_args()
     if args.seeds < 2:
         parser.error("a std needs at least 2 seeds")
@@ -318,12 +382,13 @@ def main() -> None:
     for name in SCALE_VARIABLES:  # full scale: the workflows' own dates and preset, whatever this shell sets
         os.environ.pop(name, None)
     cache = Path(args.cache).resolve() if args.cache else work / "forecasts"
+    dates = DATES[args.dates]
 
     walls, per_seed, daily = {}, {}, {}
     for k in range(args.seeds):
         folder = work / f"seed{k}"
         folder.mkdir(parents=True, exist_ok=True)
-        env = seed_env(k, provider, cache)
+        env = seed_env(k, provider, cache, dates, args.gru_epochs)
         if k == 0 and args.stages and not (folder / "runs").exists():
             finetune = load_workflow(WORKFLOWS / "kronos_csi300.yaml", env)["task"]["model"]["kwargs"]["finetune"]
             shutil.copytree(Path(args.stages).resolve(), folder / finetune["output_dir"])
@@ -337,7 +402,9 @@ def main() -> None:
     if args.cache:
         reuse.append(f"the forecast cache {args.cache} was filled before, so a step that finds its model's forecasts "
                      "there does not sample them again")
-    update_section("seeds", report(*record(steps, per_seed, walls, daily, "; ".join(reuse))))
+    if "gru" in steps:
+        reuse.append(f"GRU capped at {args.gru_epochs} epochs (GRU_EPOCHS)")
+    update_section(dates.section, report(*record(steps, per_seed, walls, daily, "; ".join(reuse), dates), dates))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from fitted_model import fit_workflow_model  # noqa: E402
-from results import machine, update_section  # noqa: E402
+from results import machine, require_choice, update_section  # noqa: E402
 
 from kronos_qlib.evaluation import NW_LAG, mean_t, paired_difference, signal_metrics, topk_excess  # noqa: E402
 from kronos_qlib.evaluation.selection import (CRITERION, ELIGIBILITY, MARGIN_SE, Candidate,  # noqa: E402
@@ -283,11 +283,7 @@ def choice_report(table: pd.DataFrame, choice: SignalChoice, record: dict, args)
 
 def test(args) -> None:
     work = Path(args.work).resolve()
-    record_path = work / "signals" / "choice.json"
-    if not record_path.exists():
-        sys.exit(f"{record_path} does not exist: run `bench_signals.py choose` first (the choice is made and "
-                 f"recorded on valid before test is read)")
-    record = json.loads(record_path.read_text())
+    record = json.loads(require_choice(work / "signals" / "choice.json", "bench_signals.py").read_text())
     chosen = Candidate(**record["candidate"])
     model, dataset, config = fit_workflow_model(work, args.provider)
     base = Candidate(**record["incumbent_candidate"])

@@ -5,6 +5,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -54,3 +55,12 @@ def update_section(name: str, markdown: str, results: Path = RESULTS) -> None:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     atomic_write_text(results, text)
     print(block)
+
+
+def require_choice(path: Path, script: str) -> Path:
+    """``path``, the choice a benchmark's ``choose`` phase recorded on valid; exit naming it when it is missing, so a
+    ``test`` phase never reads test before the choice exists."""
+    if not path.exists():
+        sys.exit(f"{path} does not exist: run `{script} choose` first (the choice is made and recorded on valid "
+                 f"before test is read)")
+    return path

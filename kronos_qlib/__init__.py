@@ -8,12 +8,13 @@ from .inference import ForecastSpec, KronosPredictor, Sampling
 from .model import Kronos, KronosTokenizer
 
 __version__ = "0.1.0"
-__all__ = ["CheckedAlpha158", "CheckpointError", "ConfigError", "ForecastSpec", "Kronos", "KronosBarsHandler", "KronosInputError",
-           "KronosAlpha158", "KronosModel", "KronosPredictor", "KronosTokenizer", "Sampling", "TrainingError"]
+__all__ = ["CheckedAlpha158", "CheckedAlpha360", "CheckpointError", "ConfigError", "ForecastSpec", "Kronos",
+           "KronosAlpha158", "KronosBarsHandler", "KronosInputError", "KronosModel", "KronosPredictor",
+           "KronosTokenizer", "Sampling", "TrainingError"]
 
 
 def __getattr__(name: str):
-    if name in ("KronosModel", "KronosBarsHandler", "CheckedAlpha158", "KronosAlpha158"):
+    if name in ("KronosModel", "KronosBarsHandler", "CheckedAlpha158", "CheckedAlpha360", "KronosAlpha158"):
         from . import integration
 
         return getattr(integration, name)

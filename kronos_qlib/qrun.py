@@ -15,6 +15,8 @@ WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 SMOKE_ENV = WORKFLOWS / "smoke.env"
 #: What the factor workflow (kronos_lightgbm_csi300.yaml) changes on top of smoke.env at the smoke scale.
 FACTOR_SMOKE_ENV = WORKFLOWS / "factor_smoke.env"
+#: What the GRU workflow (gru_alpha360_csi300.yaml) changes on top of smoke.env at the smoke scale.
+GRU_SMOKE_ENV = WORKFLOWS / "gru_smoke.env"
 
 
 def smoke_env(path: Path = SMOKE_ENV) -> dict[str, str]:
@@ -23,10 +25,10 @@ def smoke_env(path: Path = SMOKE_ENV) -> dict[str, str]:
     return {name: value for name, value in pairs}
 
 
-def load_workflow(workflow: str | Path, env: dict[str, str] | None = None) -> dict:
+def load_workflow(workflow: str | Path, env: dict[str, str] | None = None, inherit: bool = True) -> dict:
     """The workflow as qrun reads it: the whole file rendered as a Jinja template with the environment's
-    variables (and ``env``'s over them, for this rendering only), then parsed as YAML (for scripts that build its
-    dataset and model themselves)."""
+    variables (and ``env``'s over them, for this rendering only; with ``inherit`` False, ``env``'s alone, as in
+    a clean shell), then parsed as YAML (for scripts that build its dataset and model themselves)."""
     from qlib.cli.run import render_template
     from ruamel.yaml import YAML
 
@@ -36,12 +38,16 @@ def load_workflow(workflow: str | Path, env: dict[str, str] | None = None) -> di
     if not path.is_file():
         raise ConfigError(f"workflow file {path} does not exist")
     saved = dict(os.environ)
+    if not inherit:
+        os.environ.clear()
     os.environ.update(env or {})
     try:
         text = render_template(str(path))
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    if "{{" in text or "{%" in text:
+        raise ConfigError(f"workflow file {path} still holds template syntax after rendering")
     return YAML(typ="safe", pure=True).load(text)
 
 

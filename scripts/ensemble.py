@@ -1,8 +1,8 @@
-"""Combine two recorded runs (Kronos and LightGBM) into one signal and backtest it.
+"""Combine two recorded runs (Kronos and a baseline: LightGBM by default, or GRU) into one signal and backtest it.
 
-The signal is w * g(Kronos) + (1 - w) * g(LightGBM), g the daily rank-gauss score, on every row LightGBM scores
+The signal is w * g(Kronos) + (1 - w) * g(baseline), g the daily rank-gauss score, on every row the baseline scores
 (Kronos's part neutral, 0, where it has no score), applied to the recorded test signals and recorded in a new run of
---experiment with Qlib's SigAnaRecord and PortAnaRecord (the backtest settings of the LightGBM workflow).
+--experiment with Qlib's SigAnaRecord and PortAnaRecord (the backtest settings of the baseline's workflow).
 
 The weight is the equal blend w = 0.5, declared in advance, unless --weight says otherwise. A weight chosen by
 valid RankIC is in-sample for both models (LightGBM early-stops on the valid segment, Kronos picks its checkpoint
@@ -16,6 +16,8 @@ number needs no valid predictions: no Kronos forecast is sampled. See kronos_qli
     python scripts/ensemble.py --weight valid --valid-from 2019-07-01   # chosen on valid (in-sample, optimistic)
     env $(xargs < workflows/smoke.env) python scripts/ensemble.py   # after the smoke runs of both workflows
     python scripts/compare.py --experiments kronos_csi300 lightgbm_csi300 ensemble_csi300
+    python scripts/ensemble.py --baseline gru_alpha360_csi300 --baseline-workflow workflows/gru_alpha360_csi300.yaml \
+        --experiment ensemble_gru_csi300                          # Kronos with the model that reads the same bars
 """
 from __future__ import annotations
 
@@ -68,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mlflow-uri", default="sqlite:///mlruns.db", help="the exp_manager uri of the workflows")
     parser.add_argument("--kronos", default="kronos_csi300", help="experiment of the Kronos run")
-    parser.add_argument("--lgb", default="lightgbm_csi300", help="experiment of the LightGBM run")
+    parser.add_argument("--baseline", default="lightgbm_csi300", help="experiment of the baseline run")
     parser.add_argument("--kronos-workflow", default=str(WORKFLOWS / "kronos_csi300.yaml"))
-    parser.add_argument("--lgb-workflow", default=str(WORKFLOWS / "lightgbm_csi300.yaml"))
+    parser.add_argument("--baseline-workflow", default=str(WORKFLOWS / "lightgbm_csi300.yaml"))
     parser.add_argument("--experiment", default="ensemble_csi300", help="where the combined run is recorded")
     parser.add_argument("--weight", help="Kronos's weight: a number in [0, 1] (default: the equal blend, declared "
                         "in advance because a weight chosen on valid is in-sample for both models), or 'valid' to "
@@ -89,39 +91,39 @@ def main(argv: list[str] | None = None) -> int:
         if weight is not None and args.valid_from is not None:
             print(f"note: --valid-from is unused: Kronos's weight is declared ({weight}), not chosen on valid",
                   file=sys.stderr)
-        workflows = {"kronos": Path(args.kronos_workflow), "lgb": Path(args.lgb_workflow)}
+        workflows = {"kronos": Path(args.kronos_workflow), "baseline": Path(args.baseline_workflow)}
         configs = {name: load_workflow(path) for name, path in workflows.items()}
         segments = {name: config["task"]["dataset"]["kwargs"]["segments"] for name, config in configs.items()}
-        if segments["kronos"] != segments["lgb"]:
-            raise ConfigError(f"{workflows['kronos']} and {workflows['lgb']} render different segments "
-                              f"({segments['kronos']} vs {segments['lgb']}): render both with the same variables")
-        init_recorder_store(args.mlflow_uri, configs["lgb"]["qlib_init"]["provider_uri"])
-        runs = {"kronos": load_run(args.kronos), "lgb": load_run(args.lgb)}
+        if segments["kronos"] != segments["baseline"]:
+            raise ConfigError(f"{workflows['kronos']} and {workflows['baseline']} render different segments "
+                              f"({segments['kronos']} vs {segments['baseline']}): render both with the same variables")
+        init_recorder_store(args.mlflow_uri, configs["baseline"]["qlib_init"]["provider_uri"])
+        runs = {"kronos": load_run(args.kronos), "baseline": load_run(args.baseline)}
         names = {key: f"{run.experiment} (run {run.recorder_id})" for key, run in runs.items()}
         test = {key: run.pred.iloc[:, 0] for key, run in runs.items()}
-        check_same_dates(test["kronos"], test["lgb"], names["kronos"], names["lgb"])
-        recorded = pd.DatetimeIndex(test["lgb"].index.get_level_values("datetime").unique())
-        start, end = (pd.Timestamp(day) for day in segments["lgb"]["test"])
+        check_same_dates(test["kronos"], test["baseline"], names["kronos"], names["baseline"])
+        recorded = pd.DatetimeIndex(test["baseline"].index.get_level_values("datetime").unique())
+        start, end = (pd.Timestamp(day) for day in segments["baseline"]["test"])
         if recorded.min() < start or recorded.max() > end:
             raise ConfigError(f"the recorded runs score {recorded.min().date()}..{recorded.max().date()}, outside the "
                               f"test segment {start.date()}..{end.date()} the workflows render now: run this with "
                               f"the date variables the runs had")
-        params = {"ensemble.kronos_run": names["kronos"], "ensemble.lgb_run": names["lgb"],
+        params = {"ensemble.kronos_run": names["kronos"], "ensemble.baseline_run": names["baseline"],
                   "ensemble.weight_rule": "declared" if weight is not None else "valid"}
         if weight is None:
             valid = {}
-            for key in ("kronos", "lgb"):
+            for key in ("kronos", "baseline"):
                 valid[key], dataset, segment = valid_predictions(runs[key].experiment, runs[key].recorder_id,
                                                                  configs[key], workflows[key], args.valid_from)
             label = dataset.prepare(segment, col_set="label", data_key=DataHandlerLP.DK_R).iloc[:, 0]
-            choice = choose_weight(valid["kronos"], valid["lgb"], label)
+            choice = choose_weight(valid["kronos"], valid["baseline"], label)
             weight = choice.weight
             params["ensemble.chosen_on"] = f"mean RankIC on {segment.start.date()}..{segment.stop.date()} (valid)"
-        combination = combine(test["kronos"], test["lgb"])
+        combination = combine(test["kronos"], test["baseline"], runs["baseline"].experiment)
         params.update({"ensemble.kronos_weight": weight, "ensemble.kronos_non_finite": combination.non_finite["kronos"],
-                       "ensemble.lgb_non_finite": combination.non_finite["lgb"]})
-        recorder_id = record_ensemble(args.experiment, combination.score(weight), runs["lgb"].label,
-                                      configs["lgb"]["port_analysis_config"], params)
+                       "ensemble.baseline_non_finite": combination.non_finite["baseline"]})
+        recorder_id = record_ensemble(args.experiment, combination.score(weight), runs["baseline"].label,
+                                      configs["baseline"]["port_analysis_config"], params)
     except (ConfigError, KronosInputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """Shared fixtures: the conformance checkpoints and vectors, and the real CSI300 data beside the repo."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,36 @@ CONFORMANCE = SHARED / "conformance"
 CN_DATA = SHARED / "cn_data"
 
 torch.set_num_threads(2)
+
+#: the members and benchmark of :func:`small_provider`
+CODES = ("SH600000", "SH600004", "SH600009")
+BENCHMARK = "SH000300"
+
+
+def small_provider(folder: Path) -> Path:
+    """A Qlib folder with three csi300 members and the benchmark: the calendar and instrument files copied
+    (filtered), each feature file a link into the real (read-only) folder, so a test can damage any part."""
+    (folder / "instruments").mkdir(parents=True)
+    shutil.copytree(CN_DATA / "calendars", folder / "calendars")
+    keep = {code.lower() for code in (*CODES, BENCHMARK)}
+    for market in ("all", "csi300"):
+        lines = (CN_DATA / "instruments" / f"{market}.txt").read_text().splitlines()
+        rows = [line for line in lines if line.split("\t")[0].lower() in keep]
+        (folder / "instruments" / f"{market}.txt").write_text("\n".join(rows) + "\n")
+    for code in keep:
+        (folder / "features" / code).mkdir(parents=True)
+        for file in (CN_DATA / "features" / code).iterdir():
+            (folder / "features" / code / file.name).symlink_to(file)
+    return folder
+
+
+def scale_closes(provider: Path, code: str, factor: float) -> None:
+    """Rewrite one stock's close.day.bin (a link into the real folder) with its closes times ``factor``, as a
+    re-adjusted or re-downloaded provider would."""
+    path = provider / "features" / code.lower() / "close.day.bin"
+    values = np.fromfile(path, dtype="<f4")
+    path.unlink()
+    np.concatenate([values[:1], values[1:] * factor]).astype("<f4").tofile(path)  # [0]: the first day's index
 
 
 @pytest.fixture(scope="session")

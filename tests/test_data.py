@@ -2,12 +2,13 @@
 import numpy as np
 import pandas as pd
 import pytest
+import qlib
 
 from kronos_qlib import ConfigError, ForecastSpec, KronosInputError
 from kronos_qlib.data import (BarPanel, DataConfig, WindowDataset, build_datasets, init_qlib, load_bars, membership,
                               window_starts)
 
-from conftest import CN_DATA
+from conftest import CN_DATA, scale_closes, small_provider
 
 SPEC = ForecastSpec(lookback=30, pred_len=5)
 
@@ -77,6 +78,8 @@ def context_end(frame: pd.DataFrame, key: tuple) -> pd.Timestamp:
 
 
 def test_membership_is_point_in_time():
+    """A window is a training window when its stock is a member on its last context day t, as inference scores
+    the members of t: it may not be chosen for joining during its horizon, nor dropped for leaving during it."""
     init_qlib(CN_DATA)
     spans = membership("csi300", "2010-01-01", "2020-12-31")
     assert [(a.date().isoformat(), b.date().isoformat()) for a, b in spans["SH600004"]] == [
@@ -85,14 +88,20 @@ def test_membership_is_point_in_time():
     ds = WindowDataset(panel, window_starts(panel, SPEC, "2010-01-01", "2020-12-31", spans), SPEC)
     rows = [ds.rows(i) for i in range(len(ds))]
     firsts = pd.DatetimeIndex([panel.dates[r.start] for r in rows])
-    target_starts = pd.DatetimeIndex([panel.dates[r.start + SPEC.lookback] for r in rows])
+    ts = pd.DatetimeIndex([panel.dates[r.start + SPEC.lookback - 1] for r in rows])
     lasts = pd.DatetimeIndex([panel.dates[r.stop - 1] for r in rows])
-    for a, b in [("2011-12-12", "2018-12-17")]:  # out of the index in between
-        assert not ((lasts > a) & (lasts < b)).any(), "no window may end while the stock is out of the index"
-        assert not ((target_starts < b) & (lasts >= b)).any(), "targets may not start before it (re)joined"
-    assert (lasts >= "2018-12-17").any() and (lasts <= "2011-12-12").any()
-    # history from before it (re)joined serves as context of its first windows after joining
-    assert (firsts < "2018-12-17")[lasts >= "2018-12-17"].any()
+    traded = pd.DatetimeIndex(panel.dates)
+    out = (traded > "2011-12-12") & (traded < "2018-12-17")  # out of the index in between
+    assert not ((ts > "2011-12-12") & (ts < "2018-12-17")).any(), "no window's t while out of the index"
+    # every traded day t of a membership with a whole window around it is a window's t, however the horizon ends
+    members = traded[~out & (np.arange(len(traded)) >= SPEC.lookback - 1)
+                     & (np.arange(len(traded)) < len(traded) - SPEC.pred_len)]
+    assert set(ts) == set(members)
+    # it left on 2011-12-12: its last windows as a member run into the days after it left
+    assert (lasts[ts <= "2011-12-12"] > "2011-12-12").sum() == SPEC.pred_len
+    # it rejoined on 2018-12-17: history from before serves as context, no window's t lies before it
+    assert (firsts < "2018-12-17")[ts >= "2018-12-17"].any() and not ((ts < "2018-12-17") & (lasts >= "2018-12-17")
+                                                                        & (ts > "2011-12-12")).any()
     everything = window_starts(panel, SPEC, "2010-01-01", "2020-12-31")
     assert len(everything) > len(ds), "without membership the gap years would count"
 
@@ -138,6 +147,24 @@ def test_processed_data_is_cached(tmp_path, monkeypatch):
     other = tiny_data(tmp_path, lookback=21)
     with pytest.raises(AssertionError, match="must not reload"):
         build_datasets(other)  # other settings, other cache entry
+
+
+def test_the_processed_data_cache_knows_the_feature_files(tmp_path):
+    """A provider whose prices changed (one stock's closes rewritten) is read again, not served from the cache."""
+    provider = small_provider(tmp_path / "provider")
+    config = tiny_data(tmp_path, provider_uri=str(provider))
+    try:
+        before = build_datasets(config)["train"]
+        code = str(before.panel.instruments[0])
+        scale_closes(provider, code, 1.1)
+        qlib.init(provider_uri=str(provider), region="cn")  # a new session: Qlib keeps read bars in memory
+        after = build_datasets(config)["train"]
+    finally:
+        init_qlib(CN_DATA)
+    assert len(list((tmp_path / "cache").glob("windows-*.npz"))) == 2
+    owner = list(after.panel.instruments).index(code)
+    rows = slice(after.panel.offsets[owner], after.panel.offsets[owner + 1])
+    np.testing.assert_allclose(after.panel.values[rows, 3], before.panel.values[rows, 3] * 1.1, rtol=1e-6)
 
 
 def test_missing_provider_folder(tmp_path):

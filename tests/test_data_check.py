@@ -9,30 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CN_DATA, REPO
+from conftest import BENCHMARK, CN_DATA, CODES, REPO, small_provider
 from kronos_qlib.data.__main__ import main
 from kronos_qlib.data.check import check_data
 from kronos_qlib.errors import ConfigError
 
-CODES = ("SH600000", "SH600004", "SH600009")
-BENCHMARK = "SH000300"
-
-
-def small_provider(folder: Path) -> Path:
-    """A Qlib folder with three csi300 members and the benchmark: the calendar and instrument files copied
-    (filtered), each feature file a link into the real (read-only) folder, so a test can damage any part."""
-    (folder / "instruments").mkdir(parents=True)
-    shutil.copytree(CN_DATA / "calendars", folder / "calendars")
-    keep = {code.lower() for code in (*CODES, BENCHMARK)}
-    for market in ("all", "csi300"):
-        lines = (CN_DATA / "instruments" / f"{market}.txt").read_text().splitlines()
-        rows = [line for line in lines if line.split("\t")[0].lower() in keep]
-        (folder / "instruments" / f"{market}.txt").write_text("\n".join(rows) + "\n")
-    for code in keep:
-        (folder / "features" / code).mkdir(parents=True)
-        for file in (CN_DATA / "features" / code).iterdir():
-            (folder / "features" / code / file.name).symlink_to(file)
-    return folder
 
 
 @pytest.fixture()
@@ -110,6 +91,23 @@ def test_calendar_shorter_than_the_segments(provider):
 
 def test_backtest_ending_on_the_calendars_last_day(provider):
     one_error(check_data(provider, backtest_end="2022-12-30"), "backtest end 2022-12-30 must be at least one")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("repeat", "calendars/day.txt line 2001 (2018-03-27) repeats the day on line 2000 (2018-03-27)"),
+    ("swap", "calendars/day.txt line 2001 (2018-03-27) comes before the day on line 2000 (2018-03-28)")])
+def test_calendar_not_strictly_increasing(provider, capsys, damage, message):
+    """A repeated day makes Qlib serve every later bar a trading day early; an unsorted one, wrong bars too."""
+    path = provider / "calendars" / "day.txt"
+    days = path.read_text().splitlines()
+    if damage == "repeat":
+        days.insert(2000, days[1999])
+    else:
+        days[1999], days[2000] = days[2000], days[1999]
+    path.write_text("\n".join(days) + "\n")
+    assert one_error(check_data(provider), message).endswith("the calendar must hold strictly increasing dates")
+    assert main(["check", "--provider", str(provider)]) != 0
+    assert message in capsys.readouterr().out
 
 
 def test_no_benchmark(provider):

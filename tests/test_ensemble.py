@@ -49,10 +49,10 @@ def test_a_non_finite_kronos_score_is_dropped_counted_and_logged_without_zeroing
     bad.loc[(DAYS[5], STOCKS[2])] = np.nan
     with caplog.at_level(logging.WARNING, logger="kronos_qlib.integration.ensemble"):
         combination = combine(bad, lgb)
-    assert combination.non_finite == {"kronos": 2, "lgb": 0}
+    assert combination.non_finite == {"kronos": 2, "baseline": 0}
     lines = [r.getMessage() for r in caplog.records if r.name == "kronos_qlib.integration.ensemble"]
     assert lines == ["ensemble: non-finite scores dropped before ranking: Kronos 2 (the first 2016-01-07 SH600007); "
-                     "LightGBM 0"]
+                     "baseline 0"]
     out = combination.score(0.5)
     # the same as if Kronos had never scored those two rows: the rest of the day keeps its Kronos part ...
     missing = combine(kronos.drop([(DAYS[3], STOCKS[7]), (DAYS[5], STOCKS[2])]), lgb).score(0.5)
@@ -63,7 +63,7 @@ def test_a_non_finite_kronos_score_is_dropped_counted_and_logged_without_zeroing
     assert out.loc[(DAYS[3], STOCKS[7])] == 0.5 * rank_gauss(lgb).loc[(DAYS[3], STOCKS[7])]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="kronos_qlib.integration.ensemble"):
-        assert combine(kronos, lgb).non_finite == {"kronos": 0, "lgb": 0}
+        assert combine(kronos, lgb).non_finite == {"kronos": 0, "baseline": 0}
     assert not caplog.records
 
 

@@ -88,12 +88,12 @@ def test_weight_zero_backtests_exactly_as_lightgbm_without_predicting_valid(stor
     day, instrument = lgb.pred.index[0]
     assert [r.getMessage() for r in caplog.records if r.name == "kronos_qlib.integration.ensemble"] == [
         f"ensemble: non-finite scores dropped before ranking: Kronos 1 (the first {day.date()} {instrument}); "
-        "LightGBM 0"]
+        "lightgbm_csi300 0"]
     assert ensemble.pred.index.equals(lgb.pred.index), "every row LightGBM scores, and only those"
     pd.testing.assert_frame_equal(ensemble.report, lgb.report)
     params = params_of("ensemble_w0")
     assert (params["ensemble.kronos_weight"], params["ensemble.weight_rule"]) == ("0.0", "declared")
-    assert (params["ensemble.kronos_non_finite"], params["ensemble.lgb_non_finite"]) == ("1", "0")
+    assert (params["ensemble.kronos_non_finite"], params["ensemble.baseline_non_finite"]) == ("1", "0")
 
 
 def test_default_is_the_declared_equal_blend(store, script, capsys):

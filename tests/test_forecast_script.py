@@ -75,7 +75,8 @@ def _write_half(folder: str, names: list[str], start, out) -> None:
     cache = ForecastCache(folder, {"test": "concurrent"})
     start.wait(60)
     for name in names:  # one forecast per save: as many read-merge-write races as possible
-        cache.save(pd.Timestamp("2020-01-02"), {name: (np.full((2, 3, 6), len(name), np.float32), 1.0)})
+        cache.save(pd.Timestamp("2020-01-02"), {name: (np.full((2, 3, 6), len(name), np.float32), 1.0)},
+                   {name: "digest"})
     out.put(len(names))
 
 

@@ -8,7 +8,7 @@ import torch
 from kronos_qlib import ConfigError, ForecastSpec, KronosInputError, KronosPredictor, Sampling
 from kronos_qlib.features import complete_bars, time_features
 from kronos_qlib.inference import filter_logits, sample_token
-from kronos_qlib.inference.sampling import path_streams
+from kronos_qlib.inference.sampling import path_streams, usable_rows
 
 from conftest import CONFORMANCE
 
@@ -115,6 +115,33 @@ def test_the_decode_loop_runs_no_input_checks(kp, bars, monkeypatch, use_cache):
         monkeypatch.setattr(network, name, lambda *args, _name=name: calls.append(_name))
     sampled(kp, bars, 0, use_cache=use_cache, n=2)
     assert calls == []
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("damage", [float("nan"), float("inf")])
+def test_a_non_finite_distribution_never_becomes_a_token(kp, predictor, bars, use_cache, damage):
+    """Damaged weights (loaded before the hub refused them, or overflowing) make NaN logits, which inverse-CDF
+    sampling would turn into the last token: the sampler refuses them instead."""
+    with torch.no_grad():
+        predictor.head.proj_s2.bias[7] = damage
+    with pytest.raises(KronosInputError, match=r"non-finite next-token distribution \(NaN or inf logits\) for "
+                                               r"series 0 of the batch, path 0, at step 1"):
+        sampled(kp, bars, 0, use_cache=use_cache, n=2)
+
+
+def test_a_forecast_that_overflows_names_the_series_and_column(kp, bars):
+    """A volume near the float limit overflows the normalization's std and comes back as -inf."""
+    parts = [window(bars, 0, 60, 5), window(bars, 70, 60, 5)]
+    parts[1][0].loc[parts[1][0].index[10], "volume"] = 1e300
+    with pytest.raises(KronosInputError, match=r"the forecast of series 1 holds a non-finite value \(-inf\) in "
+                                               r"column 'volume' at step 1 of path 0"):
+        kp.predict_paths(*map(list, zip(*parts)), 5, sample_count=2, seed=1)
+
+
+def test_usable_rows():
+    logits = torch.tensor([[0.0, 1.0], [float("-inf"), 2.0], [float("nan"), 1.0], [float("inf"), 0.0],
+                           [float("-inf"), float("-inf")]])
+    assert usable_rows(logits).tolist() == [True, True, False, False, False]
 
 
 def test_cache_and_recompute_draw_the_same_paths(kp, bars):
@@ -224,6 +251,21 @@ def test_timestamps_must_be_datetimes(kp, bars):
         kp.predict(df, x_ts.astype(str), y_ts, 5)
     with pytest.raises(KronosInputError, match="y_timestamp of series 0 must hold datetimes"):
         kp.predict(df, x_ts, np.arange(5), 5)
+
+
+def test_time_zones_of_x_and_y(kp, bars):
+    """The same instants give the same forecast whatever zone y is written in (time features read the history's
+    wall clock); a tz-aware x with a naive y (or the reverse) is refused, naming which is which."""
+    df, x_ts, y_ts = window(bars, 0, 60, 5)
+    x_sh, y_sh = (pd.DatetimeIndex(ts).tz_localize("Asia/Shanghai") for ts in (x_ts, y_ts))
+    same = kp.predict_paths([df], [x_sh], [y_sh], 5, sample_count=2, seed=4)
+    np.testing.assert_array_equal(kp.predict_paths([df], [x_sh], [y_sh.tz_convert("UTC")], 5, sample_count=2,
+                                                   seed=4), same)
+    with pytest.raises(KronosInputError, match=r"x_timestamp of series 0 is timezone-aware \(Asia/Shanghai\) but "
+                                               r"y_timestamp is naive"):
+        kp.predict(df, x_sh, y_ts, 5)
+    with pytest.raises(KronosInputError, match="y_timestamp of series 0 is timezone-aware .* but x_timestamp is naive"):
+        kp.predict(df, x_ts, y_sh, 5)
 
 
 @pytest.mark.parametrize("which,position", [("unsorted", 4), ("reversed", 1), ("duplicate", 9)])

@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 from kronos_qlib.data.download import get_data
 from kronos_qlib.errors import ConfigError
-from test_data_check import small_provider
+from conftest import small_provider
 
 
 def archive_of(folder: Path, path: Path) -> Path:

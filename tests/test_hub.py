@@ -116,3 +116,29 @@ def test_hub_id_is_resolved_through_the_hub_cache(predictor_dir, tmp_path, monke
     assert calls == [("NeoQuasar/Kronos-mini", "config.json", "v1"),
                      ("NeoQuasar/Kronos-mini", "model.safetensors", "v1")]
     assert not model.training
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("d_model", "64", "d_model must be int, got '64' (str)"),
+    ("learn_te", 1, "learn_te must be bool, got 1 (int)"),
+    ("ffn_dropout_p", "0.1", "ffn_dropout_p must be float, got '0.1' (str)"),
+    ("n_layers", True, "n_layers must be int, got True (bool)")])
+def test_config_value_of_the_wrong_type(predictor_dir, tmp_path, key, value, message):
+    """A wrong type in config.json names the key and the file instead of failing deep inside torch."""
+    folder = copy_checkpoint(predictor_dir, tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"{folder / 'config.json'}: {message}".replace("(", r"\(")
+                       .replace(")", r"\)")):
+        Kronos.from_pretrained(folder)
+
+
+def test_non_finite_weights_are_refused(predictor, tmp_path):
+    """NaN weights would load and give plausible paths (a NaN distribution draws the last token)."""
+    with torch.no_grad():
+        predictor.head.proj_s1.weight[3, 5] = float("nan")
+    predictor.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match=r"model.safetensors holds non-finite weights \(NaN or inf\) in "
+                                              r"head.proj_s1.weight"):
+        Kronos.from_pretrained(tmp_path / "ckpt")

@@ -56,6 +56,19 @@ def test_the_handler_needs_a_kronos_model_of_known_training_dates():
                        kronos_segments=SEGMENTS)
 
 
+@pytest.mark.parametrize("preset", ["mini", "small", "base"])
+def test_pretrained_starts_are_refused_unless_allowed(preset):
+    """The released checkpoints were pretrained on data into 2024: their features on earlier days may leak."""
+    kronos = {"finetune": {"preset": preset, "output_dir": "unused"}}
+    with pytest.raises(ConfigError, match=r"Kronos feature leak: kronos.finetune starts from pre-trained weights "
+                                          r"\(NeoQuasar/.*\).*about 2024-02.*allow_pretraining_overlap: true"):
+        KronosAlpha158(start_time="2016-01-04", end_time="2016-06-30", kronos=kronos, kronos_segments=SEGMENTS)
+    # allowed: the configuration goes on to its next check (here a leaking start, refused before any training)
+    with pytest.raises(ConfigError, match="the handler starts 2015-12-31 but kronos_segments end"):
+        KronosAlpha158(start_time="2015-12-31", end_time="2016-06-30", kronos=kronos, kronos_segments=SEGMENTS,
+                       allow_pretraining_overlap=True)
+
+
 def test_path_features_measure_returns_from_the_last_close():
     pred_len, closes = 10, np.array([[101.0 + k for k in range(10)], [99.0 - k for k in range(10)]])  # 2 paths
     paths = np.zeros((1, 2, pred_len, 6))
@@ -77,7 +90,7 @@ def write_cache(folder, key: dict, days) -> None:
     for day in days:
         paths = np.full((2, 3, 4, 6), 10.0)
         np.savez(folder / f"{day}.npz", instruments=np.array(["SH600000", "SZ000001"]), paths=paths,
-                 last_close=np.array([10.0, 9.0]))
+                 last_close=np.array([10.0, 9.0]))  # no inputs: a file of before version 4 reads as well
 
 
 def test_a_cache_of_another_model_is_refused_by_name(tmp_path):

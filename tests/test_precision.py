@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from kronos_qlib import KronosInputError, KronosPredictor
-from kronos_qlib.inference.precision import quantize_linear_layers, resolve_precision
+from kronos_qlib.inference.precision import resolve_precision
 
 from test_forecasting import GREEDY, bars, window  # noqa: F401  (bars: the conformance series, a fixture)
 

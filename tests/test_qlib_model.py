@@ -12,8 +12,9 @@ from qlib.data.dataset import DatasetH
 
 from kronos_qlib import CheckpointError, ConfigError, Kronos, KronosBarsHandler, KronosInputError, KronosModel
 from kronos_qlib.data import init_qlib, load_bars, membership
+from kronos_qlib.training import config_from_dict
 
-from conftest import CN_DATA
+from conftest import CN_DATA, scale_closes, small_provider
 
 SEGMENTS = {"train": ("2016-01-01", "2016-06-30"), "valid": ("2016-07-01", "2016-09-30"),
             "test": ("2016-10-10", "2016-10-21")}
@@ -333,7 +334,7 @@ def test_another_precision_is_another_cache_and_fill_cache_takes_a_shard(fitted,
     model, out = fitted
     int8 = pickle.loads(pickle.dumps(model))
     int8.precision = "int8"
-    assert int8._cache(dataset.handler).folder != model._cache(dataset.handler).folder
+    assert int8._cache().folder != model._cache().folder
     int8.cache_dir = str(out / "sharded")
     sampled, cached = int8.fill_cache(dataset, "test", shard=(1, 3))
     days = sorted(p.stem for p in int8.forecast_folder.glob("*.npz"))
@@ -343,3 +344,55 @@ def test_another_precision_is_another_cache_and_fill_cache_takes_a_shard(fitted,
     assert int8.fill_cache(dataset, "test", shard=(1, 3)) == (0, sampled)
     with pytest.raises(ConfigError, match=r"shard must be \(index, count\) with 0 <= index < count, got \(3, 3\)"):
         int8.fill_cache(dataset, "test", shard=(3, 3))
+
+
+def test_forecasts_of_changed_bars_are_sampled_again(fitted, tmp_path, caplog):
+    """A provider whose prices changed (one stock's closes rewritten, as after a re-adjustment) re-samples that
+    stock's forecasts and says why; every other forecast is read from the cache."""
+    import qlib
+
+    provider = small_provider(tmp_path / "provider")
+    model = pickle.loads(pickle.dumps(fitted[0]))
+    model.cache_dir = str(tmp_path / "cache")
+
+    def fill() -> tuple[tuple[int, int], pd.Series]:
+        qlib.init(provider_uri=str(provider), region="cn")  # a new session: Qlib keeps read bars in memory
+        handler = KronosBarsHandler(instruments="csi300", start_time="2016-01-01", end_time="2016-12-30", history=20)
+        small = DatasetH(handler=handler, segments=SEGMENTS)
+        return model.fill_cache(small, "test"), model.predict(small, "test")
+
+    try:
+        (sampled, cached), before = fill()
+        assert sampled > 0 and cached == 0
+        code = before.index.get_level_values("instrument")[0]
+        changed = int((before.index.get_level_values("instrument") == code).sum())
+        scale_closes(provider, code, 1.1)
+        with caplog.at_level(logging.WARNING, logger="kronos_qlib"):
+            (resampled, kept), after = fill()
+    finally:
+        init_qlib(CN_DATA)
+    assert (resampled, kept) == (changed, sampled - changed)
+    assert f"the data of 1 instrument(s) ({code}) changed since their forecasts were sampled" in caplog.text
+    others = before.index.get_level_values("instrument") != code
+    pd.testing.assert_series_equal(after[others], before[others])
+
+
+@pytest.mark.parametrize("finetune", [None, {"preset": "small", "output_dir": "unused"}])
+def test_a_test_segment_inside_the_pretraining_data_is_warned_about(dataset, tokenizer_dir, predictor_dir,
+                                                                   monkeypatch, caplog, finetune):
+    """Released checkpoints, used as they are or finetuned, saw data to about 2024-02: a 2016 test is inside."""
+    def load_local(self, *args, **kwargs):
+        self._load(tokenizer_dir, predictor_dir)
+        return config_from_dict(finetune or {})
+
+    model = KronosModel(tokenizer="NeoQuasar/Kronos-Tokenizer-base", predictor="NeoQuasar/Kronos-small",
+                        finetune=finetune, cache_dir=None)
+    real_load = KronosModel._load
+    if finetune is None:
+        monkeypatch.setattr(KronosModel, "_load", lambda self, *a: real_load(self, tokenizer_dir, predictor_dir))
+    else:
+        monkeypatch.setattr(KronosModel, "_train", load_local)
+    with caplog.at_level(logging.WARNING, logger="kronos_qlib"):
+        model.fit(dataset)
+    assert ("the test segment starts 2016-10-10, inside the pretraining data of NeoQuasar/Kronos-Tokenizer-base "
+            "and NeoQuasar/Kronos-small (which runs to about 2024-02)") in caplog.text

@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from kronos_qlib import ConfigError, Kronos, KronosTokenizer, TrainingError
+from kronos_qlib import CheckpointError, ConfigError, Kronos, KronosTokenizer, TrainingError
 from kronos_qlib.model.hub import weights_digest
 from kronos_qlib.training import PRESETS, SequentialTrainer, config_from_dict, load_config
 from kronos_qlib.training.distributed import Runtime
@@ -223,6 +223,17 @@ def test_resume_with_other_settings_is_an_error(trained, data_cache, tmp_path, m
     assert folder_state(out / "predictor") == before
 
 
+def test_resume_from_a_truncated_last_pt_names_the_file(trained, data_cache, tmp_path, monkeypatch):
+    out = tmp_path / "truncated"
+    crash_after_epochs(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        predictor_run(out, trained, data_cache)
+    last = out / "predictor" / "last.pt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=f"{last} cannot be read .*: the file is damaged"):
+        predictor_run(out, trained, data_cache, resume=True)
+
+
 def test_training_again_with_skip_existing_false(trained, data_cache, tmp_path):
     out = tmp_path / "again"
     predictor_run(out, trained, data_cache)
@@ -279,6 +290,9 @@ def test_yaml_values_are_checked(tmp_path):
         load_config(path)
     path.write_text("data:\n  train: [2016-01-01, 2016-06-30]\n")  # unquoted YAML dates
     assert load_config(path).data.train == ("2016-01-01", "2016-06-30")
+    path.write_text('data:\n  valid: ["2016-01-01", "2016-13-01"]\n')  # an impossible date: the key and file
+    with pytest.raises(ConfigError, match=r"typed.yaml.data.valid\[1\] is '2016-13-01', which is not a date"):
+        load_config(path)
 
 
 def test_model_config_errors_name_the_section(tmp_path, data_cache):

@@ -11,14 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from qlib.cli.run import render_template
-from ruamel.yaml import YAML
 
-from kronos_qlib.qrun import FACTOR_SMOKE_ENV, WORKFLOWS, run_qrun, smoke_env
+from kronos_qlib.qrun import FACTOR_SMOKE_ENV, GRU_SMOKE_ENV, WORKFLOWS, load_workflow, run_qrun, smoke_env
 
 from conftest import CN_DATA, REPO
 
-QRUN_WORKFLOWS = ["kronos_csi300.yaml", "lightgbm_csi300.yaml"]
+QRUN_WORKFLOWS = ["kronos_csi300.yaml", "lightgbm_csi300.yaml", "gru_alpha360_csi300.yaml"]
 FACTOR_WORKFLOW = "kronos_lightgbm_csi300.yaml"
 VARIABLES = ["QLIB_DATA", "KRONOS_CACHE", "KRONOS_PRESET", "TRAIN_START", "TRAIN_END", "VALID_START", "VALID_END",
              "TEST_START", "TEST_END", "BACKTEST_END", "KRONOS_TRAIN_START", "KRONOS_TRAIN_END", "KRONOS_VALID_START",
@@ -26,22 +24,18 @@ VARIABLES = ["QLIB_DATA", "KRONOS_CACHE", "KRONOS_PRESET", "TRAIN_START", "TRAIN
 #: The factor workflow at the smoke scale (the README's command): Kronos trained on 2016-01..05, LightGBM on
 #: 2016-06..08 and validated on September, the smoke test dates after; two paths per stock and day.
 FACTOR_SMOKE = smoke_env(FACTOR_SMOKE_ENV)
+#: GRU at the smoke scale: one epoch
+GRU_SMOKE = smoke_env(GRU_SMOKE_ENV)
 
 
-def render(path, monkeypatch, env: dict) -> dict:
-    """The file as qrun reads it under ``env`` (and nothing else of the caller's environment)."""
-    for name in VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    text = render_template(str(path))
-    assert "{{" not in text and "{%" not in text
-    return YAML(typ="safe", pure=True).load(text)
+def render(path, env: dict) -> dict:
+    """The file as qrun reads it under ``env`` and nothing else of the caller's environment."""
+    return load_workflow(path, env, inherit=False)
 
 
 @pytest.mark.parametrize("path", sorted(WORKFLOWS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_file_renders_as_qrun_reads_it(path, monkeypatch):
-    assert isinstance(render(path, monkeypatch, {}), dict)
+    assert isinstance(render(path, {}), dict)
 
 
 def dates(config: dict) -> dict:
@@ -58,23 +52,36 @@ def dates(config: dict) -> dict:
     (smoke_env(), {"train": ["2016-01-01", "2016-06-30"], "valid": ["2016-07-01", "2016-09-30"],
                    "test": ["2016-10-10", "2016-11-04"], "backtest_end": "2016-11-03"}),
 ], ids=["defaults", "smoke"])
-def test_both_workflows_take_the_same_dates_from_the_environment(monkeypatch, env, expected):
-    kronos, lgb = (render(WORKFLOWS / name, monkeypatch, env) for name in QRUN_WORKFLOWS)
-    assert dates(kronos) == dates(lgb)
+def test_the_workflows_take_the_same_dates_costs_and_strategy_from_the_environment(env, expected):
+    kronos, lgb, gru = (render(WORKFLOWS / name, env) for name in QRUN_WORKFLOWS)
+    assert dates(kronos) == dates(lgb) == dates(gru)
     got = dates(kronos)
     assert got["segments"] == {k: expected[k] for k in ("train", "valid", "test")}
     assert got["backtest"] == [expected["test"][0], expected["backtest_end"]]
     assert got["handler"] == [expected["train"][0], expected["test"][1]]
-    lgb_handler = lgb["task"]["dataset"]["kwargs"]["handler"]["kwargs"]
-    assert [lgb_handler["fit_start_time"], lgb_handler["fit_end_time"]] == expected["train"]
-    for config in (kronos, lgb):  # the handlers check the data for exactly the backtest's benchmark and end
+    for baseline in (lgb, gru):  # the processors are fitted on the training segment only
+        handler = baseline["task"]["dataset"]["kwargs"]["handler"]["kwargs"]
+        assert [handler["fit_start_time"], handler["fit_end_time"]] == expected["train"]
+    assert kronos["port_analysis_config"] == lgb["port_analysis_config"] == gru["port_analysis_config"]
+    for config in (kronos, lgb, gru):  # the handlers check the data for exactly the backtest's benchmark and end
         handler = config["task"]["dataset"]["kwargs"]["handler"]["kwargs"]
         assert (handler["benchmark"], handler["backtest_end"]) == ("SH000300", expected["backtest_end"])
 
 
+def test_gru_workflow_is_the_zoos_model_with_an_epoch_cap():
+    """Qlib's benchmark GRU / Alpha360 settings; GRU_EPOCHS caps the epochs, SEED seeds it."""
+    model = render(WORKFLOWS / "gru_alpha360_csi300.yaml", {})["task"]["model"]
+    assert (model["class"], model["module_path"]) == ("GRU", "qlib.contrib.model.pytorch_gru")
+    assert model["kwargs"] == {"d_feat": 6, "hidden_size": 64, "num_layers": 2, "dropout": 0.0, "n_epochs": 200,
+                               "lr": 1e-3, "early_stop": 20, "batch_size": 800, "metric": "loss", "loss": "mse",
+                               "GPU": 0, "seed": 42}
+    capped = render(WORKFLOWS / "gru_alpha360_csi300.yaml", {**GRU_SMOKE, "SEED": "44"})["task"]["model"]["kwargs"]
+    assert (capped["n_epochs"], capped["seed"]) == (1, 44)
+
+
 @pytest.mark.parametrize("env", [{}, smoke_env(), {**smoke_env(), **FACTOR_SMOKE}], ids=["defaults", "smoke", "factor"])
 def test_factor_workflow_tests_and_trades_like_the_others_and_starts_after_kronos(monkeypatch, env):
-    lgb, factor = (render(WORKFLOWS / name, monkeypatch, env) for name in ("lightgbm_csi300.yaml", FACTOR_WORKFLOW))
+    lgb, factor = (render(WORKFLOWS / name, env) for name in ("lightgbm_csi300.yaml", FACTOR_WORKFLOW))
     assert dates(factor)["segments"]["test"] == dates(lgb)["segments"]["test"]
     assert dates(factor)["backtest"] == dates(lgb)["backtest"]
     assert factor["port_analysis_config"] == lgb["port_analysis_config"]
@@ -86,7 +93,7 @@ def test_factor_workflow_tests_and_trades_like_the_others_and_starts_after_krono
 
 
 def test_kronos_workflow_sets_each_setting_once(monkeypatch):
-    config = render(WORKFLOWS / "kronos_csi300.yaml", monkeypatch, {"KRONOS_PRESET": "small", "QLIB_DATA": "/data"})
+    config = render(WORKFLOWS / "kronos_csi300.yaml", {"KRONOS_PRESET": "small", "QLIB_DATA": "/data"})
     kwargs = config["task"]["model"]["kwargs"]
     assert config["qlib_init"]["provider_uri"] == "/data"
     assert kwargs["finetune"] == {"preset": "small", "seed": 42,
@@ -100,18 +107,18 @@ def test_seed_variables_reach_every_seeded_part(monkeypatch):
     """SEED and SAMPLE_SEED (bench_seeds.py's seed k) change Kronos's training seed and its stage folder, its
     sampling seed and LightGBM's seed, in each workflow that has them; nothing else moves."""
     env = {"SEED": "43", "SAMPLE_SEED": "1"}
-    kronos = render(WORKFLOWS / "kronos_csi300.yaml", monkeypatch, env)["task"]["model"]["kwargs"]
+    kronos = render(WORKFLOWS / "kronos_csi300.yaml", env)["task"]["model"]["kwargs"]
     assert kronos["finetune"] == {"preset": "cpu", "seed": 43,
                                   "output_dir": "runs/kronos_csi300_cpu_2010-01-01_2019-12-31_seed43"}
     assert kronos["sampling"]["seed"] == 1
-    lgb = render(WORKFLOWS / "lightgbm_csi300.yaml", monkeypatch, env)
+    lgb = render(WORKFLOWS / "lightgbm_csi300.yaml", env)
     assert lgb["task"]["model"]["kwargs"]["seed"] == 43
-    assert render(WORKFLOWS / "lightgbm_csi300.yaml", monkeypatch, {})["task"]["model"]["kwargs"]["seed"] == 42
-    factors = render(WORKFLOWS / FACTOR_WORKFLOW, monkeypatch, env)
+    assert render(WORKFLOWS / "lightgbm_csi300.yaml", {})["task"]["model"]["kwargs"]["seed"] == 42
+    factors = render(WORKFLOWS / FACTOR_WORKFLOW, env)
     handler_kronos = factors["task"]["dataset"]["kwargs"]["handler"]["kwargs"]["kronos"]
     assert handler_kronos["finetune"]["seed"] == 43 and handler_kronos["finetune"]["output_dir"].endswith("_seed43")
     assert handler_kronos["sampling"]["seed"] == 1 and factors["task"]["model"]["kwargs"]["seed"] == 43
-    default = render(WORKFLOWS / "kronos_csi300.yaml", monkeypatch, {})["task"]["model"]["kwargs"]
+    default = render(WORKFLOWS / "kronos_csi300.yaml", {})["task"]["model"]["kwargs"]
     assert {k: v for k, v in default.items() if k not in ("finetune", "sampling")} == \
         {k: v for k, v in kronos.items() if k not in ("finetune", "sampling")}
 
@@ -119,16 +126,17 @@ def test_seed_variables_reach_every_seeded_part(monkeypatch):
 # --------------------------------------------------------------------------------------- qrun, smoke scale
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    """Both workflows through qrun at the smoke scale, then the Kronos one again (reusing what the first made)."""
+    """The workflows through qrun at the smoke scale, then the Kronos one again (reusing what the first made)."""
     tmp = tmp_path_factory.mktemp("workflows")
     env = {**smoke_env(), "QLIB_DATA": str(CN_DATA), "KRONOS_CACHE": str(tmp / "forecasts")}
-    logs = {name: run_qrun(name, cwd=tmp, env=env, timeout=1200) for name in QRUN_WORKFLOWS}
+    logs = {name: run_qrun(name, cwd=tmp, env={**env, **GRU_SMOKE}, timeout=1200) for name in QRUN_WORKFLOWS}
     logs[FACTOR_WORKFLOW] = run_qrun(FACTOR_WORKFLOW, cwd=tmp, env={**env, **FACTOR_SMOKE}, timeout=1200)
     logs["again"] = run_qrun("kronos_csi300.yaml", cwd=tmp, env=env, timeout=1200)
     return tmp, {name: result.stdout + result.stderr for name, result in logs.items()}
 
 
-@pytest.mark.parametrize("experiment", ["kronos_csi300", "lightgbm_csi300", "kronos_lightgbm_csi300"])
+@pytest.mark.parametrize("experiment", ["kronos_csi300", "lightgbm_csi300", "gru_alpha360_csi300",
+                                        "kronos_lightgbm_csi300"])
 def test_recorded_signal_and_portfolio(recorded, experiment):
     from kronos_qlib.evaluation import init_recorder_store, load_run, summarize
 
@@ -196,6 +204,11 @@ def test_compare_script(recorded):
     assert result.returncode == 0, result.stderr[-3000:]
     table = (out / "comparison.md").read_text()
     assert "| kronos_csi300 |" in table and "| lightgbm_csi300 |" in table and "nan" not in table.lower()
+    assert "| gru_alpha360_csi300 |" in table and "| kronos_lightgbm_csi300 |" in table
+    assert "not recorded here, left out: ensemble_csi300" in result.stderr
+    paired = table.split("Paired against lightgbm_csi300, day by day")[1]
+    assert all(f"| {name} | " in paired for name in ("kronos_csi300", "gru_alpha360_csi300"))
+    assert "| lightgbm_csi300 | " not in paired
     assert (out / "cumulative_excess.png").stat().st_size > 10_000
     assert (out / "kronos_csi300_training.png").stat().st_size > 10_000
     assert not (out / "lightgbm_csi300_training.png").exists(), "LightGBM logs no epochs"
@@ -260,20 +273,37 @@ def test_ensemble_refuses_runs_outside_the_test_dates_it_renders(recorded):
     assert result.returncode == 2 and "outside the test segment 2016-10-17..2016-11-04" in result.stderr
 
 
+def load_bench_seeds(monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_seeds", REPO / "benchmarks" / "bench_seeds.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_seeds", module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_seeds_zoo_dates_are_the_zoos_segments(monkeypatch):
+    """`bench_seeds.py --dates zoo` runs the baselines on Qlib's model-zoo segments as far as the data allows."""
+    zoo = load_bench_seeds(monkeypatch).DATES["zoo"]
+    for name in ("lightgbm_csi300.yaml", "gru_alpha360_csi300.yaml"):
+        got = dates(render(WORKFLOWS / name, zoo.env))
+        assert got == {"segments": {"train": ["2010-01-01", "2014-12-31"], "valid": ["2015-01-01", "2016-12-31"],
+                                    "test": ["2017-01-01", "2020-07-31"]},
+                       "backtest": ["2017-01-01", "2020-07-31"], "handler": ["2010-01-01", "2020-07-31"]}
+    assert set(zoo.published) == {"lightgbm", "gru"}
+
+
 @pytest.mark.parametrize("env", [{}, {**smoke_env(), **FACTOR_SMOKE}], ids=["defaults", "smoke"])
 def test_bench_seeds_control_is_lightgbm_on_the_factor_workflows_rows(env, monkeypatch):
     """The control of the factor workflow (benchmarks/bench_seeds.py) is LightGBM / Alpha158 alone with the factor
     workflow's segments, handler range and backtest: the difference between the two is the Kronos factors only."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_seeds", REPO / "benchmarks" / "bench_seeds.py")
-    bench_seeds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_seeds)
+    bench_seeds = load_bench_seeds(monkeypatch)
     for name in VARIABLES:
         monkeypatch.delenv(name, raising=False)
     control_env = bench_seeds.step_env("control", env)
     assert control_env["TRAIN_START"] != "2010-01-01" and bench_seeds.step_env("lightgbm", env) == env
-    control = render(WORKFLOWS / "lightgbm_csi300.yaml", monkeypatch, control_env)
-    factors = render(WORKFLOWS / FACTOR_WORKFLOW, monkeypatch, env)
+    control = render(WORKFLOWS / "lightgbm_csi300.yaml", control_env)
+    factors = render(WORKFLOWS / FACTOR_WORKFLOW, env)
     assert dates(control) == dates(factors)
     assert control["task"]["model"] == factors["task"]["model"]

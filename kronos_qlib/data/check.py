@@ -19,7 +19,7 @@ REQUIRED_FIELDS = ("open", "high", "low", "close", "volume")
 #: What a missing optional field costs.
 OPTIONAL_FIELDS = {"factor": "the backtest trades without rounding to 100-share lots",
                    "amount": "amount = volume x mean(OHLC)",
-                   "vwap": "Kronos does not read it; Alpha158's VWAP0 feature is NaN"}
+                   "vwap": "Kronos does not read it; Alpha158's VWAP0 feature and Alpha360's VWAP0..59 are NaN"}
 PRICE_FIELDS = ("open", "high", "low", "close")
 QLIB_LAYOUT = ("calendars", "instruments", "features")
 #: A fractional daily change has a median |$change| near 0.01-0.02; in percent it is near 1-2. Single bars
@@ -99,13 +99,23 @@ def read_calendar(provider: Path, report: DataReport) -> pd.DatetimeIndex | None
     if not path.is_file():
         report.errors.append("no daily calendar: calendars/day.txt is missing")
         return None
+    numbered = [(i, line.strip()) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
     try:
-        calendar = pd.DatetimeIndex(pd.to_datetime(path.read_text().split(), format="%Y-%m-%d"))
+        calendar = pd.DatetimeIndex(pd.to_datetime([day for _, day in numbered], format="%Y-%m-%d"))
     except ValueError as err:
         report.errors.append(f"calendars/day.txt holds a line that is not a date: {err}")
         return None
     if calendar.empty:
         report.errors.append("calendars/day.txt is empty")
+        return None
+    steps = np.diff(calendar.values)
+    if (steps <= np.timedelta64(0)).any():
+        # Qlib indexes bars by calendar position: a repeated day serves every later bar a trading day early
+        i = int(np.argmax(steps <= np.timedelta64(0))) + 1
+        what = "repeats" if steps[i - 1] == np.timedelta64(0) else "comes before"
+        report.errors.append(f"calendars/day.txt line {numbered[i][0]} ({calendar[i].date()}) {what} the day on "
+                             f"line {numbered[i - 1][0]} ({calendar[i - 1].date()}): the calendar must hold "
+                             f"strictly increasing dates")
         return None
     report.info.append(f"calendar: {calendar[0].date()}..{calendar[-1].date()}, {len(calendar)} trading days")
     return calendar

@@ -53,8 +53,16 @@ class DataConfig:
 
 
 def data_fingerprint(provider: Path, market: str) -> dict:
-    """Sizes and modification times of the files that change when the provider's data is updated."""
-    files = [provider / "calendars" / "day.txt", provider / "instruments" / f"{market}.txt"]
+    """Sizes and modification times of every file the processed data is read from: the calendar, the market's
+    instruments file and each listed instrument's feature files. A new download, a re-adjustment or one fixed
+    bar rewrites a file and so changes the fingerprint; statting them costs milliseconds, where a content hash
+    would read everything the cache exists to avoid reading."""
+    instruments = provider / "instruments" / f"{market}.txt"
+    codes = sorted({line.split("\t")[0].strip().lower() for line in instruments.read_text().splitlines()
+                    if line.strip()}) if instruments.is_file() else []
+    files = [provider / "calendars" / "day.txt", instruments]
+    files += [f for code in codes if (provider / "features" / code).is_dir()
+              for f in sorted((provider / "features" / code).iterdir())]
     return {str(f.relative_to(provider)): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()}
 
 

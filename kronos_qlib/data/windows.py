@@ -48,10 +48,11 @@ def window_starts(panel: BarPanel, spec: ForecastSpec, start: str | pd.Timestamp
     """Row indices where the windows of a split begin.
 
     A window belongs to the split [start, end] when all its ``pred_len`` target bars lie inside it; its
-    context may reach back before ``start``. With ``spans`` (point-in-time index membership) its targets must
-    also lie inside one membership period: the window ends while its stock is a member, and the stock was
-    already a member when its first target began, so no stock enters the training universe because of what
-    happened during the horizon (joining an index tends to follow a rally). History from before the stock
+    context may reach back before ``start``. With ``spans`` (point-in-time index membership) its stock must be a
+    member on the day of its last context bar, t, exactly as inference scores the members of day t: membership
+    known at t decides, so no stock enters the training universe because of what happened during the horizon
+    (joining an index tends to follow a rally), and none leaves it because of that either (leaving tends to
+    follow a fall: dropping those windows would bias the learned drift upward). History from before the stock
     joined may serve as context.
     """
     start64, end64 = np.datetime64(pd.Timestamp(start), "ns"), np.datetime64(pd.Timestamp(end), "ns")
@@ -61,13 +62,14 @@ def window_starts(panel: BarPanel, spec: ForecastSpec, start: str | pd.Timestamp
         candidates = np.arange(first, stop - spec.length + 1)
         if candidates.size == 0:
             continue
+        last_context = panel.dates[candidates + spec.lookback - 1]
         target_start = panel.dates[candidates + spec.lookback]
         window_end = panel.dates[candidates + spec.length - 1]
         keep = (target_start >= start64) & (window_end <= end64)
         if spans is not None:
             member = np.zeros_like(keep)
             for a, b in spans.get(str(instrument), []):
-                member |= (target_start >= np.datetime64(a, "ns")) & (window_end <= np.datetime64(b, "ns"))
+                member |= (last_context >= np.datetime64(a, "ns")) & (last_context <= np.datetime64(b, "ns"))
             keep &= member
         found.append(candidates[keep])
     return np.concatenate(found) if found else np.empty(0, dtype=np.int64)

@@ -10,7 +10,8 @@ the sequence outgrows ``max_context`` the window slides and every kept position 
 so those steps rebuild the window from scratch: results stay equal to full recomputation.
 
 Inputs are checked once per call, before the loop: the networks' own checks would sync a GPU with the host
-at every generated token.
+at every generated token. For the same reason, a next-token distribution that is not one (NaN or inf logits,
+from damaged weights or an overflow) is flagged on the device as it is drawn and refused once, after the loop.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from ..errors import KronosInputError
 from ..model import Kronos, KronosTokenizer
 from ..model.predictor import check_stamp
-from .sampling import path_streams, sample_token
+from .sampling import path_streams, sample_token, usable_rows
 from .spec import ForecastSpec, Sampling
 
 
@@ -73,6 +74,7 @@ def sample_paths(tokenizer: KronosTokenizer, model: Kronos, x: torch.Tensor, x_s
     s1[:, :n_context] = ctx_s1.repeat_interleave(repeats, dim=0)
     s2[:, :n_context] = ctx_s2.repeat_interleave(repeats, dim=0)
 
+    unusable = torch.zeros(n_seq, pred_len, dtype=torch.bool, device=x.device)
     cache, cache_start = None, -1
     for step in range(pred_len):
         current = n_context + step
@@ -94,14 +96,20 @@ def sample_paths(tokenizer: KronosTokenizer, model: Kronos, x: torch.Tensor, x_s
                 logits, context = _take_last(*decode_s1(s1[:, start:current], s2[:, start:current],
                                                         stamps_rep[:, start:current], cache))
         new_s1 = sample_token(logits, sampling, streams, 2 * step)
-        new_s2 = sample_token(model.decode_s2(context, new_s1, cache, validate=False)[:, -1], sampling, streams,
-                              2 * step + 1)
+        s2_logits = model.decode_s2(context, new_s1, cache, validate=False)[:, -1]
+        new_s2 = sample_token(s2_logits, sampling, streams, 2 * step + 1)
+        unusable[:, step] = ~(usable_rows(logits) & usable_rows(s2_logits))
         s1[:, current], s2[:, current] = new_s1[:, 0], new_s2[:, 0]
         if use_cache and step + 1 < pred_len and max(0, current + 1 - max_context) == cache_start:
             logits, context = _take_last(*decode_s1(new_s1, new_s2, stamps_rep[:, current:current + 1], cache))
         if progress is not None:
             progress.update(1)
 
+    if bool(unusable.any()):
+        row, step = (int(i) for i in unusable.nonzero()[0])
+        raise KronosInputError(f"the predictor gave a non-finite next-token distribution (NaN or inf logits) for "
+                               f"series {row // sample_count} of the batch, path {row % sample_count}, at step "
+                               f"{step + 1}: its weights or the context hold non-finite values")
     window_start = total - capacity  # <= n_context because pred_len <= max_context
     if use_cache:
         caches = tokenizer.new_decoder_caches(n_context - window_start)

@@ -41,6 +41,26 @@ class _Series:
     key: int
 
 
+class NonFiniteForecast(KronosInputError):
+    """A forecast that holds NaN or inf; ``series`` is its position in the call, for callers that know its name."""
+
+    def __init__(self, message: str, series: int):
+        super().__init__(message)
+        self.series = series
+
+
+def check_forecast(paths: np.ndarray, series: int) -> None:
+    """One series' paths (sample_count, pred_len, 6) must be finite: bars near the float limit (a volume of
+    1e300) overflow the normalization's statistics and come back as -inf."""
+    bad = ~np.isfinite(paths)
+    if bad.any():
+        path, step, column = (int(i) for i in np.argwhere(bad)[0])
+        raise NonFiniteForecast(f"the forecast of series {series} holds a non-finite value "
+                                f"({paths[path, step, column]}) in column '{BAR_COLUMNS[column]}' at step {step + 1} "
+                                f"of path {path}: its context bars are too large for the normalization (check that "
+                                f"column's units)", series)
+
+
 class KronosPredictor:
     """Forecasts K-line series with a tokenizer + predictor pair.
 
@@ -158,6 +178,7 @@ class KronosPredictor:
                                           progress=bar).float().cpu().numpy()
                 for row, i in enumerate(idx):
                     out[i] = denormalize(normed[row], series[i].mean, series[i].std)
+                    check_forecast(out[i], i)
         return out
 
     def _series(self, bars: np.ndarray, x_stamp: np.ndarray, y_stamp: np.ndarray, seed: int,
@@ -182,6 +203,12 @@ class KronosPredictor:
             raise KronosInputError(f"{name} has {len(bars)} context bar(s); at least 2 are needed to normalize")
         x_ts = as_datetimes(x_timestamp, f"x_timestamp of {name}")
         y_ts = as_datetimes(y_timestamp, f"y_timestamp of {name}")
+        if (x_ts.tz is None) != (y_ts.tz is None):
+            aware, naive = ("x_timestamp", "y_timestamp") if y_ts.tz is None else ("y_timestamp", "x_timestamp")
+            raise KronosInputError(f"{aware} of {name} is timezone-aware ({(x_ts.tz or y_ts.tz)}) but {naive} is "
+                                   f"naive: give both in one time zone")
+        # time features read the wall clock: the forecast instants must be read in the history's zone
+        y_ts = y_ts if x_ts.tz is None else y_ts.tz_convert(x_ts.tz)
         if len(x_ts) != len(bars):
             raise KronosInputError(f"x_timestamp of {name} has {len(x_ts)} entries for {len(bars)} bars")
         if len(y_ts) != pred_len:

@@ -76,6 +76,12 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def usable_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(rows,) True where a row of logits is a distribution: no NaN or +inf, and some finite logit. Any other
+    row would still give a token (inverse CDF of NaNs picks the last one), so the caller refuses it."""
+    return ~(torch.isnan(logits) | torch.isposinf(logits)).any(dim=-1) & torch.isfinite(logits).any(dim=-1)
+
+
 def sample_token(logits: torch.Tensor, sampling: Sampling, streams: torch.Tensor, draw: int) -> torch.Tensor:
     """One token per row of (rows, vocab) logits, as (rows, 1) ids, by inverse CDF of the row's ``draw``-th
     uniform. Greedy settings (top_k == 1) take the argmax and draw nothing."""

@@ -3,7 +3,7 @@
 Importing it (qrun does, through ``module_path: kronos_qlib``) lets kronos_qlib's log lines appear where Qlib's do.
 """
 from ..logs import follow_qlib_logging
-from .alpha158 import CheckedAlpha158
+from .checked_handlers import CheckedAlpha158, CheckedAlpha360
 from .forecast_cache import ForecastCache
 from .handler import KronosBarsHandler
 from .kronos_factors import KronosAlpha158
@@ -11,4 +11,4 @@ from .model import KronosModel
 
 follow_qlib_logging()
 
-__all__ = ["CheckedAlpha158", "ForecastCache", "KronosAlpha158", "KronosBarsHandler", "KronosModel"]
+__all__ = ["CheckedAlpha158", "CheckedAlpha360", "ForecastCache", "KronosAlpha158", "KronosBarsHandler", "KronosModel"]

@@ -1,18 +1,18 @@
-"""An ensemble of two recorded signals, w * g(Kronos) + (1 - w) * g(LightGBM), g the daily rank-gauss score, with
-the equal blend w = 0.5 declared in advance as the default.
+"""An ensemble of two recorded signals, w * g(Kronos) + (1 - w) * g(baseline), g the daily rank-gauss score, with
+the equal blend w = 0.5 declared in advance as the default. The baseline is LightGBM / Alpha158 or GRU / Alpha360.
 
 Scores become rank-gauss scores per day: average ranks, (rank - 0.5) / n, through the standard normal quantile.
 Their scales differ (a return forecast, a risk measure, a regression output), and unlike a z-score a rank does not
 let one outlier move the rest of the day: a single inf made a day's std NaN, and that whole day's Kronos part fell
 to zero. Non-finite scores (NaN, +-inf) are dropped before ranking, counted, and logged once per ``combine``.
 
-LightGBM's universe is the reference: every (datetime, instrument) row it scores gets a combined score; where
+The baseline's universe is the reference: every (datetime, instrument) row it scores gets a combined score; where
 Kronos has none (fewer than ``lookback`` traded bars, suspended on the day, a non-finite value dropped) Kronos's
-part is neutral (0, the middle of a rank-gauss day), so those stocks keep LightGBM's part on the same scale as the
-others and w = 0 reproduces LightGBM's ranking on every day. Rows Kronos scores but
-LightGBM does not are left out.
+part is neutral (0, the middle of a rank-gauss day), so those stocks keep the baseline's part on the same scale as
+the others and w = 0 reproduces the baseline's ranking on every day. Rows Kronos scores but the baseline does not
+are left out.
 
-Why the weight is declared, not chosen: LightGBM early-stops on the valid segment and Kronos picks its checkpoint
+Why the weight is declared, not chosen: the baseline early-stops on the valid segment and Kronos picks its checkpoint
 there, so a weight chosen by valid RankIC is chosen in-sample for both models and flatters whichever fits valid
 best. ``choose_weight`` keeps that choice (grid 0..1, best mean daily RankIC on valid) as an option: the valid
 predictions come from the recorded models themselves (``params.pkl``), since Qlib's SignalRecord keeps only the
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 #: Kronos's weight unless told otherwise: the equal blend of the two rank-gauss scores, fixed before any result.
 DECLARED_WEIGHT = 0.5
-#: The weights of Kronos tried on valid: 0 (LightGBM alone) to 1 (Kronos alone) in steps of 0.05.
+#: The weights of Kronos tried on valid: 0 (the baseline alone) to 1 (Kronos alone) in steps of 0.05.
 DEFAULT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 
 
@@ -61,18 +61,18 @@ def check_same_dates(a: pd.Series, b: pd.Series, a_name: str, b_name: str, segme
 
 @dataclass
 class Combination:
-    """Both signals as rank-gauss scores on LightGBM's rows (Kronos NaN where it has no finite score) and the number
-    of non-finite scores dropped from each input ("kronos", "lgb")."""
+    """Both signals as rank-gauss scores on the baseline's rows (Kronos NaN where it has no finite score) and the number
+    of non-finite scores dropped from each input ("kronos", "baseline")."""
 
     kronos: pd.Series
-    lgb: pd.Series
+    baseline: pd.Series
     non_finite: dict[str, int]
 
     def score(self, weight: float) -> pd.Series:
-        """w * g(Kronos) + (1 - w) * g(LightGBM), with g(Kronos) = 0 (neutral) where Kronos has no score."""
+        """w * g(Kronos) + (1 - w) * g(baseline), with g(Kronos) = 0 (neutral) where Kronos has no score."""
         if not 0.0 <= weight <= 1.0:
             raise ConfigError(f"the ensemble weight of Kronos must lie in [0, 1], got {weight}")
-        return (weight * self.kronos.fillna(0.0) + (1.0 - weight) * self.lgb).rename("score")
+        return (weight * self.kronos.fillna(0.0) + (1.0 - weight) * self.baseline).rename("score")
 
 
 def _finite(score: pd.Series, name: str) -> tuple[pd.Series, int, str]:
@@ -85,17 +85,19 @@ def _finite(score: pd.Series, name: str) -> tuple[pd.Series, int, str]:
     return score[ok], len(bad), f"{name} {len(bad)} (the first {pd.Timestamp(day).date()} {instrument})"
 
 
-def combine(kronos: pd.Series, lgb: pd.Series) -> Combination:
-    """Both signals on LightGBM's (datetime, instrument) rows as daily rank-gauss scores, Kronos ranked among those
+def combine(kronos: pd.Series, baseline: pd.Series, baseline_name: str = "baseline") -> Combination:
+    """Both signals on the baseline's (datetime, instrument) rows as daily rank-gauss scores, Kronos ranked among those
     rows only; non-finite scores dropped first, with one warning line naming the count and the first row of each."""
-    (kronos, kronos_bad, kronos_note), (lgb, lgb_bad, lgb_note) = _finite(kronos, "Kronos"), _finite(lgb, "LightGBM")
-    if kronos_bad or lgb_bad:
-        logger.warning("ensemble: non-finite scores dropped before ranking: %s; %s", kronos_note, lgb_note)
-    lgb = lgb.sort_index()
-    shared = kronos[kronos.index.isin(lgb.index)]
+    (kronos, kronos_bad, kronos_note), (baseline, baseline_bad, baseline_note) = (_finite(kronos, "Kronos"),
+                                                                                  _finite(baseline, baseline_name))
+    if kronos_bad or baseline_bad:
+        logger.warning("ensemble: non-finite scores dropped before ranking: %s; %s", kronos_note, baseline_note)
+    baseline = baseline.sort_index()
+    shared = kronos[kronos.index.isin(baseline.index)]
     if shared.empty:
-        raise ConfigError("Kronos scores none of the (datetime, instrument) rows LightGBM scores (finite scores)")
-    return Combination(rank_gauss(shared).reindex(lgb.index), rank_gauss(lgb), {"kronos": kronos_bad, "lgb": lgb_bad})
+        raise ConfigError("Kronos scores none of the (datetime, instrument) rows the baseline scores (finite scores)")
+    return Combination(rank_gauss(shared).reindex(baseline.index), rank_gauss(baseline),
+                       {"kronos": kronos_bad, "baseline": baseline_bad})
 
 
 @dataclass
@@ -106,16 +108,16 @@ class WeightChoice:
     valid_rank_ic: pd.Series  # indexed by weight
 
 
-def choose_weight(kronos_valid: pd.Series, lgb_valid: pd.Series, label_valid: pd.Series,
+def choose_weight(kronos_valid: pd.Series, baseline_valid: pd.Series, label_valid: pd.Series,
                   grid: tuple[float, ...] = DEFAULT_GRID) -> WeightChoice:
     """The weight of the grid whose combination has the highest mean daily RankIC on the valid scores and label
     given (ties: the smaller weight, closer to the baseline). In-sample for both models: an option, not the default."""
-    check_same_dates(kronos_valid, lgb_valid, "Kronos", "LightGBM", "valid")
-    combination = combine(kronos_valid, lgb_valid)
+    check_same_dates(kronos_valid, baseline_valid, "Kronos", "the baseline", "valid")
+    combination = combine(kronos_valid, baseline_valid)
     scores = {float(w): daily_ic(combination.score(float(w)), label_valid, "spearman").mean() for w in grid}
     table = pd.Series(scores).sort_index().rename_axis("weight").rename("valid mean RankIC")
     if table.isna().all():
-        raise ConfigError("no valid day has a LightGBM score and a label: the valid RankIC is undefined")
+        raise ConfigError("no valid day has a baseline score and a label: the valid RankIC is undefined")
     return WeightChoice(float(table.idxmax()), table)
 
 

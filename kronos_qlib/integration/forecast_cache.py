@@ -1,7 +1,12 @@
 """On-disk cache of sampled forecast paths, one file per trading day.
 
-Keyed by everything that determines a forecast (both networks' weights, the sampling settings, the data):
-re-running a backtest or trying another signal reads the paths instead of sampling them again, and a long
+Keyed by everything that determines a forecast: the folder by both networks' weights, the forecast and sampling
+settings and the provider folder; each stored forecast by a digest of what it was sampled from
+(:func:`bars_digest`: the context's bars and dates, the forecast's dates), checked on every read. A provider whose
+prices changed (re-adjusted after a split, re-downloaded, a bad bar fixed) thus re-samples exactly the forecasts
+whose context changed, and says so in the log; the rest are read. A content digest rather than file sizes and
+times: it is exact, costs a few seconds for a three-year backtest, and keeps every forecast whose bars did not
+change. Re-running a backtest or trying another signal reads the paths instead of sampling them again, and a long
 prediction that is interrupted resumes from the last finished day. A day file that cannot be read (truncated,
 corrupted) is logged with its path and treated as absent, so its day is sampled and written again.
 
@@ -12,7 +17,8 @@ file systems and NFSv4 honour it; across nodes on a file system that does not, g
 (as ``scripts/forecast.py`` does) and the atomic rename alone keeps every file whole.
 
 Layout of ``<root>/<digest>/``: ``key.json`` (the settings) and one ``YYYY-MM-DD.npz`` per day with arrays
-``instruments`` (n,), ``paths`` (n, sample_count, pred_len, 6) in price units and ``last_close`` (n,).
+``instruments`` (n,), ``paths`` (n, sample_count, pred_len, 6) in price units, ``last_close`` (n,) and ``inputs``
+(n,), the digest of each forecast's bars.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import hashlib
 import json
 import logging
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -34,25 +41,45 @@ logger = logging.getLogger(__name__)
 #: What reading a damaged .npz raises, depending on where it is damaged.
 _READ_ERRORS = (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError)
 #: Bump when the layout above or the way paths are drawn changes: the key, and so the folder, changes with it.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+
+
+#: The arrays of a day file; ``inputs`` may be missing (a file written before version 4, which evaluation scripts
+#: still read): its forecasts then match no digest, so the cache samples them again.
+ARRAYS = ("instruments", "paths", "last_close", "inputs")
+
+
+def bars_digest(values: np.ndarray, stamps: np.ndarray, future: np.ndarray) -> str:
+    """What a forecast was sampled from: a digest of its context bars (lookback, 6), their time features and
+    those of the forecast's days (pred_len, 5)."""
+    digest = hashlib.sha1(np.ascontiguousarray(values, dtype=np.float64).tobytes())
+    for features in (stamps, future):
+        digest.update(np.ascontiguousarray(features, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _read(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in ARRAYS if name in data.files}
+    except _READ_ERRORS as err:
+        raise KronosInputError(f"forecast file '{path}' cannot be read ({type(err).__name__}: {err})") from err
+    arrays.setdefault("inputs", np.full(len(arrays.get("instruments", ())), ""))
+    missing = set(ARRAYS) - set(arrays)
+    if missing:
+        raise KronosInputError(f"forecast file '{path}' lacks the array(s) {', '.join(sorted(missing))}")
+    n = len(arrays["instruments"])
+    if arrays["paths"].ndim != 4 or not n == len(arrays["paths"]) == len(arrays["last_close"]) == len(arrays["inputs"]):
+        raise KronosInputError(f"forecast file '{path}': paths must be (instruments, sample_count, pred_len, 6) "
+                               f"for {n} instruments, closes and input digests, got {arrays['paths'].shape}")
+    return arrays
 
 
 def read_day(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(instruments (n,) str, paths (n, sample_count, pred_len, 6), last_close (n,)) of one day file; an error
     naming the file when it is damaged or not of this layout."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in ("instruments", "paths", "last_close") if name in data.files}
-    except _READ_ERRORS as err:
-        raise KronosInputError(f"forecast file '{path}' cannot be read ({type(err).__name__}: {err})") from err
-    missing = {"instruments", "paths", "last_close"} - set(arrays)
-    if missing:
-        raise KronosInputError(f"forecast file '{path}' lacks the array(s) {', '.join(sorted(missing))}")
-    instruments, paths, last_close = arrays["instruments"].astype(str), arrays["paths"], arrays["last_close"]
-    if paths.ndim != 4 or not len(instruments) == len(paths) == len(last_close):
-        raise KronosInputError(f"forecast file '{path}': paths must be (instruments, sample_count, pred_len, 6) "
-                               f"for {len(instruments)} instruments and closes, got {paths.shape}")
-    return instruments, paths, last_close.astype(np.float64)
+    arrays = _read(path)
+    return arrays["instruments"].astype(str), arrays["paths"], arrays["last_close"].astype(np.float64)
 
 
 class ForecastCache:
@@ -68,17 +95,27 @@ class ForecastCache:
     def _path(self, date: pd.Timestamp) -> Path:
         return self.folder / f"{pd.Timestamp(date).strftime('%Y-%m-%d')}.npz"
 
-    def load(self, date: pd.Timestamp) -> dict[str, tuple[np.ndarray, float]]:
-        """instrument -> (paths (sample_count, pred_len, 6), last close) cached for ``date``."""
+    def load(self, date: pd.Timestamp, inputs: Mapping[str, str]) -> dict[str, tuple[np.ndarray, float]]:
+        """instrument -> (paths (sample_count, pred_len, 6), last close) cached for ``date``, for the instruments
+        of ``inputs`` (instrument -> :func:`bars_digest` of the bars its forecast reads now) whose forecast was
+        sampled from those bars; one sampled from other bars is left out, and logged, so it is sampled again."""
         path = None if self.folder is None else self._path(date)
         if path is None or not path.exists():
             return {}
         try:
-            instruments, paths, last_close = read_day(path)
+            arrays = _read(path)
         except KronosInputError as error:
             logger.warning("%s: its day is sampled again", error)
             return {}
-        return {inst: (p, float(close)) for inst, p, close in zip(instruments, paths, last_close)}
+        stored = dict(zip(arrays["instruments"].astype(str), arrays["inputs"].astype(str)))
+        changed = sorted(inst for inst in inputs if inst in stored and stored[inst] != inputs[inst])
+        if changed:
+            logger.warning("%s: the data of %d instrument(s) (%s) changed since their forecasts were sampled: they "
+                           "are sampled again", pd.Timestamp(date).date(), len(changed),
+                           ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else ""))
+        return {inst: (p, float(close))
+                for inst, p, close in zip(arrays["instruments"].astype(str), arrays["paths"], arrays["last_close"])
+                if inst in inputs and stored[inst] == inputs[inst]}
 
     @contextlib.contextmanager
     def _locked(self):
@@ -89,16 +126,26 @@ class ForecastCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def save(self, date: pd.Timestamp, forecasts: dict[str, tuple[np.ndarray, float]]
+    def save(self, date: pd.Timestamp, forecasts: dict[str, tuple[np.ndarray, float]], inputs: Mapping[str, str]
              ) -> dict[str, tuple[np.ndarray, float]]:
-        """Add ``forecasts`` to the day file of ``date`` (atomically, under the folder's lock) and return all the
-        day's forecasts; an instrument already in the file keeps its stored forecast."""
+        """Add ``forecasts``, sampled from the bars of digests ``inputs``, to the day file of ``date``
+        (atomically, under the folder's lock; each replaces a stored forecast of its instrument) and return the
+        forecasts of ``inputs``' instruments the day file now holds."""
         if self.folder is None or not forecasts:
             return dict(forecasts)
         with self._locked():
-            merged = {**forecasts, **self.load(date)}
+            try:
+                arrays = _read(self._path(date)) if self._path(date).exists() else None
+            except KronosInputError:
+                arrays = None  # damaged: load() has logged it; the new forecasts replace it
+            kept = {} if arrays is None else {
+                inst: (p, float(close), digest) for inst, p, close, digest in zip(
+                    arrays["instruments"].astype(str), arrays["paths"], arrays["last_close"],
+                    arrays["inputs"].astype(str))}
+            merged = {**kept, **{inst: (p, close, inputs[inst]) for inst, (p, close) in forecasts.items()}}
             names = sorted(merged)
             atomic_write(self._path(date), lambda f: np.savez(
                 f, instruments=np.array(names), paths=np.stack([merged[n][0] for n in names]),
-                last_close=np.array([merged[n][1] for n in names])))
-        return merged
+                last_close=np.array([merged[n][1] for n in names]), inputs=np.array([merged[n][2] for n in names])))
+        return {inst: (p, close) for inst, (p, close, digest) in merged.items()
+                if inst in inputs and digest == inputs[inst]}

@@ -19,9 +19,11 @@ from qlib.data.dataset import DatasetH
 from qlib.data.dataset.loader import DataLoader, NestedDataLoader
 
 from ..errors import ConfigError, KronosInputError
+from ..model.configs import PRETRAINING_END
 from ..model.hub import weights_digest
 from ..signals import compute_signal, price_limits
-from .alpha158 import CheckedAlpha158
+from ..training import config_from_dict
+from .checked_handlers import CheckedAlpha158
 from .forecast_cache import read_day
 from .handler import KronosBarsHandler
 from .model import KronosModel
@@ -50,6 +52,12 @@ def check_no_leak(index: pd.MultiIndex, trained_until: pd.Timestamp, what: str =
             f"Kronos feature leak: {what} {index.get_level_values('instrument')[first]} on "
             f"{pd.Timestamp(dates[first]).date()} would use a Kronos model trained on targets up to "
             f"{trained_until.date()}; start the handler after that day or train Kronos on earlier kronos_segments")
+
+
+def pretrained_starts(finetune: dict) -> list[str]:
+    """The pre-trained checkpoints (Hub ids or folders) a finetuning configuration starts from."""
+    config = config_from_dict(dict(finetune), where="kronos.finetune")
+    return [str(s) for s in (config.pre_trained_tokenizer, config.pre_trained_predictor) if s]
 
 
 def check_cache_model(folder: Path, tokenizer: str, predictor: str) -> None:
@@ -121,16 +129,26 @@ class KronosAlpha158(CheckedAlpha158):
     ``kronos_segments`` (train and valid date ranges, all before ``start_time``; see the module docstring).
 
     ``kronos`` holds :class:`KronosModel` keyword arguments and must include ``finetune``: released checkpoints
-    used as they are were trained on unknown dates, so no leak could be ruled out. The paths of every day from
+    used as they are were trained on unknown dates, so no leak could be ruled out. For the same reason a finetuning
+    that starts from pre-trained weights (the presets mini, small and base) is refused unless
+    ``allow_pretraining_overlap`` is true. The paths of every day from
     ``start_time`` to ``end_time`` are sampled into (or read from) the model's forecast cache. The Alpha158
     processors (fitted on fit_start_time..fit_end_time) apply to the Kronos features too.
     """
 
     def __init__(self, instruments: str = "csi300", start_time=None, end_time=None, kronos: dict | None = None,
-                 kronos_segments: dict | None = None, init_data: bool = True, **kwargs):
+                 kronos_segments: dict | None = None, allow_pretraining_overlap: bool = False, init_data: bool = True,
+                 **kwargs):
         if not kronos or "finetune" not in kronos:
             raise ConfigError("KronosAlpha158 needs kronos.finetune (KronosModel settings that train on "
                               "kronos_segments): checkpoints used as they are have unknown training dates")
+        starts = pretrained_starts(kronos["finetune"])
+        if starts and not allow_pretraining_overlap:
+            raise ConfigError(
+                f"Kronos feature leak: kronos.finetune starts from pre-trained weights ({', '.join(starts)}), whose "
+                f"training data cannot be ruled out of the handler's days (the released checkpoints were pretrained on "
+                f"data running to about {PRETRAINING_END}); train from scratch (preset: cpu) or set "
+                f"allow_pretraining_overlap: true to accept it")
         self.trained_until = last_target(kronos_segments or {})
         if start_time is None or end_time is None:
             raise ConfigError("KronosAlpha158 needs start_time and end_time: the days whose Kronos paths it reads")

@@ -14,19 +14,21 @@ from qlib.data import D
 from qlib.data.dataset import DatasetH
 from qlib.model.base import ModelFT
 
-from ..data import BarPanel, check_split_length, data_fingerprint, split_datasets
+from ..data import BarPanel, check_split_length, split_datasets
 from ..errors import ConfigError, KronosInputError
 from ..features import CLOSE, time_features
 from ..inference import ForecastSpec, KronosPredictor, Sampling, default_device, series_key
 from ..inference.precision import resolve_precision
+from ..inference.predictor import NonFiniteForecast
 from ..inference.spec import as_int
 from ..logs import progress_bar
 from ..model import Kronos, KronosTokenizer
+from ..model.configs import PRETRAINING_END, released
 from ..model.hub import weights_digest
 from ..signals import check_price_limit, check_signal, price_limits, score_day, smooth_scores
 from ..signals.smoothing import check_halflife
-from ..training import SequentialTrainer, config_from_dict
-from .forecast_cache import ForecastCache
+from ..training import FinetuneConfig, SequentialTrainer, config_from_dict
+from .forecast_cache import ForecastCache, bars_digest
 from .handler import KronosBarsHandler
 from .recorder import active_recorder, log_settings, log_stage
 
@@ -145,13 +147,20 @@ class KronosModel(ModelFT):
         handler = self._handler(dataset)
         if self.finetune_config is None:
             self._load(self.tokenizer_source, self.predictor_source)
+            starts = released(self.tokenizer_source, self.predictor_source)
         else:
-            self._train(dataset, handler, dict(self.finetune_config), "finetune")
+            config = self._train(dataset, handler, dict(self.finetune_config), "finetune")
+            starts = released(config.pre_trained_tokenizer, config.pre_trained_predictor)
+        if starts and "test" in dataset.segments and \
+                self._segment(dataset, "test")[0] < pd.Timestamp(PRETRAINING_END):
+            logger.warning("the test segment starts %s, inside the pretraining data of %s (which runs to about %s): "
+                           "its figures may credit the model with what it saw in pretraining",
+                           self._segment(dataset, "test")[0].date(), " and ".join(starts), PRETRAINING_END)
         recorder = active_recorder()
         if recorder is not None:
             log_settings(recorder, forecast=self.forecast.to_dict(), sampling=self.sampling.to_dict())
         # qrun pickles the model (params.pkl) right after fit, before predict: the recorded model names its cache
-        self.forecast_folder = self._cache(handler).folder
+        self.forecast_folder = self._cache().folder
 
     def finetune(self, dataset: DatasetH, reweighter=None) -> None:
         """Continue training from the current weights on the dataset's train and valid segments, with the
@@ -173,11 +182,11 @@ class KronosModel(ModelFT):
                       pre_trained_predictor=str(start / "predictor"), predictor_config=None)
         handler = self._handler(dataset)
         self._train(dataset, handler, values, "refit")
-        self.forecast_folder = self._cache(handler).folder
+        self.forecast_folder = self._cache().folder
 
-    def _train(self, dataset: DatasetH, handler: KronosBarsHandler, values: dict, name: str) -> None:
+    def _train(self, dataset: DatasetH, handler: KronosBarsHandler, values: dict, name: str) -> FinetuneConfig:
         """Two-stage training on the dataset's segments with the settings ``values``; under qrun its curves,
-        settings and checkpoints go to the recorder as ``<name>`` (see :mod:`.recorder`)."""
+        settings and checkpoints go to the recorder as ``<name>`` (see :mod:`.recorder`). Returns the settings."""
         config = config_from_dict(values, where=f"KronosModel {name}")
         spec = self.forecast
         config.data.lookback, config.data.horizon, config.data.clip = spec.lookback, spec.pred_len, spec.clip
@@ -199,6 +208,7 @@ class KronosModel(ModelFT):
             log_settings(recorder, **{name: dataclasses.asdict(config)})
             for stage in ("tokenizer", "predictor"):
                 log_stage(recorder, trainer.folder(stage), prefix="" if name == "finetune" else f"{name}-")
+        return config
 
     def _load(self, tokenizer: str | Path, predictor: str | Path) -> None:
         self.tokenizer = KronosTokenizer.from_pretrained(str(tokenizer))
@@ -260,11 +270,12 @@ class KronosModel(ModelFT):
     def _forecasts(self, plan: _Plan) -> Iterator[tuple[pd.Timestamp, dict[str, tuple[np.ndarray, float]]]]:
         """(day, instrument -> (paths, last close)) for every day of the plan: complete days from the cache
         first, then the missing forecasts sampled chunk by chunk, each day saved once its chunk is done."""
-        cache = self._cache(plan.handler)
+        cache = self._cache()
         self.forecast_folder = cache.folder
-        partial = {}
+        partial, inputs = {}, {}
         for day in sorted(plan.requests):
-            forecasts = cache.load(day)
+            inputs[day] = self._inputs(plan, day)
+            forecasts = cache.load(day, inputs[day])
             if forecasts.keys() >= plan.requests[day].keys():
                 yield day, forecasts
             else:
@@ -280,10 +291,18 @@ class KronosModel(ModelFT):
                 for chunk in self._chunks(missing):
                     sampled = self._forecast(predictor, plan.panel, plan.calendar, {day: missing[day] for day in chunk})
                     for day in chunk:
-                        yield day, cache.save(day, sampled[day])
+                        yield day, cache.save(day, sampled[day], inputs[day])
                         bar.update(len(missing[day]))
         logger.info("KronosModel: %d forecasts on %d days (%d sampled, %d from the cache in %s)",
                     plan.total, len(plan.requests), plan.sampled, plan.total - plan.sampled, self.forecast_folder)
+
+    def _inputs(self, plan: _Plan, day: pd.Timestamp) -> dict[str, str]:
+        """instrument -> digest of the context bars its forecast of ``day`` reads (the cache checks it)."""
+        lookback = self.forecast.lookback
+        future = time_features(_future_days(plan.calendar, day, self.forecast.pred_len))
+        return {inst: bars_digest(plan.panel.values[row + 1 - lookback:row + 1],
+                                  plan.panel.stamps[row + 1 - lookback:row + 1], future)
+                for inst, row in plan.requests[day].items()}
 
     def _chunks(self, missing: dict[pd.Timestamp, dict[str, int]]) -> Iterator[list[pd.Timestamp]]:
         """Consecutive days holding at least CHUNK_BATCHES batches of missing forecasts (the last may hold less)."""
@@ -358,9 +377,13 @@ class KronosModel(ModelFT):
         windows = ends[:, None] + np.arange(1 - spec.lookback, 1)
         y_stamps = {day: time_features(_future_days(calendar, day, spec.pred_len)) for day in rows}
         keys = np.array([series_key(self.sampling.seed, f"{day:%Y-%m-%d}", inst) for day, inst in series])
-        paths = predictor.predict_paths_from_arrays(panel.values[windows], panel.stamps[windows],
-                                                    np.stack([y_stamps[day] for day, _ in series]), self.sampling,
-                                                    keys=keys)
+        try:
+            paths = predictor.predict_paths_from_arrays(panel.values[windows], panel.stamps[windows],
+                                                        np.stack([y_stamps[day] for day, _ in series]),
+                                                        self.sampling, keys=keys)
+        except NonFiniteForecast as err:
+            day, inst = series[err.series]
+            raise KronosInputError(f"{inst} on {day.date()}: {err}") from err
         out: dict[pd.Timestamp, dict[str, tuple[np.ndarray, float]]] = {day: {} for day in rows}
         for (day, inst), p, close in zip(series, paths, panel.values[ends, CLOSE]):
             out[day][inst] = (p.astype(np.float32), float(close))
@@ -388,12 +411,12 @@ class KronosModel(ModelFT):
         device = torch.device(self.device) if self.device is not None else default_device()
         return resolve_precision(self.precision, device)
 
-    def _cache(self, handler: KronosBarsHandler) -> ForecastCache:
-        """The cache keyed by everything a day's paths depend on; not batch_size or device, which change no
-        draw."""
-        provider = Path(C.dpm.get_data_uri()).resolve()
+    def _cache(self) -> ForecastCache:
+        """The cache keyed by the model, the settings a day's paths depend on (not batch_size or device, which
+        change no draw) and the provider folder (scripts read the realized prices from it); the bars each
+        forecast reads are checked per forecast (see ForecastCache), so a provider that gained days or changed
+        some bars keeps every other forecast."""
         return ForecastCache(self.cache_dir, {
             "tokenizer": weights_digest(self.tokenizer), "predictor": weights_digest(self.model),
-            "forecast": self.forecast.to_dict(), "sampling": self.sampling.to_dict(), "provider": str(provider),
-            "precision": self._resolved_precision(),
-            "data": data_fingerprint(provider, handler.market), "market": handler.market})
+            "forecast": self.forecast.to_dict(), "sampling": self.sampling.to_dict(),
+            "precision": self._resolved_precision(), "provider": str(Path(C.dpm.get_data_uri()).resolve())})

@@ -19,3 +19,12 @@ RELEASED = {
         s1_bits=10, s2_bits=10, n_layers=12, d_model=832, n_heads=16, ff_dim=2048, ffn_dropout_p=0.2,
         attn_dropout_p=0.0, resid_dropout_p=0.2, token_dropout_p=0.0, learn_te=True),
 }
+
+#: The released checkpoints' pretraining data runs to about this month (the Kronos repository's issue #204): a
+#: test period before it may lie inside what they saw.
+PRETRAINING_END = "2024-02"
+
+
+def released(*sources: object) -> list[str]:
+    """The released NeoQuasar checkpoints (Hub ids) among ``sources`` (ids, folders, or False for none)."""
+    return [s for s in sources if isinstance(s, str) and s.startswith("NeoQuasar/")]

@@ -11,6 +11,7 @@ import inspect
 import json
 import os
 import tempfile
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,7 +70,23 @@ def _read_config(path: Path, cls: type) -> dict[str, Any]:
     if missing or unknown:
         raise CheckpointError(f"{path} does not describe a {cls.__name__}: missing keys {missing}, "
                               f"unknown keys {unknown}")
+    check_arg_types(cls, config, str(path))
     return config
+
+
+#: JSON values each annotated constructor type accepts (a JSON integer is a valid float, a bool is no number)
+_JSON_TYPES = {int: (int,), float: (int, float), bool: (bool,)}
+
+
+def check_arg_types(cls: type, config: dict, where: str) -> None:
+    """Each value of ``config`` must fit the type of ``cls``'s constructor argument: ``"d_model": "64"`` would
+    otherwise fail deep inside torch."""
+    hints = typing.get_type_hints(cls.__init__)
+    for key, value in config.items():
+        accepted = _JSON_TYPES.get(hints.get(key))
+        if accepted and (not isinstance(value, accepted) or bool not in accepted and isinstance(value, bool)):
+            raise CheckpointError(f"{where}: {key} must be {hints[key].__name__}, got {value!r} "
+                                  f"({type(value).__name__})")
 
 
 def _load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -87,6 +104,10 @@ def _load_weights(model: torch.nn.Module, path: Path) -> None:
                               f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                               f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
                               f"shape mismatches {mismatched[:5]}")
+    damaged = [key for key, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if damaged:  # NaN weights give plausible-looking paths: the sampler would draw from NaN distributions
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf) in {', '.join(damaged[:5])}"
+                              f"{'...' if len(damaged) > 5 else ''}")
     model.load_state_dict(state, strict=True)
 
 
@@ -119,6 +140,7 @@ class HubModelMixin(PyTorchModelHubMixin):
         unknown = init_arg_mismatch(cls, config_overrides)[1]
         if unknown:
             raise CheckpointError(f"unknown {cls.__name__} argument(s) {unknown} to override '{source}'")
+        check_arg_types(cls, config_overrides, f"override of '{source}'")
         config.update(config_overrides)
         model = cls(**config)
         _load_weights(model, weights_file)

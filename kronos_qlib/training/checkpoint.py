@@ -1,6 +1,7 @@
 """The resumable training state, written atomically so a crash never corrupts the last good checkpoint."""
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
 from ..files import atomic_write
 
 
@@ -40,4 +42,9 @@ def save_atomic(obj: Any, path: Path) -> None:
 def load_state(path: Path) -> dict[str, Any]:
     """Loaded on the CPU (RNG states must be CPU tensors); load_state_dict moves tensors where they belong."""
     # weights_only=False: the file holds RNG states and numpy objects; it is our own, written by save_atomic.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0]}): the file "
+                              f"is damaged (truncated, or not a training state); delete it to train this stage "
+                              f"from its first epoch") from err

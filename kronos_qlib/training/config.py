@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
-from ..data import DataConfig
+from ..data import SPLITS, DataConfig
 from ..errors import ConfigError
 from ..model.configs import RELEASED
 
@@ -182,7 +183,14 @@ def config_from_dict(values: dict, where: str = "config") -> FinetuneConfig:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset '{preset}' in {where} (known presets: {', '.join(PRESETS)})")
         values = _merge(PRESETS[preset], values)
-    return _build(FinetuneConfig, values, where)
+    config = _build(FinetuneConfig, values, where)
+    for split in SPLITS:
+        for i, day in enumerate(getattr(config.data, split)):
+            try:
+                pd.Timestamp(day)
+            except ValueError as err:
+                raise ConfigError(f"{where}.data.{split}[{i}] is '{day}', which is not a date ({err})") from None
+    return config
 
 
 def load_config(path: str | Path) -> FinetuneConfig:

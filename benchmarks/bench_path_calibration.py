@@ -1,0 +1,168 @@
+"""Calibrated paths: the per-step drift shrink and spread scale of kronos_qlib/evaluation/path_calibration.py,
+fitted on the valid segment and then scored on test beside the random-walk, bootstrap and zero-return baselines.
+
+Two phases, so that the choice is recorded before any test figure exists:
+
+- ``choose``: the shipped workflow's model (fitted as qrun fits it, reusing the stage folders of --work) samples
+  --paths paths on every --every-k-days-th valid day whose horizon ends inside valid; the calibration is fitted on
+  those (kronos_qlib.evaluation.path_calibration.fit_calibration refuses anything outside valid) and written to
+  <work>/path_calibration/calibration.json, its table to RESULTS.md ("path-calibration").
+- ``test``: refuses to run without that file; samples the test days the same way (--paths each, and the
+  shipped path count), scores the raw and the calibrated paths step by step (fair CRPS skill against the random
+  walk, 50% / 90% band coverage against a calibrated sampler of the same path count, PIT) and writes
+  RESULTS.md ("path-calibration-test") and benchmarks/path_calibration.png.
+
+    python benchmarks/bench_path_calibration.py choose --work outputs/full_run
+    python benchmarks/bench_path_calibration.py test --work outputs/full_run
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from bench_calibration import sample_days  # noqa: E402
+from fitted_model import fit_workflow_model  # noqa: E402
+from results import machine, require_choice, update_section  # noqa: E402
+
+from kronos_qlib.evaluation.forecast_scores import evaluate  # noqa: E402
+from kronos_qlib.evaluation.forecasts import ForecastSet, load_closes  # noqa: E402
+from kronos_qlib.evaluation.path_calibration import PathCalibration, fit_calibration  # noqa: E402
+from kronos_qlib.evaluation.selection import scoring_days  # noqa: E402
+
+WINDOW, MIN_HISTORY = 60, 20
+
+
+def forecasts_of(model, dataset, segment: str, paths: int, every_k_days: int) -> tuple[ForecastSet, pd.DataFrame]:
+    """The members' forecasts of every k-th day of ``segment`` whose horizon ends inside it, with ``paths``
+    paths, and the closes they are scored on (up to the segment's last horizon)."""
+    from qlib.data import D
+
+    start, end = (pd.Timestamp(d) for d in dataset.segments[segment])
+    days = scoring_days(pd.DatetimeIndex(D.calendar()), start, end, every_k_days, model.forecast.pred_len)
+    forecasts = sample_days(_with_paths(model, paths), dataset, days, every_k_days, dataset.handler.market)
+    return forecasts, load_closes(forecasts, WINDOW).loc[:end]
+
+
+def _with_paths(model, paths: int):
+    point = copy.copy(model)  # same weights, other path count: its own cache folder
+    point.sampling = dataclasses.replace(model.sampling, sample_count=paths)
+    return point
+
+
+def choose(args) -> None:
+    work = Path(args.work).resolve()
+    model, dataset, _ = fit_workflow_model(work, args.provider)
+    forecasts, closes = forecasts_of(model, dataset, "valid", args.paths, args.every_k_days)
+    valid = tuple(dataset.segments["valid"])
+    calibration, table = fit_calibration(forecasts, closes, valid)
+    folder = work / "path_calibration"
+    folder.mkdir(parents=True, exist_ok=True)
+    calibration.save(folder / "calibration.json")
+    (folder / "choice.json").write_text(json.dumps({"paths": args.paths, "every_k_days": args.every_k_days,
+                                                    "forecasts": len(forecasts.dates)}))
+    lines = ["## Path calibration: the valid choice (`benchmarks/bench_path_calibration.py choose`)", "",
+             f"Fitted on valid {valid[0]}..{valid[1]} only: {len(forecasts.dates)} member forecasts of every "
+             f"{args.every_k_days}th trading day whose horizon ends inside valid, {args.paths} paths each, of the "
+             f"shipped workflow's model. At step h each path's log return r becomes drift[h] * m + scale[h] * "
+             f"(r - m), m the median over the paths (every price of the step moves with the close); (drift, scale) "
+             f"is the grid point (drift 0..1 by 0.1, scale 0.5..3 by 0.1) with the lowest mean fair CRPS of the "
+             f"return on valid, chosen before test was sampled. Machine: {machine()}.", "",
+             "| step | drift | scale | CRPS of the return, sampled | calibrated | forecasts |",
+             "|---|---|---|---|---|---|",
+             *[f"| {step} | {r.drift:.1f} | {r.scale:.1f} | {r.crps_sampled:.5f} | {r.crps_calibrated:.5f} "
+               f"| {r.forecasts:.0f} |" for step, r in table.iterrows()]]
+    update_section("path-calibration", "\n".join(lines))
+
+
+def test(args) -> None:
+    work = Path(args.work).resolve()
+    calibration = PathCalibration.load(require_choice(work / "path_calibration" / "calibration.json",
+                                                      "bench_path_calibration.py"))
+    model, dataset, _ = fit_workflow_model(work, args.provider)
+    tables, coverage = {}, {}
+    for paths in sorted({args.paths, model.sampling.sample_count}):
+        forecasts, closes = forecasts_of(model, dataset, "test", paths, args.every_k_days)
+        calibrated = dataclasses.replace(forecasts, closes=calibration.apply_to_closes(forecasts.closes,
+                                                                                       forecasts.last_close))
+        raw, adjusted = (evaluate(f, closes, window=WINDOW, min_history=MIN_HISTORY) for f in (forecasts, calibrated))
+        table = pd.concat({"sampled": raw.table.loc["kronos"], "calibrated": adjusted.table.loc["kronos"],
+                           **{name: raw.table.loc[name] for name in ("random_walk", "bootstrap", "zero_return")}})
+        tables[paths] = table
+        coverage[paths] = (raw, adjusted)
+    start, end = dataset.segments["test"]
+    lines = ["## Path calibration on test (`benchmarks/bench_path_calibration.py test`)", "",
+             f"The calibration chosen on valid (section above) applied to the test forecasts {start}..{end}, every "
+             f"{args.every_k_days}th trading day whose horizon ends inside test, members only, beside the baselines "
+             f"of kronos_qlib/evaluation/forecast_scores.py (random walk with the stock's 60-day volatility, its "
+             f"bootstrap, no move). Skill: 1 - CRPS / CRPS of the random walk, per step; coverage of the central "
+             f"50% / 90% band against what a calibrated sampler of the same path count covers. Machine: "
+             f"{machine()}.", ""]
+    for paths, table in tables.items():
+        steps = [s for s in table.loc["sampled"].index if s != "all"]
+        lines += [f"{paths} paths per forecast:", "",
+                  "| step | skill, sampled | skill, calibrated | bootstrap | zero return | coverage 50 sampled / "
+                  "calibrated (a calibrated sampler) | coverage 90 sampled / calibrated (a calibrated sampler) |",
+                  "|---|---|---|---|---|---|---|"]
+        for step in [*steps, "all"]:
+            s, c = table.loc[("sampled", step)], table.loc[("calibrated", step)]
+            lines.append(f"| {step} | {s.crps_skill_vs_rw:+.3f} | {c.crps_skill_vs_rw:+.3f} "
+                         f"| {table.loc[('bootstrap', step)].crps_skill_vs_rw:+.3f} "
+                         f"| {table.loc[('zero_return', step)].crps_skill_vs_rw:+.3f} "
+                         f"| {s.coverage_50:.3f} / {c.coverage_50:.3f} ({s.calibrated_50:.3f}) "
+                         f"| {s.coverage_90:.3f} / {c.coverage_90:.3f} ({s.calibrated_90:.3f}) |")
+        lines.append("")
+    lines.append("![path calibration](path_calibration.png)")
+    plot(tables, coverage, HERE / "path_calibration.png")
+    update_section("path-calibration-test", "\n".join(lines))
+
+
+def plot(tables: dict, coverage: dict, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for i, (paths, table) in enumerate(tables.items()):
+        for name, style in (("sampled", "--"), ("calibrated", "-")):
+            rows = table.loc[name].drop("all")
+            axes[0].plot(rows.index.astype(int), rows["crps_skill_vs_rw"], style, color=f"C{i}",
+                         label=f"{name}, {paths} paths")
+        raw, adjusted = coverage[paths]
+        for name, quality, style in (("sampled", raw, "--"), ("calibrated", adjusted, "-")):
+            ranks = quality.pit.loc["kronos"].mean(axis=0)
+            axes[1].plot(ranks.index.astype(int) / (len(ranks) - 1), ranks * len(ranks), style, color=f"C{i}",
+                         label=f"{name}, {paths} paths")
+    axes[0].axhline(0, color="grey", lw=0.8)
+    axes[0].set_title("fair CRPS skill vs the random walk, by step (test)")
+    axes[0].set_xlabel("step")
+    axes[1].axhline(1, color="grey", lw=0.8)
+    axes[1].set_title("PIT histogram, mean over steps (1 = calibrated)")
+    axes[1].set_xlabel("rank of the realized close among the paths (share)")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("phase", choices=("choose", "test"))
+    parser.add_argument("--work", default=str(REPO / "outputs" / "full_run"), help="where qrun ran (runs/)")
+    parser.add_argument("--provider", default=str(REPO.parent / "shared" / "cn_data"))
+    parser.add_argument("--paths", type=int, default=20, help="paths per forecast to fit and score on")
+    parser.add_argument("--every-k-days", type=int, default=5)
+    args = parser.parse_args()
+    choose(args) if args.phase == "choose" else test(args)
+
+
+if __name__ == "__main__":
+    main()

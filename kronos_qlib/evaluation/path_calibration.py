@@ -1,0 +1,110 @@
+"""Calibrated paths: a per-step drift shrink and spread scale of the sampled paths, fitted on valid only.
+
+The paths of a small Kronos are too narrow (their bands cover less than a calibrated sampler's) and their drift is
+mostly noise (the median path's return error is larger than forecasting no move). Both are fixed after sampling,
+as a documented post-processing of stored paths (the cache keeps the raw draws): at step h, with r the path's log
+return from t's close and m_h the median of r over the day's paths of that stock,
+
+    r' = drift[h] * m_h + scale[h] * (r - m_h)
+
+so ``drift`` shrinks the centre towards no move and ``scale`` widens or narrows the spread around it. Every bar of
+the path at that step is multiplied by exp(r' - r), which keeps each path a plausible price path: open, high, low
+and close keep their order, and prices stay positive.
+
+:func:`fit_calibration` chooses (drift, scale) per step from a grid by the mean fair CRPS of the return on the
+valid segment's forecasts, scoring only steps whose realized close lies inside valid too, and refuses any forecast
+or realized close outside the valid dates it is given, so that test data cannot reach the choice.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError
+from ..features import BAR_COLUMNS, CLOSE, PRICE_COLUMNS
+from ..files import atomic_write_text
+from .forecast_scores import fair_crps
+from .forecasts import ForecastSet, realized_closes
+
+#: candidate drift factors (0: the median path says nothing, 1: as sampled) and spread scales
+DRIFT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+SCALE_GRID = tuple(np.round(np.arange(0.5, 3.01, 0.1), 2))
+
+
+@dataclass(frozen=True)
+class PathCalibration:
+    """Per-step (1..pred_len) drift factor and spread scale of the paths' log returns, and the valid dates they
+    were fitted on."""
+
+    drift: tuple[float, ...]
+    scale: tuple[float, ...]
+    fitted_on: tuple[str, str]
+
+    def apply_to_closes(self, closes: np.ndarray, last_close: np.ndarray) -> np.ndarray:
+        """Calibrated closes of paths (n, sample_count, pred_len) made from closes ``last_close`` (n,)."""
+        return closes * self._factors(closes, last_close)
+
+    def apply_to_paths(self, paths: np.ndarray, last_close: np.ndarray) -> np.ndarray:
+        """Calibrated bars (n, sample_count, pred_len, 6): every price column of a step moves with its close, so
+        open <= / >= close order and high / low bounds are kept; volume and amount are left as sampled."""
+        out = paths.copy()
+        prices = [BAR_COLUMNS.index(column) for column in PRICE_COLUMNS]
+        out[..., prices] *= self._factors(paths[..., CLOSE], last_close)[..., None]
+        return out
+
+    def _factors(self, closes: np.ndarray, last_close: np.ndarray) -> np.ndarray:
+        if closes.shape[-1] != len(self.drift):
+            raise ConfigError(f"the calibration has {len(self.drift)} steps, the paths {closes.shape[-1]}")
+        r = np.log(closes / last_close[:, None, None])
+        centre = np.median(r, axis=1, keepdims=True)
+        drift, scale = np.asarray(self.drift), np.asarray(self.scale)
+        return np.exp(drift * centre + scale * (r - centre) - r)
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(Path(path), json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> PathCalibration:
+        try:
+            values = json.loads(Path(path).read_text())
+            return cls(tuple(values["drift"]), tuple(values["scale"]), tuple(values["fitted_on"]))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ConfigError(f"'{path}' is not a path calibration file ({type(err).__name__}: {err})") from err
+
+
+def fit_calibration(forecasts: ForecastSet, closes: pd.DataFrame, valid: tuple[str, str]) -> tuple[
+        PathCalibration, pd.DataFrame]:
+    """The (drift, scale) of each step with the lowest mean fair CRPS of the return on ``forecasts``, all of
+    which must be made inside ``valid`` (start, end), scored against ``closes`` cut at valid's end; and the table
+    of every step's choice with its CRPS before and after."""
+    start, end = (pd.Timestamp(day) for day in valid)
+    outside = (forecasts.dates < start) | (forecasts.dates > end)
+    if outside.any():
+        raise ConfigError(f"the calibration is fitted on valid {start.date()}..{end.date()} only: "
+                          f"{int(outside.sum())} forecast(s) lie outside it (the first "
+                          f"{forecasts.dates[outside][0].date()})")
+    realized, _ = realized_closes(closes.loc[:end], forecasts)  # a step past valid's end is not scored
+    returns = forecasts.closes / forecasts.last_close[:, None, None]
+    log_r = np.log(returns)
+    centre = np.median(log_r, axis=1, keepdims=True)
+    drift, scale, rows = [], [], []
+    for h in range(forecasts.pred_len):
+        keep = np.isfinite(realized[:, h])
+        if not keep.any():
+            raise ConfigError(f"no forecast of valid {start.date()}..{end.date()} has a realized close at step "
+                              f"{h + 1}")
+        y = realized[keep, h] / forecasts.last_close[keep] - 1
+        c, d = centre[keep, :, h], log_r[keep, :, h] - centre[keep, :, h]
+        grid = {(a, b): float(fair_crps(np.exp(a * c + b * d) - 1, y).mean())
+                for a in DRIFT_GRID for b in SCALE_GRID}
+        (a, b), best = min(grid.items(), key=lambda item: item[1])
+        drift.append(float(a))
+        scale.append(float(b))
+        rows.append({"step": h + 1, "drift": a, "scale": b, "crps_sampled": grid[1.0, 1.0], "crps_calibrated": best,
+                     "forecasts": int(keep.sum())})
+    return (PathCalibration(tuple(drift), tuple(scale), (str(start.date()), str(end.date()))),
+            pd.DataFrame(rows).set_index("step"))

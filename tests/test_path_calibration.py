@@ -1,0 +1,98 @@
+"""The path calibration: fitted on valid only, it widens under-dispersed paths and shrinks a noisy drift, and keeps
+every path a price path."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from kronos_qlib.errors import ConfigError
+from kronos_qlib.evaluation.forecast_scores import band_coverage, calibrated_coverage
+from kronos_qlib.evaluation.forecasts import ForecastSet
+from kronos_qlib.evaluation.path_calibration import PathCalibration, fit_calibration
+
+VALID = ("2018-01-01", "2018-12-31")
+STEPS, PATHS, STOCKS, SIGMA = 3, 20, 40, 0.02
+
+
+def synthetic(seed: int = 0, after_valid: float | None = None) -> tuple[ForecastSet, pd.DataFrame]:
+    """Random-walk stocks (daily log-return std SIGMA) and forecasts of them whose spread is half the truth and
+    whose median carries a drift of pure noise: what the calibration should undo (scale ~2, drift ~0)."""
+    rng = np.random.default_rng(seed)
+    calendar = pd.bdate_range("2018-01-01", "2019-03-29")
+    names = [f"S{i:03d}" for i in range(STOCKS)]
+    log_prices = np.cumsum(rng.normal(0, SIGMA, (len(calendar), STOCKS)), axis=0) + np.log(10.0)
+    closes = pd.DataFrame(np.exp(log_prices), index=calendar, columns=names)
+    if after_valid is not None:  # what happens after valid must not move the fit
+        closes.loc[closes.index > pd.Timestamp(VALID[1])] *= after_valid
+    days = calendar[(calendar >= VALID[0]) & (calendar <= VALID[1])][::3]
+    dates = pd.DatetimeIndex(np.repeat(days.values, STOCKS))
+    instruments = np.tile(names, len(days))
+    last = closes.loc[days].to_numpy().ravel()
+    steps = np.arange(1, STEPS + 1)
+    noise_drift = rng.normal(0, SIGMA, (len(dates), 1, 1)) * np.sqrt(steps)
+    spread = np.cumsum(rng.normal(0, SIGMA / 2, (len(dates), PATHS, STEPS)), axis=2)
+    paths = last[:, None, None] * np.exp(noise_drift + spread)
+    return ForecastSet(dates, instruments, paths, last, {}), closes
+
+
+def test_the_fit_undoes_a_narrow_spread_and_a_noisy_drift():
+    forecasts, closes = synthetic()
+    calibration, table = fit_calibration(forecasts, closes, VALID)
+    assert all(1.6 <= s <= 3.0 for s in calibration.scale), calibration
+    assert all(d <= 0.4 for d in calibration.drift), calibration
+    assert (table["crps_calibrated"] < table["crps_sampled"]).all()
+    # on fresh forecasts of the same kind its bands cover about what a calibrated 20-path sampler's would
+    fresh, fresh_closes = synthetic(seed=1)
+    from kronos_qlib.evaluation.forecasts import realized_closes
+    realized, _ = realized_closes(fresh_closes, fresh)
+    adjusted = calibration.apply_to_closes(fresh.closes, fresh.last_close)
+    for level in (0.5, 0.9):
+        covered = band_coverage(np.moveaxis(adjusted, 2, 1), realized, level).mean()
+        raw = band_coverage(np.moveaxis(fresh.closes, 2, 1), realized, level).mean()
+        assert abs(covered - calibrated_coverage(PATHS, level)) < 0.05 < abs(raw - calibrated_coverage(PATHS, level))
+
+
+def test_the_fit_refuses_test_forecasts_and_never_reads_past_valid():
+    forecasts, closes = synthetic()
+    later = ForecastSet(forecasts.dates + pd.Timedelta(days=300), forecasts.instruments, forecasts.closes,
+                        forecasts.last_close, {})
+    with pytest.raises(ConfigError, match=r"fitted on valid 2018-01-01..2018-12-31 only: .* lie outside it"):
+        fit_calibration(later, closes, VALID)
+    # realized closes after valid (the targets of valid's last forecasts) are not scored: changing them changes
+    # nothing
+    _, changed = synthetic(after_valid=3.0)
+    assert fit_calibration(forecasts, closes, VALID)[0] == fit_calibration(forecasts, changed, VALID)[0]
+
+
+def test_calibrated_bars_stay_price_paths(tmp_path):
+    rng = np.random.default_rng(3)
+    close = 10 * np.exp(np.cumsum(rng.normal(0, 0.03, (4, 5, STEPS)), axis=2))
+    spread = np.abs(rng.normal(0, 0.02, (4, 5, STEPS)))
+    open_ = close * np.exp(rng.normal(0, 0.01, close.shape))
+    paths = np.stack([open_, np.maximum(open_, close) * (1 + spread), np.minimum(open_, close) * (1 - spread), close,
+                      np.full(close.shape, 1e6), np.full(close.shape, 1e7)], axis=-1)
+    last = np.full(4, 10.0)
+    calibration = PathCalibration((0.0, 0.5, 1.0), (3.0, 0.5, 2.0), VALID)
+    out = calibration.apply_to_paths(paths, last)
+    assert (out[..., :4] > 0).all()
+    assert (out[..., 1] >= out[..., [0, 3]].max(axis=-1)).all() and (out[..., 2] <= out[..., [0, 3]].min(axis=-1)).all()
+    np.testing.assert_array_equal(out[..., 4:], paths[..., 4:])
+    np.testing.assert_allclose(out[..., 3], calibration.apply_to_closes(close, last))
+    identity = PathCalibration((1.0,) * STEPS, (1.0,) * STEPS, VALID)
+    np.testing.assert_allclose(identity.apply_to_paths(paths, last), paths)
+    calibration.save(tmp_path / "calibration.json")
+    assert PathCalibration.load(tmp_path / "calibration.json") == calibration
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ConfigError, match="is not a path calibration file"):
+        PathCalibration.load(tmp_path / "bad.json")
+
+
+def test_the_benchmark_reads_no_test_figure_before_the_valid_choice(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_path_calibration.py"), "test", "--work",
+                             str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "calibration.json does not exist: run `bench_path_calibration.py choose` first" in result.stderr
