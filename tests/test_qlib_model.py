@@ -12,7 +12,6 @@ from qlib.data.dataset import DatasetH
 
 from kronos_qlib import CheckpointError, ConfigError, Kronos, KronosBarsHandler, KronosInputError, KronosModel
 from kronos_qlib.data import init_qlib, load_bars, membership
-from kronos_qlib.training import config_from_dict
 
 from conftest import CN_DATA, scale_closes, small_provider
 
@@ -383,7 +382,6 @@ def test_a_test_segment_inside_the_pretraining_data_is_warned_about(dataset, tok
     """Released checkpoints, used as they are or finetuned, saw data to about 2024-02: a 2016 test is inside."""
     def load_local(self, *args, **kwargs):
         self._load(tokenizer_dir, predictor_dir)
-        return config_from_dict(finetune or {})
 
     model = KronosModel(tokenizer="NeoQuasar/Kronos-Tokenizer-base", predictor="NeoQuasar/Kronos-small",
                         finetune=finetune, cache_dir=None)

@@ -27,7 +27,7 @@ from ..model.configs import PRETRAINING_END, released
 from ..model.hub import weights_digest
 from ..signals import check_price_limit, check_signal, price_limits, score_day, smooth_scores
 from ..signals.smoothing import check_halflife
-from ..training import FinetuneConfig, SequentialTrainer, config_from_dict
+from ..training import SequentialTrainer, config_from_dict
 from .forecast_cache import ForecastCache, bars_digest
 from .handler import KronosBarsHandler
 from .recorder import active_recorder, log_settings, log_stage
@@ -146,16 +146,19 @@ class KronosModel(ModelFT):
             raise ConfigError("KronosModel does not support sample reweighting")
         handler = self._handler(dataset)
         if self.finetune_config is None:
-            self._load(self.tokenizer_source, self.predictor_source)
             starts = released(self.tokenizer_source, self.predictor_source)
         else:
-            config = self._train(dataset, handler, dict(self.finetune_config), "finetune")
+            config = config_from_dict(dict(self.finetune_config), where="KronosModel finetune")
             starts = released(config.pre_trained_tokenizer, config.pre_trained_predictor)
         if starts and "test" in dataset.segments and \
-                self._segment(dataset, "test")[0] < pd.Timestamp(PRETRAINING_END):
+                self._segment(dataset, "test")[0] < pd.Timestamp(PRETRAINING_END):  # at start, before training
             logger.warning("the test segment starts %s, inside the pretraining data of %s (which runs to about %s): "
                            "its figures may credit the model with what it saw in pretraining",
                            self._segment(dataset, "test")[0].date(), " and ".join(starts), PRETRAINING_END)
+        if self.finetune_config is None:
+            self._load(self.tokenizer_source, self.predictor_source)
+        else:
+            self._train(dataset, handler, dict(self.finetune_config), "finetune")
         recorder = active_recorder()
         if recorder is not None:
             log_settings(recorder, forecast=self.forecast.to_dict(), sampling=self.sampling.to_dict())
@@ -184,9 +187,9 @@ class KronosModel(ModelFT):
         self._train(dataset, handler, values, "refit")
         self.forecast_folder = self._cache().folder
 
-    def _train(self, dataset: DatasetH, handler: KronosBarsHandler, values: dict, name: str) -> FinetuneConfig:
+    def _train(self, dataset: DatasetH, handler: KronosBarsHandler, values: dict, name: str) -> None:
         """Two-stage training on the dataset's segments with the settings ``values``; under qrun its curves,
-        settings and checkpoints go to the recorder as ``<name>`` (see :mod:`.recorder`). Returns the settings."""
+        settings and checkpoints go to the recorder as ``<name>`` (see :mod:`.recorder`)."""
         config = config_from_dict(values, where=f"KronosModel {name}")
         spec = self.forecast
         config.data.lookback, config.data.horizon, config.data.clip = spec.lookback, spec.pred_len, spec.clip
@@ -208,7 +211,6 @@ class KronosModel(ModelFT):
             log_settings(recorder, **{name: dataclasses.asdict(config)})
             for stage in ("tokenizer", "predictor"):
                 log_stage(recorder, trainer.folder(stage), prefix="" if name == "finetune" else f"{name}-")
-        return config
 
     def _load(self, tokenizer: str | Path, predictor: str | Path) -> None:
         self.tokenizer = KronosTokenizer.from_pretrained(str(tokenizer))
