@@ -75,6 +75,13 @@ def _read(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _entries(path: Path) -> dict[str, tuple[np.ndarray, float, str]]:
+    """instrument -> (paths, last close, input digest) of one day file."""
+    arrays = _read(path)
+    return {inst: (p, float(close), digest) for inst, p, close, digest in zip(
+        arrays["instruments"].astype(str), arrays["paths"], arrays["last_close"], arrays["inputs"].astype(str))}
+
+
 def read_day(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(instruments (n,) str, paths (n, sample_count, pred_len, 6), last_close (n,)) of one day file; an error
     naming the file when it is damaged or not of this layout."""
@@ -103,19 +110,17 @@ class ForecastCache:
         if path is None or not path.exists():
             return {}
         try:
-            arrays = _read(path)
+            stored = _entries(path)
         except KronosInputError as error:
             logger.warning("%s: its day is sampled again", error)
             return {}
-        stored = dict(zip(arrays["instruments"].astype(str), arrays["inputs"].astype(str)))
-        changed = sorted(inst for inst in inputs if inst in stored and stored[inst] != inputs[inst])
+        changed = sorted(inst for inst in inputs if inst in stored and stored[inst][2] != inputs[inst])
         if changed:
             logger.warning("%s: the data of %d instrument(s) (%s) changed since their forecasts were sampled: they "
                            "are sampled again", pd.Timestamp(date).date(), len(changed),
                            ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else ""))
-        return {inst: (p, float(close))
-                for inst, p, close in zip(arrays["instruments"].astype(str), arrays["paths"], arrays["last_close"])
-                if inst in inputs and stored[inst] == inputs[inst]}
+        return {inst: (p, close) for inst, (p, close, digest) in stored.items()
+                if inst in inputs and digest == inputs[inst]}
 
     @contextlib.contextmanager
     def _locked(self):
@@ -135,13 +140,9 @@ class ForecastCache:
             return dict(forecasts)
         with self._locked():
             try:
-                arrays = _read(self._path(date)) if self._path(date).exists() else None
+                kept = _entries(self._path(date)) if self._path(date).exists() else {}
             except KronosInputError:
-                arrays = None  # damaged: load() has logged it; the new forecasts replace it
-            kept = {} if arrays is None else {
-                inst: (p, float(close), digest) for inst, p, close, digest in zip(
-                    arrays["instruments"].astype(str), arrays["paths"], arrays["last_close"],
-                    arrays["inputs"].astype(str))}
+                kept = {}  # damaged: load() has logged it; the new forecasts replace it
             merged = {**kept, **{inst: (p, close, inputs[inst]) for inst, (p, close) in forecasts.items()}}
             names = sorted(merged)
             atomic_write(self._path(date), lambda f: np.savez(
