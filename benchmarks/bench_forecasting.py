@@ -257,8 +257,8 @@ def main() -> None:
     lines += ["", "What reduced precision changes (against fp32, same forecasts): greedy agreement is the share of greedy "
               f"(series, step) closes within 0.1% of fp32's on {args.day_list[0]}; signal Spearman is the mean daily "
               "rank correlation of `expected_return` from the sampled paths. These are random weights, whose token "
-              "distributions are near uniform, so a small change of the logits moves many draws; trained weights "
-              "were not measured here.", "",
+              "distributions are near uniform, so a small change of the logits moves many draws; for trained "
+              "weights see the section on reduced precision (bench_precision.py).", "",
               "| model | precision | greedy agreement | signal Spearman vs fp32 |", "|---|---|---|---|"]
     for q in quality:
         if "ratio" not in q:

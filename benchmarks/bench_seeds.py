@@ -35,6 +35,7 @@ seeds_zoo_daily.csv, section "zoo", seeds_zoo.png, beside the zoo's published ro
     python benchmarks/bench_seeds.py --stages outputs/full_run/runs/<name> --cache outputs/full_run/forecasts
         # seed 0 reuses a finished full run of the default workflow (its stage folder is copied)
     python benchmarks/bench_seeds.py --dates zoo --steps lightgbm gru --work outputs/zoo
+    python benchmarks/bench_seeds.py --report-only      # rewrite the section from seeds.json / seeds_daily.csv
 """
 from __future__ import annotations
 
@@ -371,7 +372,13 @@ def main() -> None:
                         help="finished stage folder of a full run of the default workflow (seed 0), to reuse")
     parser.add_argument("--dates", choices=list(DATES), default="default", help="the segments (see above)")
     parser.add_argument("--gru-epochs", type=int, default=GRU_EPOCHS, help="GRU's epoch cap (GRU_EPOCHS)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the section and plot from the record files, running nothing")
     args = parser.parse_args()
+    dates = DATES[args.dates]
+    if args.report_only:
+        return update_section(dates.section, report(json.loads(dates.records.read_text()), read_daily(dates.daily),
+                                                    dates))
     if args.seeds < 2:
         parser.error("a std needs at least 2 seeds")
     steps = [step for step in STEPS if step in args.steps]  # in their order
@@ -382,7 +389,6 @@ def main() -> None:
     for name in SCALE_VARIABLES:  # full scale: the workflows' own dates and preset, whatever this shell sets
         os.environ.pop(name, None)
     cache = Path(args.cache).resolve() if args.cache else work / "forecasts"
-    dates = DATES[args.dates]
 
     walls, per_seed, daily = {}, {}, {}
     for k in range(args.seeds):
