@@ -51,6 +51,18 @@ def test_the_fit_undoes_a_narrow_spread_and_a_noisy_drift():
         assert abs(covered - calibrated_coverage(PATHS, level)) < 0.05 < abs(raw - calibrated_coverage(PATHS, level))
 
 
+def test_a_path_that_crosses_zero_is_floored_not_a_nan():
+    """A de-normalized path can go negative (seen on real valid forecasts): the fit and the calibrated paths stay
+    finite and positive, as the signals' floor keeps them."""
+    forecasts, closes = synthetic()
+    forecasts.closes[7, 3, 1] = -0.5 * forecasts.last_close[7]
+    calibration, table = fit_calibration(forecasts, closes, VALID)
+    assert np.isfinite(table.to_numpy()).all()
+    assert all(1.6 <= s <= 3.0 for s in calibration.scale), calibration
+    adjusted = calibration.apply_to_closes(forecasts.closes, forecasts.last_close)
+    assert np.isfinite(adjusted).all() and (adjusted > 0).all()
+
+
 def test_the_fit_refuses_test_forecasts_and_never_reads_past_valid():
     forecasts, closes = synthetic()
     later = ForecastSet(forecasts.dates + pd.Timedelta(days=300), forecasts.instruments, forecasts.closes,

@@ -7,9 +7,10 @@ return from t's close and m_h the median of r over the day's paths of that stock
 
     r' = drift[h] * m_h + scale[h] * (r - m_h)
 
-so ``drift`` shrinks the centre towards no move and ``scale`` widens or narrows the spread around it. Every bar of
-the path at that step is multiplied by exp(r' - r), which keeps each path a plausible price path: open, high, low
-and close keep their order, and prices stay positive.
+so ``drift`` shrinks the centre towards no move and ``scale`` widens or narrows the spread around it. A
+de-normalized path can cross zero, so its prices are first floored at CLOSE_FLOOR x t's close, as the signals
+floor them. Every price of the path at that step is then multiplied by exp(r' - r), which keeps each path a
+plausible price path: open, high, low and close keep their order, and prices stay positive.
 
 :func:`fit_calibration` chooses (drift, scale) per step from a grid by the mean fair CRPS of the return on the
 valid segment's forecasts, scoring only steps whose realized close lies inside valid too, and refuses any forecast
@@ -27,6 +28,7 @@ import pandas as pd
 from ..errors import ConfigError
 from ..features import BAR_COLUMNS, CLOSE, PRICE_COLUMNS
 from ..files import atomic_write_text
+from ..signals.paths import CLOSE_FLOOR
 from .forecast_scores import fair_crps
 from .forecasts import ForecastSet, realized_closes
 
@@ -46,20 +48,21 @@ class PathCalibration:
 
     def apply_to_closes(self, closes: np.ndarray, last_close: np.ndarray) -> np.ndarray:
         """Calibrated closes of paths (n, sample_count, pred_len) made from closes ``last_close`` (n,)."""
-        return closes * self._factors(closes, last_close)
+        return floored(closes, last_close) * self._factors(closes, last_close)
 
     def apply_to_paths(self, paths: np.ndarray, last_close: np.ndarray) -> np.ndarray:
         """Calibrated bars (n, sample_count, pred_len, 6): every price column of a step moves with its close, so
         open <= / >= close order and high / low bounds are kept; volume and amount are left as sampled."""
         out = paths.copy()
         prices = [BAR_COLUMNS.index(column) for column in PRICE_COLUMNS]
-        out[..., prices] *= self._factors(paths[..., CLOSE], last_close)[..., None]
+        factors = self._factors(paths[..., CLOSE], last_close)[..., None]
+        out[..., prices] = floored(paths[..., prices], last_close) * factors
         return out
 
     def _factors(self, closes: np.ndarray, last_close: np.ndarray) -> np.ndarray:
         if closes.shape[-1] != len(self.drift):
             raise ConfigError(f"the calibration has {len(self.drift)} steps, the paths {closes.shape[-1]}")
-        r = np.log(closes / last_close[:, None, None])
+        r = log_returns(closes, last_close)
         centre = np.median(r, axis=1, keepdims=True)
         drift, scale = np.asarray(self.drift), np.asarray(self.scale)
         return np.exp(drift * centre + scale * (r - centre) - r)
@@ -76,6 +79,17 @@ class PathCalibration:
             raise ConfigError(f"'{path}' is not a path calibration file ({type(err).__name__}: {err})") from err
 
 
+def floored(prices: np.ndarray, last_close: np.ndarray) -> np.ndarray:
+    """``prices`` (n, ...) no lower than CLOSE_FLOOR x the forecast's last close (n,)."""
+    floor = CLOSE_FLOOR * last_close.reshape(-1, *[1] * (prices.ndim - 1))
+    return np.maximum(prices, floor)
+
+
+def log_returns(closes: np.ndarray, last_close: np.ndarray) -> np.ndarray:
+    """Log returns of the paths' closes (n, sample_count, pred_len) from t's close, floored first."""
+    return np.log(floored(closes, last_close) / last_close[:, None, None])
+
+
 def fit_calibration(forecasts: ForecastSet, closes: pd.DataFrame, valid: tuple[str, str]) -> tuple[
         PathCalibration, pd.DataFrame]:
     """The (drift, scale) of each step with the lowest mean fair CRPS of the return on ``forecasts``, all of
@@ -88,8 +102,7 @@ def fit_calibration(forecasts: ForecastSet, closes: pd.DataFrame, valid: tuple[s
                           f"{int(outside.sum())} forecast(s) lie outside it (the first "
                           f"{forecasts.dates[outside][0].date()})")
     realized, _ = realized_closes(closes.loc[:end], forecasts)  # a step past valid's end is not scored
-    returns = forecasts.closes / forecasts.last_close[:, None, None]
-    log_r = np.log(returns)
+    log_r = log_returns(forecasts.closes, forecasts.last_close)
     centre = np.median(log_r, axis=1, keepdims=True)
     drift, scale, rows = [], [], []
     for h in range(forecasts.pred_len):
