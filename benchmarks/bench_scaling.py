@@ -48,10 +48,10 @@ from kronos_qlib.files import atomic_write_text  # noqa: E402
 SEED = 42
 #: every finished point's figures, committed: the study's memory across sessions and machines
 RECORDS = HERE / "scaling.json"
-#: the CPU preset's predictor, and a wider and deeper one
+#: the CPU preset's predictor before this study ("cpu"), and a wider and deeper one
 SIZES = {"cpu": dict(n_layers=3, d_model=128, n_heads=4, ff_dim=256),
          "wide": dict(n_layers=4, d_model=192, n_heads=6, ff_dim=384)}
-#: name -> (size, epochs, windows drawn per epoch), run in this order; the first is today's CPU preset
+#: name -> (size, epochs, windows drawn per epoch), run in this order; the first is the CPU preset before this study
 #: (6 x 16,384). cpu-49k and cpu-196k bracket it, and wide-98k tests size at its budget, added after cpu-393k's
 #: valid loss rose from its first epoch on (train 1.34 against valid 1.74 at the end: the model memorizes the
 #: training years, whose bars each appear in about 90 overlapping windows).
@@ -66,14 +66,14 @@ POINTS = {
 }
 #: The preset rule, fixed in code before any point after the first two ran: among the finished points whose
 #: predictor trained within WALL_BUDGET_S on 2 cores, the one with the lowest best valid loss becomes ``cpu``; a
-#: point other than today's preset must beat it by more than MARGIN, about the seed-to-seed difference of the
-#: preset's own valid loss (1.5827 for seed 42, 1.5783 for seed 43 in bench_seeds), or today's preset stays.
+#: point other than the earlier preset must beat it by more than MARGIN, about the seed-to-seed difference of the
+#: preset's own valid loss (1.5827 for seed 42, 1.5783 for seed 43 in bench_seeds), or the earlier preset stays.
 WALL_BUDGET_S = 3600
 MARGIN = 0.005
 
 
 def choose_preset(records: dict[str, dict]) -> str:
-    """The point the preset rule picks from finished ``records`` (name -> figures); today's preset must be among
+    """The point the preset rule picks from finished ``records`` (name -> figures); the earlier preset must be among
     them, as it is the incumbent."""
     incumbent = next(iter(POINTS))
     if incumbent not in records:
@@ -165,12 +165,13 @@ def report(results: list[dict], plot_path: Path, every_k_days: int) -> str:
         "## What compute buys: the scaling study (`benchmarks/bench_scaling.py`)", "",
         f"The CPU-preset family on the dev split (train 2010-2017, valid 2018-2019), seed {SEED}, one shared "
         f"tokenizer. A budget is windows seen (epochs x windows per epoch; the one-cycle schedule spans it). Valid "
-        f"loss: the best epoch's mean of the s1 and s2 cross-entropies on the fixed valid subset (today's preset: "
-        f"the first row). Forecast figures on every {every_k_days}th valid day (horizon inside valid), CSI300 "
-        f"members, paths sampled with the workflow's T and top_p: fair CRPS skill of the return against a random "
-        f"walk with the stock's own 60-day volatility (> 0: Kronos better), band coverage beside a calibrated "
-        f"sampler's with as many paths, and expected_return over steps 1..10: mean daily RankIC and top-50 excess "
-        f"over the universe (Newey-West t, lag 5 scored days, {5 * every_k_days} trading days). Training wall time is the predictor's, on 2 CPU cores.", "",
+        f"loss: the best epoch's mean of the s1 and s2 cross-entropies on the fixed valid subset (the preset "
+        f"before this study: cpu-98k). Forecast figures on every {every_k_days}th valid day (horizon inside valid), "
+        f"CSI300 members, paths sampled with the workflow's T and top_p: fair CRPS skill of the return against a "
+        f"random walk with the stock's own 60-day volatility (> 0: Kronos better), band coverage beside a "
+        f"calibrated sampler's with as many paths, and expected_return over steps 1..10: mean daily RankIC and "
+        f"top-50 excess over the universe (Newey-West t, lag 5 scored days, {5 * every_k_days} trading days). "
+        f"Training wall time is the predictor's, on 2 CPU cores.", "",
         "| point | parameters | windows seen | train min | windows/s | valid loss (s1 / s2) | last-epoch gain "
         "| CRPS skill | coverage 50% (cal.) | coverage 90% (cal.) | RankIC (t) | top-50 bp/day (t) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -187,8 +188,12 @@ def report(results: list[dict], plot_path: Path, every_k_days: int) -> str:
     chosen = choose_preset(records)
     lines += ["", f"Preset rule (fixed in code before the points after cpu-393k ran): among the points whose "
               f"predictor trained within {WALL_BUDGET_S / 60:.0f} minutes on 2 cores, the lowest valid loss, which "
-              f"must beat today's preset ({next(iter(POINTS))}) by more than {MARGIN} (the seed-to-seed difference "
-              f"of its valid loss) to replace it. Among the points run so far it picks **{chosen}**."]
+              f"must beat the preset before this study ({next(iter(POINTS))}) by more than {MARGIN} (the "
+              f"seed-to-seed difference of its valid loss) to replace it. Among the points run so far it picks "
+              f"**{chosen}**, the `cpu` preset's predictor."]
+    commits = sorted({r["machine"].rsplit("commit ", 1)[-1] for r in results})
+    lines += ["", f"Measured at commit {', '.join(commits)} (the training windows of each point follow that commit's "
+              f"rules)."]
     missing = [name for name in POINTS if name not in records]
     if missing:
         lines += ["", f"Not yet run: {', '.join(missing)} (the study continues where it stopped)."]
@@ -242,7 +247,9 @@ def main() -> None:
 
 def write(plot_path: Path, every_k_days: int) -> None:
     records = read_records()
-    results = [records[name] for name in POINTS if name in records]
+    sizes = list(SIZES)
+    results = sorted((records[name] for name in POINTS if name in records),
+                     key=lambda r: (sizes.index(r["size"]), r["windows_seen"]))
     if results:
         plot(results, plot_path)
         update_section("scaling", report(results, plot_path, every_k_days))

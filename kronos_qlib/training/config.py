@@ -91,14 +91,15 @@ def _from_scratch(bits: int, tokenizer: dict, predictor: dict, epochs: tuple[int
 
 
 #: Starting points for ``preset:``. mini/small/base finetune the released checkpoints (GPU-sized);
-#: ``cpu`` trains small models from scratch and learns something real on a 2-core CPU in about 15 minutes;
+#: ``cpu`` trains small models from scratch and learns something real on a 2-core CPU in about 20 minutes (its
+#: predictor is the point benchmarks/bench_scaling.py's preset rule picked: 4 layers x 192, 6 x 16,384 windows);
 #: ``tiny`` (the smoke-test scale: CI, trying a workflow end to end in a few minutes) only checks that it all runs.
 PRESETS: dict[str, dict] = {
     "mini": _released("NeoQuasar/Kronos-Tokenizer-2k", "NeoQuasar/Kronos-mini", 64),
     "small": _released("NeoQuasar/Kronos-Tokenizer-base", "NeoQuasar/Kronos-small", 50),
     "base": _released("NeoQuasar/Kronos-Tokenizer-base", "NeoQuasar/Kronos-base", 32),
     "cpu": _from_scratch(6, dict(d_model=64, n_heads=4, ff_dim=128, n_enc_layers=3, n_dec_layers=3),
-                         dict(n_layers=3, d_model=128, n_heads=4, ff_dim=256), epochs=(4, 6), batch_size=64,
+                         dict(n_layers=4, d_model=192, n_heads=6, ff_dim=384), epochs=(4, 6), batch_size=64,
                          windows=(16384, 4096)),
     "tiny": _from_scratch(4, dict(d_model=32, n_heads=2, ff_dim=64, n_enc_layers=2, n_dec_layers=2),
                           dict(n_layers=2, d_model=32, n_heads=2, ff_dim=64), epochs=(1, 1), batch_size=16,
