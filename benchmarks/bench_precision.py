@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_calibration import sample_days, score_point  # noqa: E402
-from bench_scaling import RECORDS, choose_preset  # noqa: E402
+from bench_scaling import choose_preset, read_records  # noqa: E402
 from bench_signals import daily_scores  # noqa: E402
 from fitted_model import fit_workflow_model  # noqa: E402
 from results import machine, update_section  # noqa: E402
@@ -129,7 +128,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     work = Path(args.work).resolve()
     stages = (Path(args.stages) if args.stages else
-              work / "points" / choose_preset(json.loads(RECORDS.read_text()))).resolve()
+              work / "points" / choose_preset(read_records())).resolve()
     weights = {"finetune": None, "tokenizer": str(stages / "tokenizer" / "best"),
                "predictor": str(stages / "predictor" / "best"), "precision": "fp32"}
     model, dataset, _ = fit_workflow_model(work, args.provider, weights)

@@ -28,7 +28,7 @@ import pandas as pd
 from ..errors import ConfigError
 from ..features import BAR_COLUMNS, CLOSE, PRICE_COLUMNS
 from ..files import atomic_write_text
-from ..signals.paths import CLOSE_FLOOR
+from ..signals.paths import CLOSE_FLOOR, floored_log_returns
 from .forecast_scores import fair_crps
 from .forecasts import ForecastSet, realized_closes
 
@@ -62,7 +62,7 @@ class PathCalibration:
     def _factors(self, closes: np.ndarray, last_close: np.ndarray) -> np.ndarray:
         if closes.shape[-1] != len(self.drift):
             raise ConfigError(f"the calibration has {len(self.drift)} steps, the paths {closes.shape[-1]}")
-        r = log_returns(closes, last_close)
+        r = floored_log_returns(closes, last_close)
         centre = np.median(r, axis=1, keepdims=True)
         drift, scale = np.asarray(self.drift), np.asarray(self.scale)
         return np.exp(drift * centre + scale * (r - centre) - r)
@@ -85,11 +85,6 @@ def floored(prices: np.ndarray, last_close: np.ndarray) -> np.ndarray:
     return np.maximum(prices, floor)
 
 
-def log_returns(closes: np.ndarray, last_close: np.ndarray) -> np.ndarray:
-    """Log returns of the paths' closes (n, sample_count, pred_len) from t's close, floored first."""
-    return np.log(floored(closes, last_close) / last_close[:, None, None])
-
-
 def fit_calibration(forecasts: ForecastSet, closes: pd.DataFrame, valid: tuple[str, str]) -> tuple[
         PathCalibration, pd.DataFrame]:
     """The (drift, scale) of each step with the lowest mean fair CRPS of the return on ``forecasts``, all of
@@ -102,7 +97,7 @@ def fit_calibration(forecasts: ForecastSet, closes: pd.DataFrame, valid: tuple[s
                           f"{int(outside.sum())} forecast(s) lie outside it (the first "
                           f"{forecasts.dates[outside][0].date()})")
     realized, _ = realized_closes(closes.loc[:end], forecasts)  # a step past valid's end is not scored
-    log_r = log_returns(forecasts.closes, forecasts.last_close)
+    log_r = floored_log_returns(forecasts.closes, forecasts.last_close)
     centre = np.median(log_r, axis=1, keepdims=True)
     drift, scale, rows = [], [], []
     for h in range(forecasts.pred_len):

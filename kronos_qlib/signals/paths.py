@@ -62,6 +62,12 @@ class PathWindow:
         return np.diff(self.log_closes[..., self.start:self.end + 1], axis=-1)
 
 
+
+def floored_log_returns(closes: np.ndarray, last_close: np.ndarray) -> np.ndarray:
+    """Log returns (n, sample_count, pred_len) of the paths' closes from t's close (n,), each close first floored at
+    CLOSE_FLOOR x t's close: a de-normalized path can cross zero."""
+    return np.log(np.maximum(closes, CLOSE_FLOOR * last_close[:, None, None]) / last_close[:, None, None])
+
 def path_window(closes: np.ndarray, last_close: np.ndarray, start: int, end: int, history: np.ndarray | None = None,
                 limit: np.ndarray | float | None = None) -> PathWindow:
     """The clipped log paths of the sampled ``closes`` (n_series, sample_count, pred_len). ``limit`` is each
@@ -71,10 +77,8 @@ def path_window(closes: np.ndarray, last_close: np.ndarray, start: int, end: int
     if bad.any():
         raise KronosInputError(f"the sampled paths of series {np.flatnonzero(bad)[:5].tolist()} hold non-finite "
                                f"closes")
-    floor = CLOSE_FLOOR * last_close[:, None, None]
-    floored = closes < floor
-    log_moves = np.diff(np.log(np.maximum(closes, floor) / last_close[:, None, None]), axis=2,
-                        prepend=0.0)
+    floored = closes < CLOSE_FLOOR * last_close[:, None, None]
+    log_moves = np.diff(floored_log_returns(closes, last_close), axis=2, prepend=0.0)
     clipped = np.zeros(closes.shape[:2], dtype=bool)
     if limit is not None:
         limit = np.broadcast_to(np.asarray(limit, dtype=np.float64), last_close.shape)[:, None, None]
