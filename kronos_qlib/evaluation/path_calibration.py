@@ -28,7 +28,7 @@ import pandas as pd
 from ..errors import ConfigError
 from ..features import BAR_COLUMNS, CLOSE, PRICE_COLUMNS
 from ..files import atomic_write_text
-from ..signals.paths import CLOSE_FLOOR, floored_log_returns
+from ..signals.paths import floored, floored_log_returns
 from .forecast_scores import fair_crps
 from .forecasts import ForecastSet, realized_closes
 
@@ -77,12 +77,6 @@ class PathCalibration:
             return cls(tuple(values["drift"]), tuple(values["scale"]), tuple(values["fitted_on"]))
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise ConfigError(f"'{path}' is not a path calibration file ({type(err).__name__}: {err})") from err
-
-
-def floored(prices: np.ndarray, last_close: np.ndarray) -> np.ndarray:
-    """``prices`` (n, ...) no lower than CLOSE_FLOOR x the forecast's last close (n,)."""
-    floor = CLOSE_FLOOR * last_close.reshape(-1, *[1] * (prices.ndim - 1))
-    return np.maximum(prices, floor)
 
 
 def fit_calibration(forecasts: ForecastSet, closes: pd.DataFrame, valid: tuple[str, str]) -> tuple[

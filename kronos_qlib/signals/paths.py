@@ -62,11 +62,16 @@ class PathWindow:
         return np.diff(self.log_closes[..., self.start:self.end + 1], axis=-1)
 
 
+def floored(prices: np.ndarray, last_close: np.ndarray) -> np.ndarray:
+    """``prices`` (n, ...) no lower than CLOSE_FLOOR x the forecast's last close (n,): a de-normalized path can
+    cross zero."""
+    return np.maximum(prices, CLOSE_FLOOR * last_close.reshape(-1, *[1] * (prices.ndim - 1)))
+
 
 def floored_log_returns(closes: np.ndarray, last_close: np.ndarray) -> np.ndarray:
-    """Log returns (n, sample_count, pred_len) of the paths' closes from t's close (n,), each close first floored at
-    CLOSE_FLOOR x t's close: a de-normalized path can cross zero."""
-    return np.log(np.maximum(closes, CLOSE_FLOOR * last_close[:, None, None]) / last_close[:, None, None])
+    """Log returns (n, sample_count, pred_len) of the paths' closes from t's close (n,), each close floored first."""
+    return np.log(floored(closes, last_close) / last_close[:, None, None])
+
 
 def path_window(closes: np.ndarray, last_close: np.ndarray, start: int, end: int, history: np.ndarray | None = None,
                 limit: np.ndarray | float | None = None) -> PathWindow:
@@ -77,7 +82,7 @@ def path_window(closes: np.ndarray, last_close: np.ndarray, start: int, end: int
     if bad.any():
         raise KronosInputError(f"the sampled paths of series {np.flatnonzero(bad)[:5].tolist()} hold non-finite "
                                f"closes")
-    floored = closes < CLOSE_FLOOR * last_close[:, None, None]
+    below_floor = closes < CLOSE_FLOOR * last_close[:, None, None]
     log_moves = np.diff(floored_log_returns(closes, last_close), axis=2, prepend=0.0)
     clipped = np.zeros(closes.shape[:2], dtype=bool)
     if limit is not None:
@@ -88,7 +93,7 @@ def path_window(closes: np.ndarray, last_close: np.ndarray, start: int, end: int
         log_moves = np.where(outside, np.clip(log_moves, low, high), log_moves)
         clipped = outside.any(axis=2)
     log_closes = np.concatenate([np.zeros((*closes.shape[:2], 1)), np.cumsum(log_moves, axis=2)], axis=2)
-    return PathWindow(log_closes, start, end, history, int(floored.any(axis=2).sum()), int(clipped.sum()))
+    return PathWindow(log_closes, start, end, history, int(below_floor.any(axis=2).sum()), int(clipped.sum()))
 
 
 def expected_return(w: PathWindow) -> np.ndarray:
