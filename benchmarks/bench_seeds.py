@@ -21,7 +21,7 @@ score. Every "A beats B" is a paired test: the daily difference of the two runs'
 returns with cost, averaged over seeds day by day, with its Newey-West t (the seeds share one test period, whose
 sampling error dominates their spread); each run's daily IC, RankIC and excess return are kept per seed for that.
 --steps runs a subset (the same for every seed). A step that finished is not run again (its `<step>.json` holds its
-wall time), so a killed benchmark continues where it stopped; the forecast cache (--cache) is shared, as its files
+wall time and the machine and commit it ran on, which its record keeps), so a killed benchmark continues where it stopped; the forecast cache (--cache) is shared, as its files
 are keyed by model, sampling settings and seed. Each step's per-seed results are merged with the steps measured by
 earlier invocations (e.g. the long factor step on another day), and the RESULTS.md section and its plot are written
 from all of them.
@@ -125,6 +125,10 @@ GRU_EPOCHS = 10
 #: the steps that record under another step's experiment name: each runs in a subfolder named for it (its own
 #: mlruns.db)
 OWN_FOLDER = {"control"}
+#: the steps that sample Kronos's paths (through the forecast cache)
+SAMPLING_STEPS = {"kronos", "factors"}
+#: the machine of a step whose json predates steps keeping theirs
+LEGACY_MACHINE = "machine not recorded (the step ran before its record kept it)"
 #: what a step needs to have run before it in the same seed's folder
 NEEDS = {"ensemble": {"kronos", "lightgbm"}, "ensemble_valid": {"kronos", "lightgbm"}, "ensemble_gru": {"kronos", "gru"}}
 DAILY_COLUMNS = ("IC", "RankIC", "excess")
@@ -151,13 +155,15 @@ def step_folder(name: str, folder: Path) -> Path:
     return folder / name if name in OWN_FOLDER else folder
 
 
-def run_step(name: str, folder: Path, env: dict[str, str]) -> float:
-    """Run one step in its folder (its output in ``<name>.log``) unless it finished before; its wall time in s."""
+def run_step(name: str, folder: Path, env: dict[str, str], note: str) -> dict:
+    """Run one step in its folder (its output in ``<name>.log``) unless it finished before; its record: wall time,
+    variables, and the machine, commit and reuse ``note`` it ran with (kept with the step, so a step re-read later
+    is not credited to a later commit)."""
     seed, folder, env = folder.name, step_folder(name, folder), step_env(name, env)
     folder.mkdir(parents=True, exist_ok=True)
     done = folder / f"{name}.json"
     if done.exists():
-        return json.loads(done.read_text())["wall_s"]
+        return {"machine": LEGACY_MACHINE, "note": "", **json.loads(done.read_text())}
     print(f"{seed}: {name} ...", flush=True)
     began = time.perf_counter()
     with open(folder / f"{name}.log", "w") as log:
@@ -167,9 +173,10 @@ def run_step(name: str, folder: Path, env: dict[str, str]) -> float:
     if result.returncode != 0:
         sys.exit(f"{seed}: {name} failed ({result.returncode}); the end of {folder / f'{name}.log'}:\n"
                  + (folder / f"{name}.log").read_text()[-4000:])
-    atomic_write_text(done, json.dumps({"wall_s": wall, "env": env}))
+    ran = {"wall_s": wall, "env": env, "machine": machine(), "note": note}
+    atomic_write_text(done, json.dumps(ran))
     print(f"  {wall / 60:.1f} min", flush=True)
-    return wall
+    return ran
 
 
 def daily_series(run: RecordedRun) -> pd.DataFrame:
@@ -199,15 +206,18 @@ def seed_metrics(folder: Path, provider: Path, steps: list[str]) -> tuple[dict[s
     return rows, {step: daily_series(run) for step, run in runs.items()}
 
 
-def record(steps: list[str], per_seed: dict[int, dict[str, dict[str, float]]], walls: dict[int, dict[str, float]],
-           daily: dict[int, dict[str, pd.DataFrame]], note: str, dates: Dates) -> tuple[dict, pd.DataFrame]:
+def record(steps: list[str], per_seed: dict[int, dict[str, dict[str, float]]], ran: dict[int, dict[str, dict]],
+           daily: dict[int, dict[str, pd.DataFrame]], dates: Dates) -> tuple[dict, pd.DataFrame]:
     """Merge this invocation's per-seed results and daily series into the committed record files (steps measured
-    in other invocations keep theirs), atomically; the merged records."""
+    in other invocations keep theirs), atomically; the merged records. A step's machine and note are those its
+    seeds ran with."""
     path, daily_path = dates.records, dates.daily
     records = json.loads(path.read_text()) if path.exists() else {}
     for step in steps:
-        records[step] = {"machine": machine(), "note": note,
-                         "seeds": {str(k): {**per_seed[k][step], "wall_s": walls[k][step]} for k in per_seed}}
+        machines = dict.fromkeys(ran[k][step]["machine"] for k in ran)
+        notes = dict.fromkeys(ran[k][step]["note"] for k in ran if ran[k][step]["note"])
+        records[step] = {"machine": " / ".join(machines), "note": "; ".join(notes),
+                         "seeds": {str(k): {**per_seed[k][step], "wall_s": ran[k][step]["wall_s"]} for k in per_seed}}
     atomic_write_text(path, json.dumps(records, indent=1, sort_keys=True))
     kept = read_daily(daily_path)
     kept = kept[~kept["step"].isin(steps)]
@@ -390,7 +400,7 @@ def main() -> None:
         os.environ.pop(name, None)
     cache = Path(args.cache).resolve() if args.cache else work / "forecasts"
 
-    walls, per_seed, daily = {}, {}, {}
+    ran, per_seed, daily = {}, {}, {}
     for k in range(args.seeds):
         folder = work / f"seed{k}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -398,20 +408,23 @@ def main() -> None:
         if k == 0 and args.stages and not (folder / "runs").exists():
             finetune = load_workflow(WORKFLOWS / "kronos_csi300.yaml", env)["task"]["model"]["kwargs"]["finetune"]
             shutil.copytree(Path(args.stages).resolve(), folder / finetune["output_dir"])
-        walls[k] = {name: run_step(name, folder, env) for name in steps}
+        ran[k] = {name: run_step(name, folder, env, step_note(name, k, args)) for name in steps}
         per_seed[k], daily[k] = seed_metrics(folder, provider, steps)
+    update_section(dates.section, report(*record(steps, per_seed, ran, daily, dates), dates))
 
-    reuse = []
-    if args.stages:
-        reuse.append(f"seed 0 started from the finished training in {args.stages}, so its Kronos time leaves training "
-                     "out")
-    if args.cache:
-        reuse.append(f"the forecast cache {args.cache} was filled before, so a step that finds its model's forecasts "
+
+def step_note(name: str, k: int, args: argparse.Namespace) -> str:
+    """What seed ``k``'s step reused or capped in this invocation, to be recorded beside its figures."""
+    notes = []
+    if args.stages and k == 0 and name == "kronos":
+        notes.append(f"seed 0 started from the finished training in {args.stages}, so its Kronos time leaves "
+                     "training out")
+    if args.cache and name in SAMPLING_STEPS:
+        notes.append(f"the forecast cache {args.cache} was filled before, so a step that finds its model's forecasts "
                      "there does not sample them again")
-    if "gru" in steps:
-        reuse.append(f"GRU capped at {args.gru_epochs} epochs (GRU_EPOCHS)")
-    update_section(dates.section, report(*record(steps, per_seed, walls, daily, "; ".join(reuse), dates), dates))
-
+    if name in {"gru", "ensemble_gru"}:
+        notes.append(f"GRU capped at {args.gru_epochs} epochs (GRU_EPOCHS)")
+    return "; ".join(notes)
 
 if __name__ == "__main__":
     main()

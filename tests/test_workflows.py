@@ -4,12 +4,14 @@ Nothing here rewrites a workflow: each file is rendered by Qlib's own ``render_t
 Jinja template, comments included) and run by the ``qrun`` command, changed only through the environment
 variables the file reads (``workflows/smoke.env``, QLIB_DATA, KRONOS_CACHE).
 """
+import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from kronos_qlib.qrun import FACTOR_SMOKE_ENV, GRU_SMOKE_ENV, WORKFLOWS, load_workflow, run_qrun, smoke_env
@@ -307,3 +309,24 @@ def test_bench_seeds_control_is_lightgbm_on_the_factor_workflows_rows(env, monke
     factors = render(WORKFLOWS / FACTOR_WORKFLOW, env)
     assert dates(control) == dates(factors)
     assert control["task"]["model"] == factors["task"]["model"]
+
+
+def test_bench_seeds_credits_a_reread_step_to_the_commit_it_ran_on(tmp_path, monkeypatch):
+    """A step that finished in an earlier invocation is re-read, not re-run, and its record keeps the machine and
+    commit it ran on, not the commit of the invocation that reports it."""
+    bench_seeds = load_bench_seeds(monkeypatch)
+    folder = tmp_path / "seed0"
+    folder.mkdir()
+    earlier = {"wall_s": 60.0, "env": {}, "machine": "earlier machine, commit aaaaaaa", "note": "cache reused"}
+    (folder / "lightgbm.json").write_text(json.dumps(earlier))
+    monkeypatch.setattr(bench_seeds.subprocess, "run", lambda *a, **k: pytest.fail("a finished step ran again"))
+    ran = {0: {"lightgbm": bench_seeds.run_step("lightgbm", folder, {}, note="")},
+           1: {"lightgbm": {**earlier, "machine": "later machine, commit bbbbbbb", "note": ""}}}
+    dates = bench_seeds.Dates("t", {}, "", tmp_path / "r.json", tmp_path / "d.csv", "t", tmp_path / "p.png", {})
+    day = pd.DataFrame({"IC": [0.1], "RankIC": [0.1], "excess": [0.0]}, index=pd.DatetimeIndex(["2020-01-02"],
+                                                                                                 name="datetime"))
+    records, _ = bench_seeds.record(["lightgbm"], {0: {"lightgbm": {"IC": 0.1}}, 1: {"lightgbm": {"IC": 0.2}}}, ran,
+                                    {0: {"lightgbm": day}, 1: {"lightgbm": day}}, dates)
+    assert records["lightgbm"]["machine"] == "earlier machine, commit aaaaaaa / later machine, commit bbbbbbb"
+    assert records["lightgbm"]["note"] == "cache reused"
+    assert records["lightgbm"]["seeds"]["0"]["wall_s"] == 60.0
