@@ -21,10 +21,10 @@ score. Every "A beats B" is a paired test: the daily difference of the two runs'
 returns with cost, averaged over seeds day by day, with its Newey-West t (the seeds share one test period, whose
 sampling error dominates their spread); each run's daily IC, RankIC and excess return are kept per seed for that.
 --steps runs a subset (the same for every seed). A step that finished is not run again (its `<step>.json` holds its
-wall time and the machine and commit it ran on, which its record keeps), so a killed benchmark continues where it stopped; the forecast cache (--cache) is shared, as its files
-are keyed by model, sampling settings and seed. Each step's per-seed results are merged with the steps measured by
-earlier invocations (e.g. the long factor step on another day), and the RESULTS.md section and its plot are written
-from all of them.
+wall time and the machine and commit it ran on, which its record keeps), so a killed benchmark continues where it
+stopped; the forecast cache (--cache) is shared, as its files are keyed by model, sampling settings and seed. Each
+step's per-seed results are merged with the steps measured by earlier invocations (e.g. the long factor step on
+another day), and the RESULTS.md section and its plot are written from all of them.
 
 --dates picks the dates: `default` (the workflows' own: train 2010-2017, valid 2018-2019, test 2020-2022; records
 benchmarks/seeds.json and seeds_daily.csv, section "seeds", seeds.png) or `zoo` (Qlib's model-zoo segments as far
