@@ -7,8 +7,9 @@ dataset and KronosModel built from it and ``model.fit(dataset)`` run in --work, 
 folders (runs/) of an earlier ``qrun`` there, or trains them. Each grid point keeps the weights and changes only
 the sampling, so it samples into its own cache folder. Every --every-k-days-th valid day is forecast whose
 pred_len-day horizon ends inside valid, and the CSI300 members' forecasts are scored with
-kronos_qlib.evaluation.forecast_scores. The winner is the rule declared beforehand: the (T, top_p) with the lowest pooled
-fair CRPS of the return over its path counts, with the fewest paths (kronos_qlib.evaluation.selection.best_setting).
+kronos_qlib.evaluation.forecast_scores. The winner is the rule declared beforehand: the (T, top_p) with the lowest
+pooled fair CRPS of the return over its path counts, with the fewest paths
+(kronos_qlib.evaluation.selection.best_setting).
 
     python benchmarks/bench_calibration.py [--work outputs/full_run] [--provider ../shared/cn_data]
     env $(xargs < workflows/smoke.env) python benchmarks/bench_calibration.py --work /tmp/calib \\
@@ -136,7 +137,8 @@ def report(table: pd.DataFrame, chosen: dict, model, dataset, days, args, plot_p
         f"seed {default.seed}, {spec.lookback} bars, {spec.pred_len} steps), on a subsample of the {SEGMENT} "
         f"segment {valid[0]}..{valid[1]}: every {args.every_k_days}th trading day whose {spec.pred_len}-day horizon "
         f"ends inside {SEGMENT}, {len(days)} days ({days[0].date()}..{days[-1].date()}), CSI300 members only. "
-        f"Test ({test[0]}..{test[1]}) is never sampled or read. Scores are kronos_qlib.evaluation.forecast_scores', pooled "
+        f"Test ({test[0]}..{test[1]}) is never sampled or read. Scores are "
+        f"kronos_qlib.evaluation.forecast_scores', pooled "
         f"over the steps: band coverage beside the coverage a calibrated sampler with m paths reaches, the fair "
         f"CRPS of the return, its skill against a random walk with the stock's own {args.window}-day volatility "
         f"(same m), the median path's hit rate. The valid segment also picked the training's best checkpoint, so "

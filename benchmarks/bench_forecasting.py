@@ -226,7 +226,8 @@ def main() -> None:
                       for p in ["fp32", *reduced]}
             for (precision, batching, processes), r in runs.items():
                 rows.append({"model": model, "run": f"{precision}, {batching}, {processes} proc",
-                             "measured": r["n_series"], "series_per_s": r["sps"], "projected_min": total / r["sps"] / 60,
+                             "measured": r["n_series"], "series_per_s": r["sps"],
+                             "projected_min": total / r["sps"] / 60,
                              "vs_original": r["sps"] / original["sps"],
                              "vs_fp32": r["sps"] / runs[("fp32", "cross-day", 1)]["sps"]})
             for p in reduced:
@@ -254,11 +255,11 @@ def main() -> None:
         lines.append(f"| {r['model']} | {r['run']} | {r['measured']} | {r['series_per_s']:.1f} | "
                      f"{r['projected_min']:.1f} | "
                      f"{r['vs_fp32']:.2f}x | {r['vs_original']:.1f}x |")
-    lines += ["", "What reduced precision changes (against fp32, same forecasts): greedy agreement is the share of greedy "
-              f"(series, step) closes within 0.1% of fp32's on {args.day_list[0]}; signal Spearman is the mean daily "
-              "rank correlation of `expected_return` from the sampled paths. These are random weights, whose token "
-              "distributions are near uniform, so a small change of the logits moves many draws; for trained "
-              "weights see the section on reduced precision (bench_precision.py).", "",
+    lines += ["", "What reduced precision changes (against fp32, same forecasts): greedy agreement is the share "
+              f"of greedy (series, step) closes within 0.1% of fp32's on {args.day_list[0]}; signal Spearman is the "
+              "mean daily rank correlation of `expected_return` from the sampled paths. These are random weights, "
+              "whose token distributions are near uniform, so a small change of the logits moves many draws; for "
+              "trained weights see the section on reduced precision (bench_precision.py).", "",
               "| model | precision | greedy agreement | signal Spearman vs fp32 |", "|---|---|---|---|"]
     for q in quality:
         if "ratio" not in q:

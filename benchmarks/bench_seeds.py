@@ -71,7 +71,8 @@ RUNS = {"kronos": "kronos_csi300", "lightgbm": "lightgbm_csi300", "gru": "gru_al
         "factors": "kronos_lightgbm_csi300", "control": "lightgbm_csi300"}
 #: each step's name in the tables
 LABELS = {**RUNS, "ensemble": "ensemble_csi300 (Kronos + LightGBM)",
-          "ensemble_valid": "ensemble_csi300 (weight chosen on valid)", "ensemble_gru": "ensemble_gru_csi300 (Kronos + GRU)",
+          "ensemble_valid": "ensemble_csi300 (weight chosen on valid)",
+          "ensemble_gru": "ensemble_gru_csi300 (Kronos + GRU)",
           "control": "lightgbm_csi300 (control)"}
 ENSEMBLE = [sys.executable, str(REPO / "scripts" / "ensemble.py")]
 STEPS = {
@@ -113,10 +114,12 @@ DATES = {
                  # mean ± std over 20 seeds, Qlib's CSI300 cn_data (v1/v2 of Yahoo-sourced data), Qlib's README
                  {"lightgbm": {"IC": (0.0448, 0.00), "ICIR": (0.3660, 0.00), "RankIC": (0.0469, 0.00),
                                "RankICIR": (0.3877, 0.00), "excess return (ann., with cost)": (0.0901, 0.00),
-                               "information ratio (with cost)": (1.0164, 0.00), "max drawdown (with cost)": (-0.1038, 0.00)},
+                               "information ratio (with cost)": (1.0164, 0.00),
+                               "max drawdown (with cost)": (-0.1038, 0.00)},
                   "gru": {"IC": (0.0493, 0.00), "ICIR": (0.3772, 0.04), "RankIC": (0.0584, 0.00),
                           "RankICIR": (0.4638, 0.03), "excess return (ann., with cost)": (0.0720, 0.02),
-                          "information ratio (with cost)": (0.9730, 0.33), "max drawdown (with cost)": (-0.0821, 0.02)}}),
+                          "information ratio (with cost)": (0.9730, 0.33),
+                          "max drawdown (with cost)": (-0.0821, 0.02)}}),
 }
 #: GRU's epoch cap on a CPU (GRU_EPOCHS; the zoo trains up to 200, stopping after 20 without a better valid
 #: loss): an epoch over the default training years takes several minutes on 2 cores (one training batch of 800 and
@@ -130,7 +133,8 @@ SAMPLING_STEPS = {"kronos", "factors"}
 #: the machine of a step whose json predates steps keeping theirs
 LEGACY_MACHINE = "machine not recorded (the step ran before its record kept it)"
 #: what a step needs to have run before it in the same seed's folder
-NEEDS = {"ensemble": {"kronos", "lightgbm"}, "ensemble_valid": {"kronos", "lightgbm"}, "ensemble_gru": {"kronos", "gru"}}
+NEEDS = {"ensemble": {"kronos", "lightgbm"}, "ensemble_valid": {"kronos", "lightgbm"},
+         "ensemble_gru": {"kronos", "gru"}}
 DAILY_COLUMNS = ("IC", "RankIC", "excess")
 #: Qlib's model-zoo columns, in its order
 COLUMNS = ["IC", "ICIR", "RankIC", "RankICIR", "excess return (ann., with cost)", "information ratio (with cost)",
@@ -181,7 +185,8 @@ def run_step(name: str, folder: Path, env: dict[str, str], note: str) -> dict:
 
 def daily_series(run: RecordedRun) -> pd.DataFrame:
     """A run's daily IC, RankIC and excess return over the benchmark with cost."""
-    return pd.DataFrame({"IC": run.ic, "RankIC": run.rank_ic, "excess": run.excess_return(True)}).rename_axis("datetime")
+    series = {"IC": run.ic, "RankIC": run.rank_ic, "excess": run.excess_return(True)}
+    return pd.DataFrame(series).rename_axis("datetime")
 
 
 def seed_metrics(folder: Path, provider: Path, steps: list[str]) -> tuple[dict[str, dict[str, float]],

@@ -153,7 +153,8 @@ def book(report: pd.DataFrame) -> dict[str, float]:
     stats = mean_t(with_cost)
     return {CRITERION: stats["mean"], "excess with cost t": stats["t"],
             "excess no cost (daily)": float((report["return"] - report["bench"]).mean()),
-            "excess with cost (ann.)": float(risk["annualized_return"]), "IR with cost": float(risk["information_ratio"]),
+            "excess with cost (ann.)": float(risk["annualized_return"]),
+            "IR with cost": float(risk["information_ratio"]),
             "turnover (daily)": float(report["turnover"].mean())}
 
 
@@ -265,8 +266,9 @@ def choice_report(table: pd.DataFrame, choice: SignalChoice, record: dict, args)
     for name, row in shown.iterrows():
         mark = " **(chosen)**" if name == choice.chosen else (" (incumbent)" if name == record["incumbent"] else "")
         tested = np.isfinite(row.get(CRITERION, np.nan))
-        bt = (f"{1e4 * row[CRITERION]:.2f} ({row['excess with cost t']:.2f}) | {1e4 * row['excess no cost (daily)']:.2f} "
-              f"| {row['IR with cost']:.2f} | {100 * row['turnover (daily)']:.1f}%") if tested else "- | - | - | -"
+        bt = (f"{1e4 * row[CRITERION]:.2f} ({row['excess with cost t']:.2f}) | "
+              f"{1e4 * row['excess no cost (daily)']:.2f} | {row['IR with cost']:.2f} | "
+              f"{100 * row['turnover (daily)']:.1f}%") if tested else "- | - | - | -"
         lines.append(f"| {name}{mark} | {row['IC']:.4f} ({row['IC t']:.2f}) | {row['RankIC']:.4f} "
                      f"({row['RankIC t']:.2f}) | {1e4 * row['top quintile spread (daily)']:.2f} "
                      f"({row['top quintile t']:.2f}) | {1e4 * row['top-k excess (daily)']:.2f} "

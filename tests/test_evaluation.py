@@ -8,7 +8,8 @@ from kronos_qlib.evaluation import (daily_ic, group_returns, mean_over_seeds, me
 
 
 def panel(values: np.ndarray, days: int, stocks: int, name: str) -> pd.Series:
-    index = pd.MultiIndex.from_product([pd.bdate_range("2021-01-04", periods=days), [f"S{i:03d}" for i in range(stocks)]],
+    names = [f"S{i:03d}" for i in range(stocks)]
+    index = pd.MultiIndex.from_product([pd.bdate_range("2021-01-04", periods=days), names],
                                        names=["datetime", "instrument"])
     return pd.Series(values.ravel(), index=index, name=name)
 

@@ -141,7 +141,10 @@ def test_one_wild_path_counts_no_more_than_limit_moves_the_market_allows():
     # its rank moves no more than replacing that path by the most extreme path the limits allow (+10% a day)
     extreme = closes.copy()
     extreme[0, 0] = last[0] * np.cumprod([1.1] * 10)
-    above = lambda values: int((values > values[0]).sum())  # noqa: E731: stocks ranked above stock 0
+
+    def above(values: np.ndarray) -> int:  # stocks ranked above stock 0
+        return int((values > values[0]).sum())
+
     base = compute_signal("expected_return", paths_of(closes), last, limit=limits)
     bound = compute_signal("expected_return", paths_of(extreme), last, limit=limits)
     assert abs(above(clipped) - above(base)) <= abs(above(bound) - above(base))
