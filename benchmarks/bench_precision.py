@@ -6,8 +6,9 @@ Random weights (bench_forecasting.py) have near-uniform token distributions, whe
 moves many draws; trained ones are peaked. For each precision, against fp32:
 
 - greedy agreement: the share of greedy (top_k 1, one path) closes within 0.1% of fp32's greedy close;
-- signal Spearman: the mean daily rank correlation of the shipped signal (expected_return over steps 1..pred_len,
-  the workflow's paths, winsorized and clipped as KronosModel.predict scores it) with fp32's, same sampling seed;
+- signal Spearman: the mean daily rank correlation of the shipped signal (the workflow's signal, window and paths,
+  unsmoothed as the days are a subsample, winsorized and clipped as KronosModel.predict scores it) with fp32's, same
+  sampling seed;
 - fair CRPS skill of the return against a random walk with the stock's own volatility, and band coverage.
 
 A second fp32 run with another sampling seed is the noise floor: what two fp32 runs agree to when only the draws
@@ -36,7 +37,7 @@ from bench_signals import daily_scores  # noqa: E402
 from fitted_model import fit_workflow_model  # noqa: E402
 from results import machine, update_section  # noqa: E402
 
-from kronos_qlib.evaluation.selection import incumbent, scoring_days  # noqa: E402
+from kronos_qlib.evaluation.selection import Candidate, scoring_days  # noqa: E402
 
 REDUCED = ("int8", "bf16")
 NOISE_SEED = 1  # the fp32 reference samples with seed 0 (the workflow's), the noise floor with this one
@@ -47,7 +48,8 @@ def forecast_settings(model, dataset, days: pd.DatetimeIndex, every_k_days: int)
     end = pd.Timestamp(dataset.segments["valid"][1])
     market = dataset.handler.market
     quality = score_point(model, dataset, days, every_k_days, market, end, window=60, min_history=20)
-    signal = incumbent(model.forecast.pred_len, model.sampling.sample_count)
+    # the workflow's signal, window and paths; unsmoothed, as the days are a subsample
+    signal = Candidate(model.signal, model.signal_start, model.signal_end, model.sampling.sample_count)
     scores, _ = daily_scores(model, dataset, slice(days[0], days[-1]), [signal], shard=(0, every_k_days))
     sampling = model.sampling
     model.sampling = dataclasses.replace(sampling, top_k=1, top_p=1.0, sample_count=1)
