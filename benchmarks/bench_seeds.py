@@ -58,7 +58,7 @@ import pandas as pd  # noqa: E402
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from results import SCALE_VARIABLES, machine, update_section  # noqa: E402
+from results import SCALE_VARIABLES, git_commit, machine, update_section  # noqa: E402
 
 from kronos_qlib.evaluation import (NW_LAG, RecordedRun, init_recorder_store, load_run, mean_over_seeds,  # noqa: E402
                                     mean_t, paired_difference, partial_ic, signal_correlation, summarize)
@@ -169,6 +169,7 @@ def run_step(name: str, folder: Path, env: dict[str, str], note: str) -> dict:
     if done.exists():
         return {"machine": LEGACY_MACHINE, "note": "", **json.loads(done.read_text())}
     print(f"{seed}: {name} ...", flush=True)
+    where = machine(git_commit())  # the code the step's own process loads now
     began = time.perf_counter()
     with open(folder / f"{name}.log", "w") as log:
         result = subprocess.run(STEPS[name], cwd=folder, env={**os.environ, **env}, stdout=log,
@@ -177,7 +178,7 @@ def run_step(name: str, folder: Path, env: dict[str, str], note: str) -> dict:
     if result.returncode != 0:
         sys.exit(f"{seed}: {name} failed ({result.returncode}); the end of {folder / f'{name}.log'}:\n"
                  + (folder / f"{name}.log").read_text()[-4000:])
-    ran = {"wall_s": wall, "env": env, "machine": machine(), "note": note}
+    ran = {"wall_s": wall, "env": env, "machine": where, "note": note}
     atomic_write_text(done, json.dumps(ran))
     print(f"  {wall / 60:.1f} min", flush=True)
     return ran

@@ -21,7 +21,9 @@ HEADER = ("# Benchmark results\n\nEvery figure below was written by the script n
           "rerun it to reproduce.\n")
 
 
-def machine() -> str:
+def machine(commit: str | None = None) -> str:
+    """This machine, and the commit of the code that ran: by default the one checked out when this process
+    started (a commit made while a long benchmark runs is not the code it ran)."""
     cpu = platform.processor() or platform.machine()
     try:
         model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -30,7 +32,7 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return (f"{cpu}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"commit {git_commit()}")
+            f"commit {commit or COMMIT_AT_START}")
 
 
 def git_commit() -> str:
@@ -39,6 +41,9 @@ def git_commit() -> str:
                               cwd=RESULTS.parent, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+COMMIT_AT_START = git_commit()
 
 
 def full_scale_environ() -> dict[str, str]:
