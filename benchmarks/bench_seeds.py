@@ -376,6 +376,20 @@ def report(records: dict, daily: pd.DataFrame, dates: Dates) -> str:
     return "\n".join(lines)
 
 
+def step_note(name: str, k: int, args: argparse.Namespace) -> str:
+    """What seed ``k``'s step reused or capped in this invocation, to be recorded beside its figures."""
+    notes = []
+    if args.stages and k == 0 and name == "kronos":
+        notes.append(f"seed 0 started from the finished training in {args.stages}, so its Kronos time leaves "
+                     "training out")
+    if args.cache and name in SAMPLING_STEPS:
+        notes.append(f"the forecast cache {args.cache} was filled before, so a step that finds its model's forecasts "
+                     "there does not sample them again")
+    if name in {"gru", "ensemble_gru"}:
+        notes.append(f"GRU capped at {args.gru_epochs} epochs (GRU_EPOCHS)")
+    return "; ".join(notes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--provider", default=str(REPO.parent / "shared" / "cn_data"))
@@ -418,19 +432,6 @@ def main() -> None:
         per_seed[k], daily[k] = seed_metrics(folder, provider, steps)
     update_section(dates.section, report(*record(steps, per_seed, ran, daily, dates), dates))
 
-
-def step_note(name: str, k: int, args: argparse.Namespace) -> str:
-    """What seed ``k``'s step reused or capped in this invocation, to be recorded beside its figures."""
-    notes = []
-    if args.stages and k == 0 and name == "kronos":
-        notes.append(f"seed 0 started from the finished training in {args.stages}, so its Kronos time leaves "
-                     "training out")
-    if args.cache and name in SAMPLING_STEPS:
-        notes.append(f"the forecast cache {args.cache} was filled before, so a step that finds its model's forecasts "
-                     "there does not sample them again")
-    if name in {"gru", "ensemble_gru"}:
-        notes.append(f"GRU capped at {args.gru_epochs} epochs (GRU_EPOCHS)")
-    return "; ".join(notes)
 
 if __name__ == "__main__":
     main()
