@@ -29,12 +29,13 @@ another day), and the RESULTS.md section and its plot are written from all of th
 --dates picks the dates: `default` (the workflows' own: train 2010-2017, valid 2018-2019, test 2020-2022; records
 benchmarks/seeds.json and seeds_daily.csv, section "seeds", seeds.png) or `zoo` (Qlib's model-zoo segments as far
 as the data allows: train 2010-2014, valid 2015-2016, test 2017-01-01..2020-07-31; records seeds_zoo.json and
-seeds_zoo_daily.csv, section "zoo", seeds_zoo.png, beside the zoo's published rows).
+seeds_zoo_daily.csv, section "zoo", seeds_zoo.png, beside the zoo's published rows; its steps are the zoo's rows,
+LightGBM and GRU, GRU capped at --gru-epochs as on the default dates, where the zoo trains up to 200 epochs).
 
     python benchmarks/bench_seeds.py [--seeds 3] [--provider ../shared/cn_data] [--work outputs/seeds]
     python benchmarks/bench_seeds.py --stages outputs/full_run/runs/<name> --cache outputs/full_run/forecasts
         # seed 0 reuses a finished full run of the default workflow (its stage folder is copied)
-    python benchmarks/bench_seeds.py --dates zoo --steps lightgbm gru --work outputs/zoo
+    python benchmarks/bench_seeds.py --dates zoo --work outputs/zoo       # its steps: lightgbm gru
     python benchmarks/bench_seeds.py --report-only      # rewrite the section from seeds.json / seeds_daily.csv
 """
 from __future__ import annotations
@@ -100,6 +101,7 @@ class Dates:
     section: str
     plot: Path
     published: dict  # step -> the model zoo's published row on these dates (Qlib's examples/benchmarks/README.md)
+    steps: tuple = tuple(STEPS)  # the steps these dates can run (and --steps' default)
 
 
 DATES = {
@@ -109,7 +111,8 @@ DATES = {
                          "VALID_END": "2016-12-31", "TEST_START": "2017-01-01", "TEST_END": "2020-07-31",
                          "BACKTEST_END": "2020-07-31"},
                  "the model zoo's dates as far as the data allows (train 2010-2014 where the zoo starts 2008, valid "
-                 "2015-2016, test 2017-01-01..2020-07-31)",
+                 "2015-2016, test 2017-01-01..2020-07-31; GRU's epochs capped as on the default dates, where the zoo "
+                 "trains up to 200)",
                  HERE / "seeds_zoo.json", HERE / "seeds_zoo_daily.csv", "zoo", HERE / "seeds_zoo.png",
                  # mean ± std over 20 seeds, Qlib's CSI300 cn_data (v1/v2 of Yahoo-sourced data), Qlib's README
                  {"lightgbm": {"IC": (0.0448, 0.00), "ICIR": (0.3660, 0.00), "RankIC": (0.0469, 0.00),
@@ -119,7 +122,9 @@ DATES = {
                   "gru": {"IC": (0.0493, 0.00), "ICIR": (0.3772, 0.04), "RankIC": (0.0584, 0.00),
                           "RankICIR": (0.4638, 0.03), "excess return (ann., with cost)": (0.0720, 0.02),
                           "information ratio (with cost)": (0.9730, 0.33),
-                          "max drawdown (with cost)": (-0.0821, 0.02)}}),
+                          "max drawdown (with cost)": (-0.0821, 0.02)}},
+                 # the zoo's rows only: the factor workflow's Kronos years (2010-2014) would leave LightGBM no rows
+                 ("lightgbm", "gru")),
 }
 #: GRU's epoch cap on a CPU (GRU_EPOCHS; the zoo trains up to 200, stopping after 20 without a better valid
 #: loss): an epoch over the default training years takes several minutes on 2 cores (one training batch of 800 and
@@ -396,8 +401,8 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / "outputs" / "seeds"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--cache", default=None, help="the forecast cache of all seeds (default: --work/forecasts)")
-    parser.add_argument("--steps", nargs="+", choices=list(STEPS), default=list(STEPS),
-                        help="the steps to run for every seed (default: all)")
+    parser.add_argument("--steps", nargs="+", choices=list(STEPS),
+                        help="the steps to run for every seed (default: all those --dates can run)")
     parser.add_argument("--stages", default=None,
                         help="finished stage folder of a full run of the default workflow (seed 0), to reuse")
     parser.add_argument("--dates", choices=list(DATES), default="default", help="the segments (see above)")
@@ -411,7 +416,10 @@ def main() -> None:
                                                     dates))
     if args.seeds < 2:
         parser.error("a std needs at least 2 seeds")
-    steps = [step for step in STEPS if step in args.steps]  # in their order
+    steps = [step for step in STEPS if step in (args.steps or dates.steps)]  # in their order
+    if set(steps) - set(dates.steps):
+        parser.error(f"--dates {dates.name} runs only the steps {', '.join(dates.steps)}, not "
+                     f"{', '.join(sorted(set(steps) - set(dates.steps)))}")
     for step in steps:
         if NEEDS.get(step, set()) - set(steps):
             parser.error(f"step {step} needs {sorted(NEEDS[step])}")

@@ -42,9 +42,9 @@ sys.path.insert(0, str(HERE))
 from fitted_model import fit_workflow_model  # noqa: E402
 from results import machine, require_choice, update_section  # noqa: E402
 
-from kronos_qlib.evaluation import NW_LAG, mean_t, paired_difference, signal_metrics, topk_excess  # noqa: E402
-from kronos_qlib.evaluation.selection import (CRITERION, ELIGIBILITY, MARGIN_SE, Candidate,  # noqa: E402
-                                              SignalChoice, choose_signal, eligible, incumbent)
+from kronos_qlib.evaluation import NW_LAG, daily_ic, mean_t, paired_difference, signal_metrics, topk_excess  # noqa: E402
+from kronos_qlib.evaluation.selection import (CRITERION, ELIGIBILITY, LABEL_DAYS, MARGIN_SE, Candidate,  # noqa: E402
+                                              SignalChoice, choose_signal, eligible, incumbent, labels_inside_segment)
 from kronos_qlib.errors import KronosInputError  # noqa: E402
 from kronos_qlib.files import atomic_write_text  # noqa: E402
 from kronos_qlib.signals import SIGNALS, check_signal, price_limits, score_day, smooth_scores  # noqa: E402
@@ -54,8 +54,6 @@ logger = logging.getLogger("bench_signals")
 WINDOWS = ((1, None), (1, 5))
 PATH_COUNTS = (5, 10, 20, 40)
 HALFLIVES = (None, 3.0, 10.0)
-#: trading days a valid label reaches past its day (close t + 1 to close t + 2)
-LABEL_DAYS = 2
 #: rows of the valid table shown in RESULTS.md (all are in <work>/signals/valid.csv)
 SHOWN = 15
 
@@ -176,18 +174,18 @@ def choose(args) -> None:
     scores, counts = daily_scores(model, dataset, "valid", grid)
     label = dataset.prepare("valid", col_set="label").iloc[:, 0]
     days = label.index.get_level_values("datetime").unique().sort_values()
-    label = label[label.index.get_level_values("datetime") <= days[-1 - LABEL_DAYS]]  # labels inside valid only
+    label = labels_inside_segment(label)
     topk = config["port_analysis_config"]["strategy"]["kwargs"]["topk"]
     rows = {c.name: {"segment": "valid", **dataclasses.asdict(c), **valid_row(scores[c.name], label, topk)}
             for c in grid}
     table = pd.DataFrame.from_dict(rows, orient="index")
     base = incumbent(spec.pred_len, sampling.sample_count).name
-    last = str(days[-1 - LABEL_DAYS].date())
+    last = str(label.index.get_level_values("datetime").max().date())
     reports = backtests(scores, [base, *table.index[eligible(table)]], config, str(start.date()), last,
                         out / "backtests")
     excess = {name: excess_with_cost(r) for name, r in reports.items()}
     table = table.join(pd.DataFrame.from_dict({name: book(r) for name, r in reports.items()}, orient="index"))
-    choice = choose_signal(table, excess, base)
+    choice = choose_signal(table, excess, base, last)
     atomic_write_text(out / "valid.csv", table.to_csv())
     record = {"choice": choice.to_dict(), "candidate": dataclasses.asdict(_candidate(grid, choice.chosen)),
               "incumbent": base, "incumbent_candidate": dataclasses.asdict(_candidate(grid, base)),
@@ -319,8 +317,10 @@ def test(args) -> None:
                      f"| {100 * r['turnover (daily)']:.1f}% |")
     if len(rows) == 2:
         paired = paired_difference(excess[chosen.name], excess[base.name])
+        ranked = paired_difference(*(daily_ic(scores[c.name], label, "spearman") for c in (chosen, base)))
         lines += ["", f"Chosen minus incumbent, daily excess with cost: {1e4 * paired['mean']:.2f} bp/day, "
-                  f"t {paired['t']:.2f} over {paired['days']:.0f} days."]
+                  f"t {paired['t']:.2f} over {paired['days']:.0f} days; daily RankIC {ranked['mean']:+.4f}, "
+                  f"t {ranked['t']:.2f}."]
     update_section("signals", "\n".join(lines))
 
 

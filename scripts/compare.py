@@ -1,5 +1,6 @@
-"""Put recorded qrun experiments side by side: a table of signal and portfolio metrics, a PNG of cumulative
-excess returns, and the training curves of each run that recorded them (Kronos: <experiment>_training.png).
+"""Put recorded qrun experiments side by side: a table of signal and portfolio metrics (each daily mean with its
+Newey-West t), a PNG of cumulative excess returns, and the training curves of each run that recorded them
+(Kronos: <experiment>_training.png).
 When both the --signal and the --control runs are among them: the daily rank correlation of the two signals and
 the signal's partial IC and RankIC given the control (score and label both residualized on the control's
 score per day, Newey-West t), i.e. what Kronos adds beyond LightGBM; and for every run, the paired test of its
@@ -21,7 +22,8 @@ from kronos_qlib.evaluation import (NW_LAG, comparison_table, format_table, init
 from kronos_qlib.files import atomic_write_text
 
 #: The experiments of the shipped workflows and scripts, compared by default when recorded.
-SHIPPED = ["kronos_csi300", "gru_alpha360_csi300", "lightgbm_csi300", "ensemble_csi300", "kronos_lightgbm_csi300"]
+SHIPPED = ["kronos_csi300", "gru_alpha360_csi300", "lightgbm_csi300", "ensemble_csi300", "ensemble_valid_csi300",
+           "ensemble_gru_csi300", "kronos_lightgbm_csi300"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     table = comparison_table(runs)
     atomic_write_text(out / "comparison.csv", table.to_csv())
-    text = format_table(table)
+    text = format_table(table) + f"\n\nt: the Newey-West t of the daily mean (lag {NW_LAG})."
     by_name = {run.experiment: run for run in runs}
     if {args.signal, args.control} <= set(by_name) and args.signal != args.control:
         signal, control = by_name[args.signal], by_name[args.control]

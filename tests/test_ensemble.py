@@ -99,10 +99,16 @@ def test_weight_follows_the_valid_segment_and_ignores_test():
     flipped = signals(0, kronos_share=0.2)
     assert choose_weight(*flipped).weight <= 0.4
     assert choose_weight(*valid).weight == choice.weight
-    # the chosen weight's valid RankIC is the best of the grid, recomputed independently
-    best = max(daily_ic(combine(valid[0], valid[1]).score(w), valid[2], "spearman").mean()
+    # the chosen weight's valid RankIC is the best of the grid, recomputed independently on the days whose label
+    # lies inside valid
+    best = max(daily_ic(combine(valid[0], valid[1]).score(w), valid[2].loc[DAYS[:-2]], "spearman").mean()
                for w in np.linspace(0, 1, 21))
     assert choice.valid_rank_ic.max() == pytest.approx(best)
+    # the last valid days, whose label (close t + 1 to t + 2) lies in test, are not read
+    label = valid[2].copy()
+    late = label.index.get_level_values("datetime") >= DAYS[-2]
+    label[late] = valid[0][late] * 100.0
+    assert choose_weight(valid[0], valid[1], label).valid_rank_ic.equals(choice.valid_rank_ic)
     # equal valid RankICs: the smaller weight
     assert choose_weight(valid[1], valid[1], valid[2]).weight == 0.0
 

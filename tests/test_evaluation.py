@@ -81,6 +81,9 @@ def test_paired_difference_uses_common_days_and_seed_means():
     assert paired["days"] == 290 and paired["mean"] == pytest.approx(0.001, abs=2e-4) and paired["t"] > 10
     # the unpaired view of the same runs: the shared sampling error swamps the gap
     assert mean_t(mean_over_seeds(a))["t"] < 3
+    # a day one seed lacks (a constant score's NaN IC) leaves the seed mean rather than being averaged over fewer seeds
+    a[1].iloc[5] = np.nan
+    assert days[5] not in mean_over_seeds(a).index and len(mean_over_seeds(a)) == 299
 
 
 def test_quantile_buckets_break_ties_at_random_not_by_instrument_order():

@@ -4,10 +4,12 @@ import pandas as pd
 import pytest
 
 from kronos_qlib.errors import KronosInputError
-from kronos_qlib.evaluation.selection import CRITERION, Candidate, choose_signal, eligible, incumbent
+from kronos_qlib.evaluation.selection import (CRITERION, Candidate, choose_signal, eligible, incumbent,
+                                              labels_inside_segment)
 
 DAYS = pd.bdate_range("2018-01-02", periods=480)
 BASE = incumbent(10, 5).name
+LAST = DAYS[-1]
 
 
 def table(**overrides) -> pd.DataFrame:
@@ -35,24 +37,24 @@ def test_a_challenger_needs_positive_ic_rank_ic_and_top_spread_and_a_backtest():
     assert eligible(table()).tolist() == [False, True, False]
     # the ineligible challenger's book earns most, and still cannot win
     books = {**excess(gap=0.0005), "low_forecast_risk 1..10 m5 h-": excess(gap=0.01)[BASE] + 0.01}
-    assert choose_signal(table(), books, BASE).chosen == "prob_up 1..10 m20 h3"
+    assert choose_signal(table(), books, BASE, LAST).chosen == "prob_up 1..10 m20 h3"
     with pytest.raises(KronosInputError, match="1 eligible challengers were not backtested"):
-        choose_signal(table(), {BASE: excess(0.0005)[BASE]}, BASE)
+        choose_signal(table(), {BASE: excess(0.0005)[BASE]}, BASE, LAST)
 
 
 def test_the_incumbent_stays_unless_beaten_by_two_standard_errors():
-    clear = choose_signal(table(), excess(gap=0.0005), BASE)
+    clear = choose_signal(table(), excess(gap=0.0005), BASE, LAST)
     assert clear.chosen == "prob_up 1..10 m20 h3" and clear.t > 2
-    close = choose_signal(table(), excess(gap=0.00005), BASE)
+    close = choose_signal(table(), excess(gap=0.00005), BASE, LAST)
     assert close.chosen == BASE and close.challenger == "prob_up 1..10 m20 h3" and close.t < 2
-    worse = choose_signal(table(), excess(gap=-0.0005), BASE)
+    worse = choose_signal(table(), excess(gap=-0.0005), BASE, LAST)
     assert worse.chosen == BASE
 
 
 def test_no_eligible_challenger_keeps_the_incumbent_even_an_ineligible_one():
     frame = table()
     frame.loc["prob_up 1..10 m20 h3", "IC"] = -0.01
-    choice = choose_signal(frame, excess(gap=0.01), BASE)
+    choice = choose_signal(frame, excess(gap=0.01), BASE, LAST)
     assert choice.chosen == BASE and choice.challenger is None
 
 
@@ -60,9 +62,22 @@ def test_the_rule_refuses_test_rows_and_an_unbacktested_incumbent():
     frame = table()
     frame.loc["prob_up 1..10 m20 h3", "segment"] = "test"
     with pytest.raises(KronosInputError, match=r"segment\(s\) \['test'\]: the signal is chosen on 'valid' alone"):
-        choose_signal(frame, excess(gap=0.0005), BASE)
+        choose_signal(frame, excess(gap=0.0005), BASE, LAST)
     with pytest.raises(KronosInputError, match="the incumbent '.*' was not backtested"):
-        choose_signal(table(), {"prob_up 1..10 m20 h3": excess(0.0005)["prob_up 1..10 m20 h3"]}, BASE)
+        choose_signal(table(), {"prob_up 1..10 m20 h3": excess(0.0005)["prob_up 1..10 m20 h3"]}, BASE, LAST)
+    # a backtest reaching past the last valid day whose label lies in valid (into test) is refused, by name
+    with pytest.raises(KronosInputError, match=r"backtest of 'expected_return 1..10 m5 h-' runs to 2019-11-04, "
+                                               r"past the last valid"):
+        choose_signal(table(), excess(gap=0.0005), BASE, DAYS[-3])
+
+
+def test_the_last_label_days_reaching_into_test_are_dropped():
+    index = pd.MultiIndex.from_product([DAYS[:10], ["SH600000", "SZ000001"]], names=["datetime", "instrument"])
+    label = pd.Series(np.arange(20.0), index=index)
+    inside = labels_inside_segment(label)
+    assert inside.index.get_level_values("datetime").max() == DAYS[7] and len(inside) == 16
+    with pytest.raises(KronosInputError, match="the label has 2 days"):
+        labels_inside_segment(label.loc[DAYS[:2]])
 
 
 def test_candidate_names():

@@ -79,6 +79,13 @@ def test_gru_workflow_is_the_zoos_model_with_an_epoch_cap():
                                "GPU": 0, "seed": 42}
     capped = render(WORKFLOWS / "gru_alpha360_csi300.yaml", {**GRU_SMOKE, "SEED": "44"})["task"]["model"]["kwargs"]
     assert (capped["n_epochs"], capped["seed"]) == (1, 44)
+    handler = render(WORKFLOWS / "gru_alpha360_csi300.yaml", {})["data_handler_config"]
+    assert handler["infer_processors"] == [
+        {"class": "RobustZScoreNorm", "kwargs": {"fields_group": "feature", "clip_outlier": True}},
+        {"class": "Fillna", "kwargs": {"fields_group": "feature"}}]
+    assert handler["learn_processors"] == [{"class": "DropnaLabel"},
+                                           {"class": "CSRankNorm", "kwargs": {"fields_group": "label"}}]
+    assert handler["label"] == ["Ref($close, -2) / Ref($close, -1) - 1"]
 
 
 @pytest.mark.parametrize("env", [{}, smoke_env(), {**smoke_env(), **FACTOR_SMOKE}], ids=["defaults", "smoke", "factor"])
@@ -267,6 +274,30 @@ def test_ensemble_and_the_three_side_by_side(recorded):
     assert "partial RankIC " in table and "nan" not in table.lower()
 
 
+def test_ensemble_of_kronos_with_gru_the_model_that_reads_the_same_bars(recorded):
+    """The README's Kronos + GRU blend: the same script with GRU as the baseline, its weight chosen on the last
+    valid days (so GRU's recorded model is reloaded and predicts valid)."""
+    tmp, uri = recorded[0], f"sqlite:///{recorded[0] / 'mlruns.db'}"
+    env = {**os.environ, **smoke_env(), **GRU_SMOKE, "QLIB_DATA": str(CN_DATA)}
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "ensemble.py"), "--mlflow-uri", uri,
+                             "--baseline", "gru_alpha360_csi300", "--baseline-workflow",
+                             str(WORKFLOWS / "gru_alpha360_csi300.yaml"), "--experiment", "ensemble_gru_csi300",
+                             "--weight", "valid", "--valid-from", "2016-09-26"], capture_output=True, text=True,
+                            timeout=900, env=env, cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "of experiment 'ensemble_gru_csi300'" in result.stdout
+    from qlib.workflow import R
+
+    from kronos_qlib.evaluation import init_recorder_store, load_run, summarize
+
+    init_recorder_store(uri)
+    run = load_run("ensemble_gru_csi300")
+    assert len(run.ic) >= 15 and math.isfinite(summarize(run)["information ratio (with cost)"])
+    params = R.get_recorder(recorder_id=run.recorder_id, experiment_name=run.experiment).list_params()
+    assert params["ensemble.baseline_run"].startswith("gru_alpha360_csi300")
+    assert params["ensemble.weight_rule"] == "valid"
+
+
 def test_ensemble_refuses_runs_outside_the_test_dates_it_renders(recorded):
     tmp, uri = recorded[0], f"sqlite:///{recorded[0] / 'mlruns.db'}"
     env = {**os.environ, **smoke_env(), "QLIB_DATA": str(CN_DATA), "TEST_START": "2016-10-17"}
@@ -293,7 +324,10 @@ def test_bench_seeds_zoo_dates_are_the_zoos_segments(monkeypatch):
         assert got == {"segments": {"train": ["2010-01-01", "2014-12-31"], "valid": ["2015-01-01", "2016-12-31"],
                                     "test": ["2017-01-01", "2020-07-31"]},
                        "backtest": ["2017-01-01", "2020-07-31"], "handler": ["2010-01-01", "2020-07-31"]}
-    assert set(zoo.published) == {"lightgbm", "gru"}
+    assert set(zoo.published) == {"lightgbm", "gru"} and zoo.steps == ("lightgbm", "gru")
+    refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_seeds.py"), "--dates", "zoo",
+                              "--steps", "lightgbm", "factors"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "--dates zoo runs only the steps lightgbm, gru, not factors" in refused.stderr
 
 
 @pytest.mark.parametrize("env", [{}, {**smoke_env(), **FACTOR_SMOKE}], ids=["defaults", "smoke"])

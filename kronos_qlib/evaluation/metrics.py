@@ -103,7 +103,7 @@ def signal_metrics(score: pd.Series, label: pd.Series, groups: int = 5, lag: int
     return {"IC": ic_t["mean"], "IC t": ic_t["t"], "ICIR": ic.mean() / ic.std(),
             "RankIC": rank_t["mean"], "RankIC t": rank_t["t"], "RankICIR": rank_ic.mean() / rank_ic.std(),
             "long-short spread (daily)": spread["mean"], "long-short t": spread["t"],
-            "top quintile spread (daily)": top["mean"], "top quintile t": top["t"], "days": float(len(ic))}
+            "top quintile spread (daily)": top["mean"], "top quintile t": top["t"], "days": ic_t["days"]}
 
 
 def drawdown(returns: pd.Series) -> pd.Series:

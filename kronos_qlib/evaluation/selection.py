@@ -15,7 +15,8 @@ workflow's strategy and costs. The rule, fixed before any result is seen (:func:
    difference. The best challenger is the best of many, so its t is biased upward and a margin of 2 is lenient
    towards challengers; a challenger that wins must still be confirmed on test and across seeds.
 
-Rows of any other segment than valid are refused, so test figures can never choose.
+Rows of any other segment than valid are refused, and so are backtested days after the last valid day whose label
+lies inside valid (:func:`labels_inside_segment`), so test figures can never choose.
 
 The sampling settings are chosen on valid too (:func:`best_setting`, benchmarks/bench_calibration.py): the
 (T, top_p) whose pooled fair CRPS of the return, averaged over the path counts tried, is lowest
@@ -41,6 +42,8 @@ ELIGIBILITY = ("IC", "RankIC", "top quintile spread (daily)")
 #: the backtested criterion: mean daily excess return over the benchmark, with cost
 CRITERION = "excess with cost (daily)"
 MARGIN_SE = 2.0
+#: trading days a label reaches past its day: the workflows' label runs from close t + 1 to close t + 2
+LABEL_DAYS = 2
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,16 @@ def check_valid_table(table: pd.DataFrame, columns: tuple[str, ...], what: str, 
                                f"'{VALID}' alone")
 
 
+def labels_inside_segment(label: pd.Series, days: int = LABEL_DAYS) -> pd.Series:
+    """``label`` (indexed by datetime, instrument) without its last ``days`` trading days, whose label closes lie
+    after the segment (in test, for a valid label): the part a choice made on valid may read."""
+    dates = label.index.get_level_values("datetime").unique().sort_values()
+    if len(dates) <= days:
+        raise KronosInputError(f"the label has {len(dates)} days: none is left once the last {days}, whose label "
+                               "reaches past the segment, are dropped")
+    return label[label.index.get_level_values("datetime") <= dates[-1 - days]]
+
+
 def _check_valid(table: pd.DataFrame, columns: tuple[str, ...]) -> None:
     check_valid_table(table, columns, "signal", "the signal")
 
@@ -103,12 +116,19 @@ class SignalChoice:
         return {**asdict(self), "margin_se": MARGIN_SE, "nw_lag": NW_LAG}
 
 
-def choose_signal(table: pd.DataFrame, daily_excess: dict[str, pd.Series], incumbent_name: str) -> SignalChoice:
+def choose_signal(table: pd.DataFrame, daily_excess: dict[str, pd.Series], incumbent_name: str,
+                  last_day: str | pd.Timestamp) -> SignalChoice:
     """Apply the rule (module docstring) to the valid table (index: candidate names) and the backtested daily
-    excess returns with cost (candidate name -> daily series) of the incumbent and every eligible challenger."""
+    excess returns with cost (candidate name -> daily series) of the incumbent and every eligible challenger, none
+    of which may reach past ``last_day`` (the last valid day whose label lies inside valid)."""
     _check_valid(table, ELIGIBILITY)
     if incumbent_name not in daily_excess:
         raise KronosInputError(f"the incumbent '{incumbent_name}' was not backtested")
+    for name, series in daily_excess.items():
+        if len(series) and series.index.max() > pd.Timestamp(last_day):
+            raise KronosInputError(f"the backtest of '{name}' runs to {series.index.max().date()}, past the last "
+                                   f"valid day {pd.Timestamp(last_day).date()} whose label lies inside valid: the "
+                                   "signal is chosen on valid alone")
     challengers = [name for name in table.index[eligible(table)] if name != incumbent_name]
     missing = [name for name in challengers if name not in daily_excess]
     if missing:

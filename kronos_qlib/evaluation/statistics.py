@@ -49,8 +49,9 @@ def paired_difference(a: pd.Series, b: pd.Series, lag: int = NW_LAG) -> dict[str
 
 
 def mean_over_seeds(per_seed: list[pd.Series]) -> pd.Series:
-    """The day-by-day mean of one daily series over seeds (days every seed has): the series a paired test across
-    seeds uses, since the seeds share one test period, whose sampling error dominates their spread."""
+    """The day-by-day mean of one daily series over seeds, on the days every seed has a value (a day one seed lacks,
+    e.g. a NaN IC, is dropped rather than averaged over fewer seeds): the series a paired test across seeds uses,
+    since the seeds share one test period, whose sampling error dominates their spread."""
     if not per_seed:
         raise KronosInputError("no seed to average")
-    return pd.concat(per_seed, axis=1, join="inner").mean(axis=1)
+    return pd.concat(per_seed, axis=1, join="inner").dropna().mean(axis=1)

@@ -30,6 +30,7 @@ from scipy.stats import norm
 
 from ..errors import ConfigError
 from ..evaluation import daily_ic
+from ..evaluation.selection import labels_inside_segment
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +112,10 @@ class WeightChoice:
 def choose_weight(kronos_valid: pd.Series, baseline_valid: pd.Series, label_valid: pd.Series,
                   grid: tuple[float, ...] = DEFAULT_GRID) -> WeightChoice:
     """The weight of the grid whose combination has the highest mean daily RankIC on the valid scores and label
-    given (ties: the smaller weight, closer to the baseline). In-sample for both models: an option, not the default."""
+    given (ties: the smaller weight, closer to the baseline), leaving out the last valid days, whose label lies in
+    test. In-sample for both models: an option, not the default."""
     check_same_dates(kronos_valid, baseline_valid, "Kronos", "the baseline", "valid")
+    label_valid = labels_inside_segment(label_valid)
     combination = combine(kronos_valid, baseline_valid)
     scores = {float(w): daily_ic(combination.score(float(w)), label_valid, "spearman").mean() for w in grid}
     table = pd.Series(scores).sort_index().rename_axis("weight").rename("valid mean RankIC")
