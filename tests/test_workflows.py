@@ -112,6 +112,19 @@ def test_kronos_workflow_sets_each_setting_once(monkeypatch):
     assert kwargs["cache_dir"] == "~/.cache/kronos_qlib/forecasts"
 
 
+def test_shipped_sampling_is_the_recorded_valid_choice_in_both_kronos_workflows():
+    """T and top_p are what benchmarks/bench_calibration.py chose on valid (its RESULTS.md section), and the factor
+    workflow's Kronos samples like the Kronos workflow."""
+    import re
+
+    results = (REPO / "benchmarks" / "RESULTS.md").read_text()
+    chosen = re.search(r"Chosen on valid: \*\*T=([\d.]+), top_p=([\d.]+),", results)
+    kronos = render(WORKFLOWS / "kronos_csi300.yaml", {})["task"]["model"]["kwargs"]["sampling"]
+    assert (kronos["T"], kronos["top_p"]) == (float(chosen[1]), float(chosen[2]))
+    factors = render(WORKFLOWS / FACTOR_WORKFLOW, {})["task"]["dataset"]["kwargs"]["handler"]["kwargs"]["kronos"]
+    assert factors["sampling"] == kronos
+
+
 def test_seed_variables_reach_every_seeded_part(monkeypatch):
     """SEED and SAMPLE_SEED (bench_seeds.py's seed k) change Kronos's training seed and its stage folder, its
     sampling seed and LightGBM's seed, in each workflow that has them; nothing else moves."""
