@@ -35,6 +35,8 @@ LightGBM and GRU, GRU capped at --gru-epochs as on the default dates, where the 
     python benchmarks/bench_seeds.py [--seeds 3] [--provider ../shared/cn_data] [--work outputs/seeds]
     python benchmarks/bench_seeds.py --stages outputs/full_run/runs/<name> --cache outputs/full_run/forecasts
         # seed 0 reuses a finished full run of the default workflow (its stage folder is copied)
+    python benchmarks/bench_seeds.py --work outputs/seeds_T1.2 --trained-from outputs/seeds
+        # a new sampling or signal default: every seed reuses the earlier study's Kronos trainings
     python benchmarks/bench_seeds.py --dates zoo --work outputs/zoo       # its steps: lightgbm gru
     python benchmarks/bench_seeds.py --report-only      # rewrite the section from seeds.json / seeds_daily.csv
 """
@@ -134,7 +136,9 @@ GRU_EPOCHS = 10
 #: mlruns.db)
 OWN_FOLDER = {"control"}
 #: the steps that sample Kronos's paths (through the forecast cache)
-SAMPLING_STEPS = {"kronos", "factors"}
+SAMPLING_STEPS = {"kronos", "ensemble_valid", "factors"}
+#: the steps that train a Kronos (the workflow's own, and the factor workflow's on earlier years)
+TRAINING_STEPS = {"kronos", "factors"}
 #: the machine of a step whose json predates steps keeping theirs
 LEGACY_MACHINE = "machine not recorded (the step ran before its record kept it)"
 #: what a step needs to have run before it in the same seed's folder
@@ -387,6 +391,9 @@ def step_note(name: str, k: int, args: argparse.Namespace) -> str:
     if args.stages and k == 0 and name == "kronos":
         notes.append(f"seed 0 started from the finished training in {args.stages}, so its Kronos time leaves "
                      "training out")
+    if args.trained_from and name in TRAINING_STEPS:
+        notes.append(f"its Kronos training folders were copied from {args.trained_from}/seed{k}/runs (a finished "
+                     "training is reused, a partial one continues), so its time leaves out what they had trained")
     if args.cache and name in SAMPLING_STEPS:
         notes.append(f"the forecast cache {args.cache} was filled before, so a step that finds its model's forecasts "
                      "there does not sample them again")
@@ -403,8 +410,12 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="the forecast cache of all seeds (default: --work/forecasts)")
     parser.add_argument("--steps", nargs="+", choices=list(STEPS),
                         help="the steps to run for every seed (default: all those --dates can run)")
-    parser.add_argument("--stages", default=None,
-                        help="finished stage folder of a full run of the default workflow (seed 0), to reuse")
+    reuse = parser.add_mutually_exclusive_group()
+    reuse.add_argument("--stages", default=None,
+                       help="finished stage folder of a full run of the default workflow (seed 0), to reuse")
+    reuse.add_argument("--trained-from", default=None,
+                       help="the --work of an earlier study with the same preset and dates whose Kronos trainings "
+                       "(seed<k>/runs) every seed reuses: for a study that changes only how Kronos samples or scores")
     parser.add_argument("--dates", choices=list(DATES), default="default", help="the segments (see above)")
     parser.add_argument("--gru-epochs", type=int, default=GRU_EPOCHS, help="GRU's epoch cap (GRU_EPOCHS)")
     parser.add_argument("--report-only", action="store_true",
@@ -424,6 +435,10 @@ def main() -> None:
         if NEEDS.get(step, set()) - set(steps):
             parser.error(f"step {step} needs {sorted(NEEDS[step])}")
     work, provider = Path(args.work).resolve(), Path(args.provider).resolve()
+    if args.trained_from:
+        missing = [k for k in range(args.seeds) if not (Path(args.trained_from) / f"seed{k}" / "runs").is_dir()]
+        if missing:
+            parser.error(f"--trained-from {args.trained_from} has no seed{missing[0]}/runs to reuse")
     for name in SCALE_VARIABLES:  # full scale: the workflows' own dates and preset, whatever this shell sets
         os.environ.pop(name, None)
     cache = Path(args.cache).resolve() if args.cache else work / "forecasts"
@@ -433,6 +448,8 @@ def main() -> None:
         folder = work / f"seed{k}"
         folder.mkdir(parents=True, exist_ok=True)
         env = seed_env(k, provider, cache, dates, args.gru_epochs)
+        if args.trained_from and not (folder / "runs").exists():
+            shutil.copytree(Path(args.trained_from).resolve() / f"seed{k}" / "runs", folder / "runs")
         if k == 0 and args.stages and not (folder / "runs").exists():
             finetune = load_workflow(WORKFLOWS / "kronos_csi300.yaml", env)["task"]["model"]["kwargs"]["finetune"]
             shutil.copytree(Path(args.stages).resolve(), folder / finetune["output_dir"])

@@ -377,3 +377,21 @@ def test_bench_seeds_credits_a_reread_step_to_the_commit_it_ran_on(tmp_path, mon
     assert records["lightgbm"]["machine"] == "earlier machine, commit aaaaaaa / later machine, commit bbbbbbb"
     assert records["lightgbm"]["note"] == "cache reused"
     assert records["lightgbm"]["seeds"]["0"]["wall_s"] == 60.0
+
+
+def test_bench_seeds_notes_what_a_step_reused(tmp_path, monkeypatch):
+    """A study that reuses an earlier one's trainings (--trained-from) or forecasts (--cache) says so beside the
+    wall times of the steps that train or sample Kronos, and refuses a source without a seed's trainings."""
+    import argparse
+
+    bench_seeds = load_bench_seeds(monkeypatch)
+    args = argparse.Namespace(stages=None, trained_from="old", cache="shared", gru_epochs=10)
+    assert "copied from old/seed1/runs" in bench_seeds.step_note("factors", 1, args)
+    assert "shared was filled before" in bench_seeds.step_note("ensemble_valid", 1, args)
+    assert bench_seeds.step_note("lightgbm", 1, args) == ""
+    (tmp_path / "old" / "seed0" / "runs").mkdir(parents=True)
+    refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_seeds.py"), "--work",
+                              str(tmp_path / "new"), "--trained-from", str(tmp_path / "old"), "--steps", "lightgbm"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "has no seed1/runs to reuse" in refused.stderr
+    assert not (tmp_path / "new").exists()
