@@ -91,14 +91,15 @@ def _risk(returns: pd.Series) -> dict[str, float]:
 
 def summarize(run: RecordedRun) -> dict[str, float]:
     """One row of the comparison table; each daily mean (IC, RankIC, excess return) with its Newey-West t."""
-    with_cost, without_cost = _risk(run.excess_return(True)), _risk(run.excess_return(False))
+    excess = run.excess_return(True)
+    with_cost, without_cost = _risk(excess), _risk(run.excess_return(False))
     absolute = _risk(run.report["return"] - run.report["cost"])
     return {
         "IC": run.ic.mean(), "IC t": mean_t(run.ic)["t"], "ICIR": run.ic.mean() / run.ic.std(),
         "RankIC": run.rank_ic.mean(), "RankIC t": mean_t(run.rank_ic)["t"],
         "RankICIR": run.rank_ic.mean() / run.rank_ic.std(),
         "excess return (ann., with cost)": with_cost["annualized_return"],
-        "excess t (daily, with cost)": mean_t(run.excess_return(True))["t"],
+        "excess t (daily, with cost)": mean_t(excess)["t"],
         "information ratio (with cost)": with_cost["information_ratio"],
         "max drawdown (with cost)": with_cost["max_drawdown"],
         "excess return (ann., no cost)": without_cost["annualized_return"],
