@@ -20,11 +20,14 @@ and then the metrics of the runs, Kronos's rank correlation with LightGBM and it
 score. Every "A beats B" is a paired test: the daily difference of the two runs' RankIC and of their daily excess
 returns with cost, averaged over seeds day by day, with its Newey-West t (the seeds share one test period, whose
 sampling error dominates their spread); each run's daily IC, RankIC and excess return are kept per seed for that.
---steps runs a subset (the same for every seed). A step that finished is not run again (its `<step>.json` holds its
-wall time and the machine and commit it ran on, which its record keeps), so a killed benchmark continues where it
-stopped; the forecast cache (--cache) is shared, as its files are keyed by model, sampling settings and seed. Each
-step's per-seed results are merged with the steps measured by earlier invocations (e.g. the long factor step on
-another day), and the RESULTS.md section and its plot are written from all of them.
+--steps runs a subset (the same for every seed). A study is named by its --work folder. As soon as a seed
+finishes, its results are merged into the committed record files (below; each seed keeps the machine, commit and
+reuse note it ran with) and the RESULTS.md section and plot are rewritten, so a study cut short keeps its finished
+seeds even when its work folder is lost, and the same study run again runs only the seeds not recorded. A step
+recorded by another study is replaced whole by the new study's seeds; the steps an invocation does not run keep
+theirs (e.g. the long factor step measured on another day). Within a seed, a step that finished is not run again
+(its `<step>.json` in the work folder holds its wall time, machine and commit), and the forecast cache (--cache) is
+shared, as its files are keyed by model, sampling settings and seed.
 
 --dates picks the dates: `default` (the workflows' own: train 2010-2017, valid 2018-2019, test 2020-2022; records
 benchmarks/seeds.json and seeds_daily.csv, section "seeds", seeds.png) or `zoo` (Qlib's model-zoo segments as far
@@ -221,26 +224,42 @@ def seed_metrics(folder: Path, provider: Path, steps: list[str]) -> tuple[dict[s
     return rows, {step: daily_series(run) for step, run in runs.items()}
 
 
-def record(steps: list[str], per_seed: dict[int, dict[str, dict[str, float]]], ran: dict[int, dict[str, dict]],
-           daily: dict[int, dict[str, pd.DataFrame]], dates: Dates) -> tuple[dict, pd.DataFrame]:
-    """Merge this invocation's per-seed results and daily series into the committed record files (steps measured
-    in other invocations keep theirs), atomically; the merged records. A step's machine and note are those its
-    seeds ran with."""
-    path, daily_path = dates.records, dates.daily
-    records = json.loads(path.read_text()) if path.exists() else {}
-    for step in steps:
-        machines = dict.fromkeys(ran[k][step]["machine"] for k in ran)
-        notes = dict.fromkeys(ran[k][step]["note"] for k in ran if ran[k][step]["note"])
-        records[step] = {"machine": " / ".join(machines), "note": "; ".join(notes),
-                         "seeds": {str(k): {**per_seed[k][step], "wall_s": ran[k][step]["wall_s"]} for k in per_seed}}
-    atomic_write_text(path, json.dumps(records, indent=1, sort_keys=True))
-    kept = read_daily(daily_path)
-    kept = kept[~kept["step"].isin(steps)]
-    new = [frame.reset_index().assign(step=step, seed=k) for k in daily for step, frame in daily[k].items()
-           if step in steps]
+def record_seed(k: int, study: str, rows: dict[str, dict[str, float]], ran: dict[str, dict],
+                daily: dict[str, pd.DataFrame], dates: Dates) -> tuple[dict, pd.DataFrame]:
+    """Merge seed ``k``'s results of the steps it ran into the committed record files, atomically, as soon as the
+    seed finishes, so that a study cut short (a session's end takes the work folder with it) keeps its finished
+    seeds and a later invocation of the same study runs only the missing ones. A step recorded under another study
+    (earlier settings) is replaced whole: one row never mixes two studies' seeds. Each seed keeps the machine,
+    commit and reuse note it ran with. Returns the merged records."""
+    records = read_records(dates.records)
+    kept = read_daily(dates.daily)
+    for step, row in rows.items():
+        if records.get(step, {}).get("study") != study:
+            records[step] = {"study": study, "seeds": {}}
+            kept = kept[kept["step"] != step]
+        records[step]["seeds"][str(k)] = {**row, **{key: ran[step][key] for key in ("wall_s", "machine", "note")}}
+        kept = kept[~((kept["step"] == step) & (kept["seed"] == k))]
+    new = [frame.reset_index().assign(step=step, seed=k) for step, frame in daily.items()]
     merged = pd.concat([kept, *new], ignore_index=True)[["step", "seed", "datetime", *DAILY_COLUMNS]]
-    atomic_write_text(daily_path, merged.to_csv(index=False, float_format="%.8g"))
-    return records, merged
+    atomic_write_text(dates.records, json.dumps(records, indent=1, sort_keys=True))
+    atomic_write_text(dates.daily, merged.to_csv(index=False, float_format="%.8g"))
+    return records
+
+
+def read_records(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def recorded(records: dict, step: str, study: str, k: int) -> bool:
+    """Whether seed ``k`` of ``step`` is recorded for ``study``."""
+    return records.get(step, {}).get("study") == study and str(k) in records[step]["seeds"]
+
+
+def with_needs(todo: list[str], steps: list[str]) -> list[str]:
+    """``todo`` and the steps they need in the same seed's folder (re-read there if they finished, else run), in
+    the order of ``steps``."""
+    needed = set(todo).union(*(NEEDS.get(step, set()) for step in todo))
+    return [step for step in steps if step in needed]
 
 
 def read_daily(path: Path) -> pd.DataFrame:
@@ -271,13 +290,14 @@ def paired_line(daily: pd.DataFrame, a: str, b: str) -> str:
 
 def seed_frames(records: dict) -> dict[str, pd.DataFrame]:
     """Each recorded step's results, one row per seed, steps in their order."""
-    return {step: pd.DataFrame(records[step]["seeds"]).T.sort_index(key=lambda i: i.astype(int))
-            for step in STEPS if step in records}
+    return {step: pd.DataFrame(records[step]["seeds"]).T.drop(columns=["machine", "note"], errors="ignore")
+            .astype(float).sort_index(key=lambda i: i.astype(int)) for step in STEPS if step in records}
 
 
 def mean_std(frame: pd.DataFrame, column: str) -> str:
     fmt = "{:.2%}" if "return" in column or "drawdown" in column else "{:.4f}"
-    return f"{fmt.format(frame[column].mean())} ± {fmt.format(frame[column].std())}"
+    spread = fmt.format(frame[column].std()) if len(frame) > 1 else "–"  # one seed so far
+    return f"{fmt.format(frame[column].mean())} ± {spread}"
 
 
 def seed_gain(a: pd.DataFrame, b: pd.DataFrame, column: str) -> str:
@@ -288,11 +308,17 @@ def seed_gain(a: pd.DataFrame, b: pd.DataFrame, column: str) -> str:
 
 
 def measured_on(records: dict) -> dict[str, list[str]]:
-    """The steps measured on each machine and commit (with what they reused)."""
+    """The steps measured on each machine and commit (with what they reused), and the study they belong to. A seed
+    keeps its own; a record that predates per-seed records keeps one for all its seeds."""
     groups: dict[str, list[str]] = {}
     for step in (s for s in STEPS if s in records):
-        where = records[step]["machine"] + (f"; {records[step]['note']}" if records[step]["note"] else "")
-        groups.setdefault(where, []).append(step)
+        entry = records[step]
+        study = f" (study `{entry['study']}`)" if "study" in entry else ""
+        for seed in entry["seeds"].values():
+            where, note = seed.get("machine", entry.get("machine")), seed.get("note", entry.get("note"))
+            key = where + (f"; {note}" if note else "")
+            if f"`{step}`{study}" not in groups.setdefault(key, []):
+                groups[key].append(f"`{step}`{study}")
     return groups
 
 
@@ -378,7 +404,7 @@ def report(records: dict, daily: pd.DataFrame, dates: Dates) -> str:
             f"({frame.loc[str(k), 'wall_s'] / 60:.1f})" if str(k) in frame.index else "–" for k in seeds) + " |"
           for step, frame in frames.items()], "",
         "Measured on:", "",
-        *[f"- {', '.join(f'`{s}`' for s in group)}: {where}" for where, group in measured_on(records).items()], "",
+        *[f"- {', '.join(group)}: {where}" for where, group in measured_on(records).items()], "",
         f"![results over seeds]({dates.plot.name})",
     ]
     plot(frames, dates)
@@ -443,8 +469,13 @@ def main() -> None:
         os.environ.pop(name, None)
     cache = Path(args.cache).resolve() if args.cache else work / "forecasts"
 
-    ran, per_seed, daily = {}, {}, {}
+    study = work.name
     for k in range(args.seeds):
+        records = read_records(dates.records)
+        todo = [step for step in steps if not recorded(records, step, study, k)]
+        if not todo:
+            print(f"seed{k}: recorded for study {study} in {dates.records.name}", flush=True)
+            continue
         folder = work / f"seed{k}"
         folder.mkdir(parents=True, exist_ok=True)
         env = seed_env(k, provider, cache, dates, args.gru_epochs)
@@ -453,9 +484,11 @@ def main() -> None:
         if k == 0 and args.stages and not (folder / "runs").exists():
             finetune = load_workflow(WORKFLOWS / "kronos_csi300.yaml", env)["task"]["model"]["kwargs"]["finetune"]
             shutil.copytree(Path(args.stages).resolve(), folder / finetune["output_dir"])
-        ran[k] = {name: run_step(name, folder, env, step_note(name, k, args)) for name in steps}
-        per_seed[k], daily[k] = seed_metrics(folder, provider, steps)
-    update_section(dates.section, report(*record(steps, per_seed, ran, daily, dates), dates))
+        todo = with_needs(todo, steps)
+        ran = {name: run_step(name, folder, env, step_note(name, k, args)) for name in todo}
+        rows, daily = seed_metrics(folder, provider, todo)
+        records = record_seed(k, study, rows, ran, daily, dates)
+        update_section(dates.section, report(records, read_daily(dates.daily), dates))
 
 
 if __name__ == "__main__":

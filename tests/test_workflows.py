@@ -358,25 +358,37 @@ def test_bench_seeds_control_is_lightgbm_on_the_factor_workflows_rows(env, monke
     assert control["task"]["model"] == factors["task"]["model"]
 
 
-def test_bench_seeds_credits_a_reread_step_to_the_commit_it_ran_on(tmp_path, monkeypatch):
-    """A step that finished in an earlier invocation is re-read, not re-run, and its record keeps the machine and
-    commit it ran on, not the commit of the invocation that reports it."""
+def test_bench_seeds_records_each_seed_as_it_finishes_and_credits_it_to_its_commit(tmp_path, monkeypatch):
+    """A step that finished in an earlier invocation is re-read, not re-run; each seed is recorded as soon as it
+    finishes with the machine and commit it ran on (not those of a later invocation); a seed recorded for the study
+    counts as done; and a new study replaces a step's seeds and daily series whole, never mixing two studies."""
     bench_seeds = load_bench_seeds(monkeypatch)
     folder = tmp_path / "seed0"
     folder.mkdir()
     earlier = {"wall_s": 60.0, "env": {}, "machine": "earlier machine, commit aaaaaaa", "note": "cache reused"}
     (folder / "lightgbm.json").write_text(json.dumps(earlier))
     monkeypatch.setattr(bench_seeds.subprocess, "run", lambda *a, **k: pytest.fail("a finished step ran again"))
-    ran = {0: {"lightgbm": bench_seeds.run_step("lightgbm", folder, {}, note="")},
-           1: {"lightgbm": {**earlier, "machine": "later machine, commit bbbbbbb", "note": ""}}}
     dates = bench_seeds.Dates("t", {}, "", tmp_path / "r.json", tmp_path / "d.csv", "t", tmp_path / "p.png", {})
     day = pd.DataFrame({"IC": [0.1], "RankIC": [0.1], "excess": [0.0]}, index=pd.DatetimeIndex(["2020-01-02"],
                                                                                                  name="datetime"))
-    records, _ = bench_seeds.record(["lightgbm"], {0: {"lightgbm": {"IC": 0.1}}, 1: {"lightgbm": {"IC": 0.2}}}, ran,
-                                    {0: {"lightgbm": day}, 1: {"lightgbm": day}}, dates)
-    assert records["lightgbm"]["machine"] == "earlier machine, commit aaaaaaa / later machine, commit bbbbbbb"
-    assert records["lightgbm"]["note"] == "cache reused"
+    bench_seeds.record_seed(0, "old", {"lightgbm": {"IC": 0.3}}, {"lightgbm": earlier}, {"lightgbm": day}, dates)
+    ran = {"lightgbm": bench_seeds.run_step("lightgbm", folder, {}, note="")}
+    bench_seeds.record_seed(0, "new", {"lightgbm": {"IC": 0.1}}, ran, {"lightgbm": day}, dates)
+    records = bench_seeds.record_seed(1, "new", {"lightgbm": {"IC": 0.2}},
+                                      {"lightgbm": {**earlier, "machine": "later machine, commit bbbbbbb",
+                                                    "note": ""}}, {"lightgbm": day * 2}, dates)
+    assert records == json.loads(dates.records.read_text())
+    assert records["lightgbm"]["study"] == "new" and set(records["lightgbm"]["seeds"]) == {"0", "1"}
     assert records["lightgbm"]["seeds"]["0"]["wall_s"] == 60.0
+    assert bench_seeds.recorded(records, "lightgbm", "new", 1) and not bench_seeds.recorded(records, "lightgbm",
+                                                                                            "new", 2)
+    assert not bench_seeds.recorded(records, "lightgbm", "old", 0)
+    assert bench_seeds.measured_on(records) == {"earlier machine, commit aaaaaaa; cache reused": ["`lightgbm` (study "
+                                                                                                 "`new`)"],
+                                                "later machine, commit bbbbbbb": ["`lightgbm` (study `new`)"]}
+    daily = bench_seeds.read_daily(dates.daily)
+    assert sorted(daily["seed"]) == [0, 1] and daily["IC"].tolist() == [0.1, 0.2]
+    assert bench_seeds.with_needs(["ensemble"], list(bench_seeds.STEPS)) == ["kronos", "lightgbm", "ensemble"]
 
 
 def test_bench_seeds_notes_what_a_step_reused(tmp_path, monkeypatch):
