@@ -5,14 +5,17 @@ Two phases, so that the choice is recorded before any test figure exists:
 
 - ``choose``: the shipped workflow's model (fitted as qrun fits it, reusing the stage folders of --work) samples
   --paths paths on every --every-k-days-th valid day whose horizon ends inside valid; the calibration is fitted on
-  those (kronos_qlib.evaluation.path_calibration.fit_calibration refuses anything outside valid) and written to
-  <work>/path_calibration/calibration.json, its table to RESULTS.md ("path-calibration").
-- ``test``: refuses to run without that file; samples the test days the same way (--paths each, and the
-  shipped path count), scores the raw and the calibrated paths step by step (fair CRPS skill against the random
-  walk, 50% / 90% band coverage against a calibrated sampler of the same path count, PIT) and writes
-  RESULTS.md ("path-calibration-test") and benchmarks/path_calibration.png.
+  those (kronos_qlib.evaluation.path_calibration.fit_calibration refuses anything outside valid) and written,
+  with the sampling it was fitted on, to --record (benchmarks/path_calibration.json: committed beside RESULTS.md, so
+  the choice outlives the work folder and its commit precedes every test figure), its table to RESULTS.md
+  ("path-calibration").
+- ``test``: refuses to run without that file, or when the workflow now samples otherwise than the paths the
+  calibration was fitted on; samples the test days the same way (--paths each, and the shipped path count), scores
+  the raw and the calibrated paths step by step (fair CRPS skill against the random walk, 50% / 90% band coverage
+  against a calibrated sampler of the same path count, PIT) and writes RESULTS.md ("path-calibration-test") and
+  benchmarks/path_calibration.png.
 
-    python benchmarks/bench_path_calibration.py choose --work outputs/full_run
+    python benchmarks/bench_path_calibration.py choose --work outputs/full_run   # [--record <file>]
     python benchmarks/bench_path_calibration.py test --work outputs/full_run
 """
 from __future__ import annotations
@@ -34,15 +37,18 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_calibration import sample_days  # noqa: E402
-from fitted_model import fit_workflow_model  # noqa: E402
+from fitted_model import fit_workflow_model, shipped_sampling  # noqa: E402
 from results import machine, require_choice, update_section  # noqa: E402
 
 from kronos_qlib.evaluation.forecast_scores import evaluate  # noqa: E402
 from kronos_qlib.evaluation.forecasts import ForecastSet, load_closes  # noqa: E402
 from kronos_qlib.evaluation.path_calibration import PathCalibration, fit_calibration  # noqa: E402
 from kronos_qlib.evaluation.selection import scoring_days  # noqa: E402
+from kronos_qlib.files import atomic_write_text  # noqa: E402
 
 WINDOW, MIN_HISTORY = 60, 20
+#: the sampling settings a calibration is fitted for: test refuses paths sampled otherwise
+SAMPLING = ("T", "top_p", "top_k")
 
 
 def forecasts_of(model, dataset, segment: str, paths: int, every_k_days: int) -> tuple[ForecastSet, pd.DataFrame]:
@@ -68,18 +74,18 @@ def choose(args) -> None:
     forecasts, closes = forecasts_of(model, dataset, "valid", args.paths, args.every_k_days)
     valid = tuple(dataset.segments["valid"])
     calibration, table = fit_calibration(forecasts, closes, valid)
-    folder = work / "path_calibration"
-    folder.mkdir(parents=True, exist_ok=True)
-    calibration.save(folder / "calibration.json")
-    (folder / "choice.json").write_text(json.dumps({"paths": args.paths, "every_k_days": args.every_k_days,
-                                                    "forecasts": len(forecasts.dates)}))
+    sampling = {name: getattr(model.sampling, name) for name in SAMPLING}
+    atomic_write_text(Path(args.record), json.dumps({**dataclasses.asdict(calibration), "sampling": sampling,
+                                                     "paths": args.paths, "every_k_days": args.every_k_days,
+                                                     "forecasts": len(forecasts.dates)}, indent=1))
     lines = ["## Path calibration: the valid choice (`benchmarks/bench_path_calibration.py choose`)", "",
              f"Fitted on valid {valid[0]}..{valid[1]} only: {len(forecasts.dates)} member forecasts of every "
              f"{args.every_k_days}th trading day whose horizon ends inside valid, {args.paths} paths each, of the "
-             f"shipped workflow's model. At step h each path's log return r becomes drift[h] * m + scale[h] * "
-             f"(r - m), m the median over the paths (every price of the step moves with the close); (drift, scale) "
-             f"is the grid point (drift 0..1 by 0.1, scale 0.5..3 by 0.1) with the lowest mean fair CRPS of the "
-             f"return on valid, chosen before test was sampled. Machine: {machine()}.", "",
+             f"shipped workflow's model, sampled with T={sampling['T']:g}, top_p={sampling['top_p']:g}. At step h "
+             f"each path's log return r becomes drift[h] * m + scale[h] * (r - m), m the median over the paths "
+             f"(every price of the step moves with the close); (drift, scale) is the grid point (drift 0..1 by 0.1, "
+             f"scale 0.5..3 by 0.1) with the lowest mean fair CRPS of the return on valid, chosen before test was "
+             f"sampled. Machine: {machine()}.", "",
              "| step | drift | scale | CRPS of the return, sampled | calibrated | forecasts |",
              "|---|---|---|---|---|---|",
              *[f"| {step} | {r.drift:.1f} | {r.scale:.1f} | {r.crps_sampled:.5f} | {r.crps_calibrated:.5f} "
@@ -89,8 +95,13 @@ def choose(args) -> None:
 
 def test(args) -> None:
     work = Path(args.work).resolve()
-    calibration = PathCalibration.load(require_choice(work / "path_calibration" / "calibration.json",
-                                                      "bench_path_calibration.py"))
+    record = require_choice(Path(args.record), "bench_path_calibration.py")
+    calibration = PathCalibration.load(record)
+    fitted = json.loads(record.read_text()).get("sampling")
+    sampling = {name: shipped_sampling()[name] for name in SAMPLING}
+    if fitted != sampling:
+        sys.exit(f"the workflow now samples with {sampling}, the calibration in {record} was fitted on paths sampled "
+                 f"with {fitted}: run `bench_path_calibration.py choose` again")
     model, dataset, _ = fit_workflow_model(work, args.provider)
     tables, coverage = {}, {}
     for paths in sorted({args.paths, model.sampling.sample_count}):
@@ -160,6 +171,8 @@ def main() -> None:
     parser.add_argument("--provider", default=str(REPO.parent / "shared" / "cn_data"))
     parser.add_argument("--paths", type=int, default=20, help="paths per forecast to fit and score on")
     parser.add_argument("--every-k-days", type=int, default=5)
+    parser.add_argument("--record", default=str(HERE / "path_calibration.json"),
+                        help="the calibration chosen on valid (written by choose, read by test)")
     args = parser.parse_args()
     choose(args) if args.phase == "choose" else test(args)
 

@@ -13,8 +13,10 @@ sampler's draws depend on (seed, day, instrument, path, step) only, so the first
 m-path sample), smoothed across days with each half-life. Per candidate: IC, RankIC and the top-quintile spread
 with Newey-West t, and the daily top-k excess over the universe with its turnover (a book rebuilt daily: shown,
 not used). Every eligible candidate and the incumbent go through Qlib's TopkDropout backtest of the valid segment
-with the workflow's strategy and costs, and the rule picks. It writes <work>/signals/valid.csv,
-<work>/signals/choice.json and the RESULTS.md section "signal choice" before anything of test is computed.
+with the workflow's strategy and costs, and the rule picks. It writes the choice to --record
+(benchmarks/signal_choice.json) and the valid table beside it (signal_choice_valid.csv), both committed beside
+RESULTS.md so that they outlive the work folder and their commit precedes every test figure, and the RESULTS.md
+section "signal choice", before anything of test is computed.
 Valid days whose label (close t + 1 to close t + 2) lies past the segment's end are left out of every valid score.
 
 ``test`` forecasts the test segment with the chosen path count and scores the chosen signal and the incumbent
@@ -39,7 +41,7 @@ from tqdm import tqdm
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from fitted_model import fit_workflow_model  # noqa: E402
+from fitted_model import fit_workflow_model, shipped_sampling  # noqa: E402
 from results import machine, require_choice, update_section  # noqa: E402
 
 from kronos_qlib.evaluation import NW_LAG, daily_ic, mean_t, paired_difference, signal_metrics, topk_excess  # noqa: E402
@@ -54,7 +56,7 @@ logger = logging.getLogger("bench_signals")
 WINDOWS = ((1, None), (1, 5))
 PATH_COUNTS = (5, 10, 20, 40)
 HALFLIVES = (None, 3.0, 10.0)
-#: rows of the valid table shown in RESULTS.md (all are in <work>/signals/valid.csv)
+#: rows of the valid table shown in RESULTS.md (all are in the valid table beside --record)
 SHOWN = 15
 
 
@@ -186,14 +188,20 @@ def choose(args) -> None:
     excess = {name: excess_with_cost(r) for name, r in reports.items()}
     table = table.join(pd.DataFrame.from_dict({name: book(r) for name, r in reports.items()}, orient="index"))
     choice = choose_signal(table, excess, base, last)
-    atomic_write_text(out / "valid.csv", table.to_csv())
+    record_path = Path(args.record)
+    atomic_write_text(valid_table(record_path), table.to_csv())
     record = {"choice": choice.to_dict(), "candidate": dataclasses.asdict(_candidate(grid, choice.chosen)),
               "incumbent": base, "incumbent_candidate": dataclasses.asdict(_candidate(grid, base)),
               "sampling": dataclasses.asdict(sampling) | {"sample_count": args.max_paths},
               "valid": [str(days[0].date()), last], "paths": counts, "sampled": sampled, "sample_seconds": sample_s,
               "path_costs": path_costs(model, dataset, days[0]), "machine": machine()}
-    atomic_write_text(out / "choice.json", json.dumps(record, indent=1, default=str))
+    atomic_write_text(record_path, json.dumps(record, indent=1, default=str))
     update_section("signal-choice", choice_report(table, choice, record, args))
+
+
+def valid_table(record: Path) -> Path:
+    """Where the valid table of the choice ``record`` is kept: beside it."""
+    return record.with_name(f"{record.stem}_valid.csv")
 
 
 def path_costs(model, dataset, day: pd.Timestamp) -> dict[str, float]:
@@ -212,17 +220,16 @@ def path_costs(model, dataset, day: pd.Timestamp) -> dict[str, float]:
 
 def report_only(args) -> None:
     """Rewrite the section from the recorded valid table and choice (the path costs measured if missing)."""
-    work = Path(args.work).resolve()
-    out = work / "signals"
-    table = pd.read_csv(out / "valid.csv", index_col=0)
-    record = json.loads((out / "choice.json").read_text())
+    work, record_path = Path(args.work).resolve(), Path(args.record)
+    table = pd.read_csv(valid_table(record_path), index_col=0)
+    record = json.loads(record_path.read_text())
     if "path_costs" not in record:
         model, dataset, _ = fit_workflow_model(work, args.provider)
         from qlib.data import D
 
         first = pd.Timestamp(D.calendar(start_time=record["valid"][0], end_time=record["valid"][1])[0])
         record["path_costs"] = path_costs(model, dataset, first)
-        atomic_write_text(out / "choice.json", json.dumps(record, indent=1, default=str))
+        atomic_write_text(record_path, json.dumps(record, indent=1, default=str))
     choice = SignalChoice(**{k: v for k, v in record["choice"].items() if k not in ("margin_se", "nw_lag")})
     update_section("signal-choice", choice_report(table, choice, record, args))
 
@@ -277,20 +284,20 @@ def choice_report(table: pd.DataFrame, choice: SignalChoice, record: dict, args)
     lines += ["", f"{int(eligible(table).sum())} of {len(table)} candidates are eligible. Outcome: "
               f"**{choice.chosen}**: {choice.reason}"
               + (f" (challenger `{choice.challenger}`, paired difference {1e4 * choice.difference:.2f} bp/day)."
-                 if choice.challenger else "."), "", "All candidates: `<work>/signals/valid.csv`."]
+                 if choice.challenger else "."), "",
+              f"All candidates: `{valid_table(Path(args.record)).name}`, beside the choice record."]
     return "\n".join(lines)
 
 
 def test(args) -> None:
     work = Path(args.work).resolve()
-    record = json.loads(require_choice(work / "signals" / "choice.json", "bench_signals.py").read_text())
-    chosen = Candidate(**record["candidate"])
-    model, dataset, config = fit_workflow_model(work, args.provider)
-    base = Candidate(**record["incumbent_candidate"])
-    shipped = {name: getattr(model.sampling, name) for name in ("T", "top_p", "top_k", "seed")}
+    record = json.loads(require_choice(Path(args.record), "bench_signals.py").read_text())
+    chosen, base = Candidate(**record["candidate"]), Candidate(**record["incumbent_candidate"])
+    shipped = {name: shipped_sampling()[name] for name in ("T", "top_p", "top_k", "seed")}
     if any(record["sampling"][name] != value for name, value in shipped.items()):
         sys.exit(f"the workflow now samples with {shipped}, the choice was made with {record['sampling']}: run "
                  f"`bench_signals.py choose` again")
+    model, dataset, config = fit_workflow_model(work, args.provider)
     model.sampling = dataclasses.replace(model.sampling, sample_count=max(chosen.paths, base.paths))
     model.fill_cache(dataset, "test")
     scores, counts = daily_scores(model, dataset, "test", [chosen, base] if chosen != base else [chosen])
@@ -330,6 +337,8 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / "outputs" / "signals"), help="where the workflow's model "
                         "is trained (runs/) and its forecasts cached (forecasts/)")
     parser.add_argument("--provider", default=str(REPO.parent / "shared" / "cn_data"))
+    parser.add_argument("--record", default=str(HERE / "signal_choice.json"),
+                        help="the choice made on valid (written by choose, read by test), its valid table beside it")
     parser.add_argument("--max-paths", type=int, default=max(PATH_COUNTS), help="paths sampled per valid forecast")
     parser.add_argument("--report-only", action="store_true", help="with choose: rewrite the RESULTS.md section "
                         "from the recorded valid table and choice")

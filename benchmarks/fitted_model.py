@@ -29,3 +29,14 @@ def fit_workflow_model(work: Path, provider: str, overrides: dict | None = None)
     model = init_instance_by_config(model_config)
     model.fit(dataset)
     return model, dataset, config
+
+
+def shipped_sampling() -> dict:
+    """The Kronos workflow's sampling settings as qrun renders them in this shell (T, top_p, top_k, path count,
+    seed): a choice made on valid records those it was made with, and its test phase compares them before fitting
+    anything."""
+    from kronos_qlib.inference import Sampling
+    from kronos_qlib.qrun import WORKFLOWS, load_workflow
+
+    config = load_workflow(WORKFLOWS / "kronos_csi300.yaml")
+    return Sampling.build(config["task"]["model"]["kwargs"]["sampling"], "the workflow's sampling").to_dict()

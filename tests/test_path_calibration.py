@@ -1,5 +1,7 @@
 """The path calibration: fitted on valid only, it widens under-dispersed paths and shrinks a noisy drift, and keeps
 every path a price path."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -105,6 +107,23 @@ def test_the_benchmark_reads_no_test_figure_before_the_valid_choice(tmp_path):
     from conftest import REPO
 
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_path_calibration.py"), "test", "--work",
-                             str(tmp_path)], capture_output=True, text=True, timeout=300)
+                             str(tmp_path), "--record", str(tmp_path / "choice.json")], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode != 0
-    assert "calibration.json does not exist: run `bench_path_calibration.py choose` first" in result.stderr
+    assert "choice.json does not exist: run `bench_path_calibration.py choose` first" in result.stderr
+
+
+def test_the_benchmark_refuses_a_calibration_fitted_on_other_sampling(tmp_path):
+    """A calibration fitted on paths of another T / top_p is not applied to the workflow's paths."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    record = tmp_path / "choice.json"
+    record.write_text(json.dumps({"drift": [0.1], "scale": [1.0], "fitted_on": ["2018-01-01", "2019-12-31"],
+                                  "sampling": {"T": 9.0, "top_p": 1.0, "top_k": 0}}))
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_path_calibration.py"), "test", "--work",
+                             str(tmp_path), "--record", str(record)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "run `bench_path_calibration.py choose` again" in result.stderr
+    assert not (tmp_path / "runs").exists()  # refused before fitting anything

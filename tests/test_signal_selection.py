@@ -1,4 +1,6 @@
 """The rule that chooses the shipped signal on valid: eligibility, screening, the incumbent's margin, no test rows."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -93,6 +95,14 @@ def test_the_benchmark_reads_test_only_after_the_choice_is_recorded(tmp_path):
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_signals.py"
-    result = subprocess.run([sys.executable, str(script), "test", "--work", str(tmp_path)], capture_output=True,
-                            text=True, timeout=300)
+    record = tmp_path / "choice.json"
+    result = subprocess.run([sys.executable, str(script), "test", "--work", str(tmp_path), "--record", str(record)],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "run `bench_signals.py choose` first" in result.stderr
+    chosen = {"signal": "expected_return", "start": 1, "end": 10, "paths": 5, "halflife": None}
+    record.write_text(json.dumps({"candidate": chosen, "incumbent_candidate": chosen,
+                                  "sampling": {"T": 9.0, "top_p": 1.0, "top_k": 0, "seed": 0}}))
+    result = subprocess.run([sys.executable, str(script), "test", "--work", str(tmp_path), "--record", str(record)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "run `bench_signals.py choose` again" in result.stderr
+    assert not (tmp_path / "runs").exists()  # refused before fitting anything
