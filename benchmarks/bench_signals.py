@@ -310,7 +310,8 @@ def test(args) -> None:
         excess[name] = excess_with_cost(report)
         rows[name] = {**signal_metrics(score, label), **book(report)}
     lines = ["## Signals on test (`benchmarks/bench_signals.py test`)", "",
-             f"The choice recorded on valid (`{chosen.name}`; rule and valid table in the section above), scored on "
+             f"The choice recorded on valid (`{chosen.name}`; rule and valid table in the section above), sampled "
+             f"with T={shipped['T']:g}, top_p={shipped['top_p']:g} (sampling seed {shipped['seed']}), scored on "
              f"test {start}..{end} beside the incumbent, with Qlib's backtest (workflow strategy and costs, to "
              f"{backtest_end}). t: Newey-West, lag {NW_LAG}. Paths clipped at the price limit: {counts['clipped']} "
              f"of {counts['paths']}; floored: {counts['floored']}. Machine: {machine()}.", "",
