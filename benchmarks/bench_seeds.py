@@ -225,7 +225,7 @@ def seed_metrics(folder: Path, provider: Path, steps: list[str]) -> tuple[dict[s
 
 
 def record_seed(k: int, study: str, rows: dict[str, dict[str, float]], ran: dict[str, dict],
-                daily: dict[str, pd.DataFrame], dates: Dates) -> tuple[dict, pd.DataFrame]:
+                daily: dict[str, pd.DataFrame], dates: Dates) -> dict:
     """Merge seed ``k``'s results of the steps it ran into the committed record files, atomically, as soon as the
     seed finishes, so that a study cut short (a session's end takes the work folder with it) keeps its finished
     seeds and a later invocation of the same study runs only the missing ones. A step recorded under another study
