@@ -304,7 +304,8 @@ def seed_gain(a: pd.DataFrame, b: pd.DataFrame, column: str) -> str:
     """a minus b, seed by seed (the same seed's pair shares LightGBM's seed), as mean ± std over seeds: the zoo's
     view, beside the paired t."""
     gain = (a[column] - b[column]).dropna()
-    return f"{column} {gain.mean():+.4f} ± {gain.std():.4f} over {len(gain)} seeds"
+    spread = f"{gain.std():.4f}" if len(gain) > 1 else "–"
+    return f"{column} {gain.mean():+.4f} ± {spread} over {len(gain)} seed{'s' * (len(gain) != 1)}"
 
 
 def measured_on(records: dict) -> dict[str, list[str]]:
@@ -313,7 +314,7 @@ def measured_on(records: dict) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for step in (s for s in STEPS if s in records):
         entry = records[step]
-        study = f" (study `{entry['study']}`)" if "study" in entry else ""
+        study = f" (study `{entry['study']}`)" if "study" in entry else " (a study before per-seed records)"
         for seed in entry["seeds"].values():
             where, note = seed.get("machine", entry.get("machine")), seed.get("note", entry.get("note"))
             key = where + (f"; {note}" if note else "")
