@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_calibration import sample_days  # noqa: E402
-from fitted_model import fit_workflow_model, shipped_sampling  # noqa: E402
+from fitted_model import fit_workflow_model, require_shipped_sampling  # noqa: E402
 from results import machine, require_choice, update_section  # noqa: E402
 
 from kronos_qlib.evaluation.forecast_scores import evaluate  # noqa: E402
@@ -97,11 +97,7 @@ def test(args) -> None:
     work = Path(args.work).resolve()
     record = require_choice(Path(args.record), "bench_path_calibration.py")
     calibration = PathCalibration.load(record)
-    fitted = json.loads(record.read_text()).get("sampling")
-    sampling = {name: shipped_sampling()[name] for name in SAMPLING}
-    if fitted != sampling:
-        sys.exit(f"the workflow now samples with {sampling}, the calibration in {record} was fitted on paths sampled "
-                 f"with {fitted}: run `bench_path_calibration.py choose` again")
+    require_shipped_sampling(json.loads(record.read_text()).get("sampling"), SAMPLING, "bench_path_calibration.py")
     model, dataset, _ = fit_workflow_model(work, args.provider)
     tables, coverage = {}, {}
     for paths in sorted({args.paths, model.sampling.sample_count}):

@@ -225,12 +225,12 @@ def seed_metrics(folder: Path, provider: Path, steps: list[str]) -> tuple[dict[s
 
 
 def record_seed(k: int, study: str, rows: dict[str, dict[str, float]], ran: dict[str, dict],
-                daily: dict[str, pd.DataFrame], dates: Dates) -> dict:
+                daily: dict[str, pd.DataFrame], dates: Dates) -> tuple[dict, pd.DataFrame]:
     """Merge seed ``k``'s results of the steps it ran into the committed record files, atomically, as soon as the
     seed finishes, so that a study cut short (a session's end takes the work folder with it) keeps its finished
     seeds and a later invocation of the same study runs only the missing ones. A step recorded under another study
     (earlier settings) is replaced whole: one row never mixes two studies' seeds. Each seed keeps the machine,
-    commit and reuse note it ran with. Returns the merged records."""
+    commit and reuse note it ran with. Returns the merged records and daily series."""
     records = read_records(dates.records)
     kept = read_daily(dates.daily)
     for step, row in rows.items():
@@ -243,7 +243,7 @@ def record_seed(k: int, study: str, rows: dict[str, dict[str, float]], ran: dict
     merged = pd.concat([kept, *new], ignore_index=True)[["step", "seed", "datetime", *DAILY_COLUMNS]]
     atomic_write_text(dates.records, json.dumps(records, indent=1, sort_keys=True))
     atomic_write_text(dates.daily, merged.to_csv(index=False, float_format="%.8g"))
-    return records
+    return records, merged
 
 
 def read_records(path: Path) -> dict:
@@ -488,8 +488,7 @@ def main() -> None:
         todo = with_needs(todo, steps)
         ran = {name: run_step(name, folder, env, step_note(name, k, args)) for name in todo}
         rows, daily = seed_metrics(folder, provider, todo)
-        records = record_seed(k, study, rows, ran, daily, dates)
-        update_section(dates.section, report(records, read_daily(dates.daily), dates))
+        update_section(dates.section, report(*record_seed(k, study, rows, ran, daily, dates), dates))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from tqdm import tqdm
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
-from fitted_model import fit_workflow_model, shipped_sampling  # noqa: E402
+from fitted_model import fit_workflow_model, require_shipped_sampling  # noqa: E402
 from results import machine, require_choice, update_section  # noqa: E402
 
 from kronos_qlib.evaluation import NW_LAG, daily_ic, mean_t, paired_difference, signal_metrics, topk_excess  # noqa: E402
@@ -293,10 +293,7 @@ def test(args) -> None:
     work = Path(args.work).resolve()
     record = json.loads(require_choice(Path(args.record), "bench_signals.py").read_text())
     chosen, base = Candidate(**record["candidate"]), Candidate(**record["incumbent_candidate"])
-    shipped = {name: shipped_sampling()[name] for name in ("T", "top_p", "top_k", "seed")}
-    if any(record["sampling"][name] != value for name, value in shipped.items()):
-        sys.exit(f"the workflow now samples with {shipped}, the choice was made with {record['sampling']}: run "
-                 f"`bench_signals.py choose` again")
+    shipped = require_shipped_sampling(record["sampling"], ("T", "top_p", "top_k", "seed"), "bench_signals.py")
     model, dataset, config = fit_workflow_model(work, args.provider)
     model.sampling = dataclasses.replace(model.sampling, sample_count=max(chosen.paths, base.paths))
     model.fill_cache(dataset, "test")

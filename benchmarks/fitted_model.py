@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,3 +41,13 @@ def shipped_sampling() -> dict:
 
     config = load_workflow(WORKFLOWS / "kronos_csi300.yaml")
     return Sampling.build(config["task"]["model"]["kwargs"]["sampling"], "the workflow's sampling").to_dict()
+
+
+def require_shipped_sampling(recorded: dict | None, names: tuple[str, ...], script: str) -> dict:
+    """The workflow's sampling settings ``names``; exit, naming both, when they differ from those a valid choice
+    was ``recorded`` with, so that a test phase never scores paths its choice was not made on."""
+    shipped = {name: value for name, value in shipped_sampling().items() if name in names}
+    if {name: (recorded or {}).get(name) for name in names} != shipped:
+        sys.exit(f"the workflow now samples with {shipped}, the choice was made with {recorded}: run `{script} "
+                 f"choose` again")
+    return shipped

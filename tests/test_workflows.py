@@ -374,9 +374,9 @@ def test_bench_seeds_records_each_seed_as_it_finishes_and_credits_it_to_its_comm
     bench_seeds.record_seed(0, "old", {"lightgbm": {"IC": 0.3}}, {"lightgbm": earlier}, {"lightgbm": day}, dates)
     ran = {"lightgbm": bench_seeds.run_step("lightgbm", folder, {}, note="")}
     bench_seeds.record_seed(0, "new", {"lightgbm": {"IC": 0.1}}, ran, {"lightgbm": day}, dates)
-    records = bench_seeds.record_seed(1, "new", {"lightgbm": {"IC": 0.2}},
-                                      {"lightgbm": {**earlier, "machine": "later machine, commit bbbbbbb",
-                                                    "note": ""}}, {"lightgbm": day * 2}, dates)
+    records, merged = bench_seeds.record_seed(1, "new", {"lightgbm": {"IC": 0.2}},
+                                              {"lightgbm": {**earlier, "machine": "later machine, commit bbbbbbb",
+                                                            "note": ""}}, {"lightgbm": day * 2}, dates)
     assert records == json.loads(dates.records.read_text())
     assert records["lightgbm"]["study"] == "new" and set(records["lightgbm"]["seeds"]) == {"0", "1"}
     assert records["lightgbm"]["seeds"]["0"]["wall_s"] == 60.0
@@ -388,6 +388,7 @@ def test_bench_seeds_records_each_seed_as_it_finishes_and_credits_it_to_its_comm
                                                 "later machine, commit bbbbbbb": ["`lightgbm` (study `new`)"]}
     daily = bench_seeds.read_daily(dates.daily)
     assert sorted(daily["seed"]) == [0, 1] and daily["IC"].tolist() == [0.1, 0.2]
+    pd.testing.assert_frame_equal(merged, daily, check_dtype=False)
     assert bench_seeds.with_needs(["ensemble"], list(bench_seeds.STEPS)) == ["kronos", "lightgbm", "ensemble"]
 
 
