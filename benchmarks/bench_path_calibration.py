@@ -4,14 +4,16 @@ fitted on the valid segment and then scored on test beside the random-walk, boot
 Two phases, so that the choice is recorded before any test figure exists:
 
 - ``choose``: the shipped workflow's model (fitted as qrun fits it, reusing the stage folders of --work) samples
-  --paths paths on every --every-k-days-th valid day whose horizon ends inside valid; the calibration is fitted on
-  those (kronos_qlib.evaluation.path_calibration.fit_calibration refuses anything outside valid) and written,
+  --paths + --centre-paths paths on every --every-k-days-th valid day whose horizon ends inside valid (the last
+  --centre-paths only locate the centre of the others); the calibration is fitted on those
+  (kronos_qlib.evaluation.path_calibration.fit_calibration refuses anything outside valid) and written,
   with the sampling it was fitted on, to --record (benchmarks/path_calibration.json: committed beside RESULTS.md, so
   the choice outlives the work folder and its commit precedes every test figure), its table to RESULTS.md
   ("path-calibration").
 - ``test``: refuses to run without that file, or when the workflow now samples otherwise than the paths the
-  calibration was fitted on; samples the test days the same way (--paths each, and the shipped path count), scores
-  the raw and the calibrated paths step by step (fair CRPS skill against the random walk, 50% / 90% band coverage
+  calibration was fitted on; samples the test days the same way (the larger of --paths and the shipped path
+  count, plus the calibration's centre paths), scores the first --paths, and the first shipped-count, paths raw and
+  calibrated step by step (fair CRPS skill against the random walk, 50% / 90% band coverage
   against a calibrated sampler of the same path count, PIT) and writes RESULTS.md ("path-calibration-test") and
   benchmarks/path_calibration.png.
 
@@ -40,9 +42,10 @@ from bench_calibration import sample_days  # noqa: E402
 from fitted_model import fit_workflow_model, require_shipped_sampling  # noqa: E402
 from results import machine, require_choice, update_section  # noqa: E402
 
+from kronos_qlib.errors import ConfigError  # noqa: E402
 from kronos_qlib.evaluation.forecast_scores import evaluate  # noqa: E402
 from kronos_qlib.evaluation.forecasts import ForecastSet, load_closes  # noqa: E402
-from kronos_qlib.evaluation.path_calibration import PathCalibration, fit_calibration  # noqa: E402
+from kronos_qlib.evaluation.path_calibration import PathCalibration, fit_calibration, split_centre  # noqa: E402
 from kronos_qlib.evaluation.selection import scoring_days  # noqa: E402
 from kronos_qlib.files import atomic_write_text  # noqa: E402
 
@@ -71,9 +74,9 @@ def _with_paths(model, paths: int):
 def choose(args) -> None:
     work = Path(args.work).resolve()
     model, dataset, _ = fit_workflow_model(work, args.provider)
-    forecasts, closes = forecasts_of(model, dataset, "valid", args.paths, args.every_k_days)
+    forecasts, closes = forecasts_of(model, dataset, "valid", args.paths + args.centre_paths, args.every_k_days)
     valid = tuple(dataset.segments["valid"])
-    calibration, table = fit_calibration(forecasts, closes, valid)
+    calibration, table = fit_calibration(forecasts, closes, valid, args.centre_paths)
     sampling = {name: getattr(model.sampling, name) for name in SAMPLING}
     atomic_write_text(Path(args.record), json.dumps({**dataclasses.asdict(calibration), "sampling": sampling,
                                                      "paths": args.paths, "every_k_days": args.every_k_days,
@@ -82,8 +85,10 @@ def choose(args) -> None:
              f"Fitted on valid {valid[0]}..{valid[1]} only: {len(forecasts.dates)} member forecasts of every "
              f"{args.every_k_days}th trading day whose horizon ends inside valid, {args.paths} paths each, of the "
              f"shipped workflow's model, sampled with T={sampling['T']:g}, top_p={sampling['top_p']:g}. At step h "
-             f"each path's log return r becomes drift[h] * m + scale[h] * (r - m), m the median over the paths "
-             f"(every price of the step moves with the close); (drift, scale) is the grid point (drift 0..1 by 0.1, "
+             f"each path's log return r becomes drift[h] * c + scale[h] * (r - c), c the median of "
+             f"{args.centre_paths} other paths of the same forecast, sampled with it but neither moved nor scored, "
+             f"so that the moved paths stay independent draws given c and the fair CRPS stays fair (every price of "
+             f"the step moves with the close); (drift, scale) is the grid point (drift 0..1 by 0.1, "
              f"scale 0.5..3 by 0.1) with the lowest mean fair CRPS of the return on valid, chosen before test was "
              f"sampled. Machine: {machine()}.", "",
              "| step | drift | scale | CRPS of the return, sampled | calibrated | forecasts |",
@@ -96,14 +101,20 @@ def choose(args) -> None:
 def test(args) -> None:
     work = Path(args.work).resolve()
     record = require_choice(Path(args.record), "bench_path_calibration.py")
-    calibration = PathCalibration.load(record)
+    try:
+        calibration = PathCalibration.load(record)
+    except ConfigError as err:
+        sys.exit(f"{err}: run `bench_path_calibration.py choose` again")
     require_shipped_sampling(json.loads(record.read_text()).get("sampling"), SAMPLING, "bench_path_calibration.py")
     model, dataset, _ = fit_workflow_model(work, args.provider)
     tables, coverage = {}, {}
-    for paths in sorted({args.paths, model.sampling.sample_count}):
-        forecasts, closes = forecasts_of(model, dataset, "test", paths, args.every_k_days)
-        calibrated = dataclasses.replace(forecasts, closes=calibration.apply_to_closes(forecasts.closes,
-                                                                                       forecasts.last_close))
+    counts = sorted({args.paths, model.sampling.sample_count})
+    drawn, closes = forecasts_of(model, dataset, "test", counts[-1] + calibration.centre_paths, args.every_k_days)
+    moved, centre_closes = split_centre(drawn, calibration.centre_paths)
+    for paths in counts:  # path i is the same draw whatever the path count, so the first m are an m-path sample
+        forecasts = dataclasses.replace(moved, closes=moved.closes[:, :paths])
+        calibrated = dataclasses.replace(forecasts, closes=calibration.apply_to_closes(
+            forecasts.closes, forecasts.last_close, centre_closes))
         raw, adjusted = (evaluate(f, closes, window=WINDOW, min_history=MIN_HISTORY) for f in (forecasts, calibrated))
         table = pd.concat({"sampled": raw.table.loc["kronos"], "calibrated": adjusted.table.loc["kronos"],
                            **{name: raw.table.loc[name] for name in ("random_walk", "bootstrap", "zero_return")}})
@@ -112,10 +123,11 @@ def test(args) -> None:
     start, end = dataset.segments["test"]
     lines = ["## Path calibration on test (`benchmarks/bench_path_calibration.py test`)", "",
              f"The calibration chosen on valid (section above) applied to the test forecasts {start}..{end}, every "
-             f"{args.every_k_days}th trading day whose horizon ends inside test, members only, beside the baselines "
-             f"of kronos_qlib/evaluation/forecast_scores.py (random walk with the stock's 60-day volatility, its "
-             f"bootstrap, no move). Skill: 1 - CRPS / CRPS of the random walk, per step; coverage of the central "
-             f"50% / 90% band against what a calibrated sampler of the same path count covers. Machine: "
+             f"{args.every_k_days}th trading day whose horizon ends inside test, members only, its centre the median "
+             f"of the same {calibration.centre_paths} other paths of each forecast at every path count, beside the "
+             f"baselines of kronos_qlib/evaluation/forecast_scores.py (random walk with the stock's 60-day "
+             f"volatility, its bootstrap, no move). Skill: 1 - CRPS / CRPS of the random walk, per step; coverage "
+             f"of the central 50% / 90% band against what a calibrated sampler of the same path count covers. Machine: "
              f"{machine()}.", ""]
     for paths, table in tables.items():
         steps = [s for s in table.loc["sampled"].index if s != "all"]
@@ -166,6 +178,8 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / "outputs" / "full_run"), help="where qrun ran (runs/)")
     parser.add_argument("--provider", default=str(REPO.parent / "shared" / "cn_data"))
     parser.add_argument("--paths", type=int, default=20, help="paths per forecast to fit and score on")
+    parser.add_argument("--centre-paths", type=int, default=20,
+                        help="choose: other paths per forecast whose median is the centre (sampled, not scored)")
     parser.add_argument("--every-k-days", type=int, default=5)
     parser.add_argument("--record", default=str(HERE / "path_calibration.json"),
                         help="the calibration chosen on valid (written by choose, read by test)")

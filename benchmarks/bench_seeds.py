@@ -268,24 +268,27 @@ def read_daily(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, parse_dates=["datetime"])
 
 
-def seed_mean(daily: pd.DataFrame, step: str, column: str) -> pd.Series | None:
-    """The step's daily ``column`` averaged over its seeds day by day (None if its daily series were not kept)."""
+def seed_mean(daily: pd.DataFrame, step: str, column: str, seeds: list[int] | None = None) -> pd.Series:
+    """The step's daily ``column`` averaged over ``seeds`` (default: all it kept) day by day."""
     rows = daily[daily["step"] == step]
-    if rows.empty:
-        return None
+    rows = rows if seeds is None else rows[rows["seed"].isin(seeds)]
     return mean_over_seeds([frame.set_index("datetime")[column] for _, frame in rows.groupby("seed")])
 
 
 def paired_line(daily: pd.DataFrame, a: str, b: str) -> str:
-    """a minus b, paired day by day (over the seeds' mean), for RankIC and the daily excess return with cost."""
+    """a minus b, paired day by day over the mean of the seeds both ran (a seed of one and not the other would
+    unpair them), for RankIC and the daily excess return with cost."""
+    kept = {step: set(daily.loc[daily["step"] == step, "seed"]) for step in (a, b)}
+    if not all(kept.values()):
+        return "daily series not kept for " + " and ".join(step for step, seeds in kept.items() if not seeds)
+    seeds = sorted(kept[a] & kept[b])
+    if not seeds:
+        return f"no seed in common ({a}: {sorted(kept[a])}, {b}: {sorted(kept[b])})"
     parts = []
     for column, scale, unit in (("RankIC", 1.0, ""), ("excess", 1e4, " bp/day")):
-        sa, sb = seed_mean(daily, a, column), seed_mean(daily, b, column)
-        if sa is None or sb is None:
-            return "daily series not kept for " + " and ".join(s for s, x in ((a, sa), (b, sb)) if x is None)
-        d = paired_difference(sa, sb)
+        d = paired_difference(seed_mean(daily, a, column, seeds), seed_mean(daily, b, column, seeds))
         parts.append(f"{column} {scale * d['mean']:+.4f}{unit} (t {d['t']:.2f}, {d['days']:.0f} days)")
-    return "; ".join(parts)
+    return "; ".join(parts) + f", over the mean of seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
 
 
 def seed_frames(records: dict) -> dict[str, pd.DataFrame]:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -408,3 +409,21 @@ def test_bench_seeds_notes_what_a_step_reused(tmp_path, monkeypatch):
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "has no seed1/runs to reuse" in refused.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_bench_seeds_pairs_two_runs_on_the_seeds_both_ran(monkeypatch):
+    """A paired line averages both runs over the same seeds: a seed only one of them ran (a study cut short, a step
+    kept from another study) would unpair them."""
+    bench_seeds = load_bench_seeds(monkeypatch)
+    days = pd.bdate_range("2020-01-01", periods=30)
+    rng = np.random.default_rng(0)
+    frames = [pd.DataFrame({"step": step, "seed": seed, "datetime": days, "IC": 0.0,
+                            "RankIC": rng.normal(0, 0.01, len(days)) + (0.5 if seed == 2 else 0.0),
+                            "excess": rng.normal(0, 1e-3, len(days))})
+              for step, seeds in (("kronos", (0, 1, 2)), ("gru", (0, 1))) for seed in seeds]
+    daily = pd.concat(frames, ignore_index=True)
+    line = bench_seeds.paired_line(daily, "kronos", "gru")
+    assert line.endswith("over the mean of seeds 0, 1")
+    assert abs(float(line.split("RankIC ")[1].split(" ")[0])) < 0.05  # seed 2's +0.5 left out
+    assert bench_seeds.paired_line(daily[daily["seed"] != 2].assign(seed=lambda f: f["seed"].where(
+        f["step"] == "kronos", 5)), "kronos", "gru").startswith("no seed in common")

@@ -3,23 +3,29 @@
 The paths of a small Kronos are too narrow (their bands cover less than a calibrated sampler's) and their drift is
 mostly noise (the median path's return error is larger than forecasting no move). Both are fixed after sampling,
 as a documented post-processing of stored paths (the cache keeps the raw draws): at step h, with r the path's log
-return from t's close and m_h the median of r over the day's paths of that stock,
+return from t's close and c_h the centre of the forecast,
 
-    r' = drift[h] * m_h + scale[h] * (r - m_h)
+    r' = drift[h] * c_h + scale[h] * (r - c_h)
 
-so ``drift`` shrinks the centre towards no move and ``scale`` widens or narrows the spread around it. A
-de-normalized path can cross zero, so its prices are first floored at CLOSE_FLOOR x t's close, as the signals
+so ``drift`` shrinks the centre towards no move and ``scale`` widens or narrows the spread around it. The centre
+is the median of ``centre_paths`` other paths of the same forecast, never of the paths it moves: centred on their
+own median, the moved paths would be negatively correlated, and the fair CRPS (whose spread term assumes
+independent draws) and the order-statistics coverage of a calibrated sampler would credit them with spread they
+lack, the more so the fewer the paths. Around an independent centre they are independent draws given it, so both
+hold. A calibrated forecast of m paths thus samples m + ``centre_paths``.
+
+A de-normalized path can cross zero, so its prices are first floored at CLOSE_FLOOR x t's close, as the signals
 floor them. Every price of the path at that step is then multiplied by exp(r' - r), which keeps each path a
 plausible price path: open, high, low and close keep their order, and prices stay positive.
 
 :func:`fit_calibration` chooses (drift, scale) per step from a grid by the mean fair CRPS of the return on the
-valid segment's forecasts, scoring only steps whose realized close lies inside valid too, and refuses any forecast
-or realized close outside the valid dates it is given, so that test data cannot reach the choice.
+valid segment's forecasts. It refuses any forecast made outside the valid dates it is given and cuts the realized
+closes at valid's end (a step past it is not scored), so that test data cannot reach the choice.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,31 +45,36 @@ SCALE_GRID = tuple(np.round(np.arange(0.5, 3.01, 0.1), 2))
 
 @dataclass(frozen=True)
 class PathCalibration:
-    """Per-step (1..pred_len) drift factor and spread scale of the paths' log returns, and the valid dates they
-    were fitted on."""
+    """Per-step (1..pred_len) drift factor and spread scale of the paths' log returns, the number of other paths
+    whose median is the centre, and the valid dates they were fitted on."""
 
     drift: tuple[float, ...]
     scale: tuple[float, ...]
+    centre_paths: int
     fitted_on: tuple[str, str]
 
-    def apply_to_closes(self, closes: np.ndarray, last_close: np.ndarray) -> np.ndarray:
-        """Calibrated closes of paths (n, sample_count, pred_len) made from closes ``last_close`` (n,)."""
-        return floored(closes, last_close) * self._factors(closes, last_close)
+    def apply_to_closes(self, closes: np.ndarray, last_close: np.ndarray, centre_closes: np.ndarray) -> np.ndarray:
+        """Calibrated closes of paths (n, m, pred_len) made from closes ``last_close`` (n,), around the median of
+        ``centre_closes`` (n, centre_paths, pred_len), other paths of the same forecasts."""
+        return floored(closes, last_close) * self._factors(closes, last_close, centre_closes)
 
-    def apply_to_paths(self, paths: np.ndarray, last_close: np.ndarray) -> np.ndarray:
-        """Calibrated bars (n, sample_count, pred_len, 6): every price column of a step moves with its close, so
+    def apply_to_paths(self, paths: np.ndarray, last_close: np.ndarray, centre_closes: np.ndarray) -> np.ndarray:
+        """Calibrated bars (n, m, pred_len, 6): every price column of a step moves with its close, so
         open <= / >= close order and high / low bounds are kept; volume and amount are left as sampled."""
         out = paths.copy()
         prices = [BAR_COLUMNS.index(column) for column in PRICE_COLUMNS]
-        factors = self._factors(paths[..., CLOSE], last_close)[..., None]
+        factors = self._factors(paths[..., CLOSE], last_close, centre_closes)[..., None]
         out[..., prices] = floored(paths[..., prices], last_close) * factors
         return out
 
-    def _factors(self, closes: np.ndarray, last_close: np.ndarray) -> np.ndarray:
+    def _factors(self, closes: np.ndarray, last_close: np.ndarray, centre_closes: np.ndarray) -> np.ndarray:
         if closes.shape[-1] != len(self.drift):
             raise ConfigError(f"the calibration has {len(self.drift)} steps, the paths {closes.shape[-1]}")
+        if centre_closes.shape[1] != self.centre_paths:
+            raise ConfigError(f"the calibration centres on the median of {self.centre_paths} other paths, "
+                              f"got {centre_closes.shape[1]}")
         r = floored_log_returns(closes, last_close)
-        centre = np.median(r, axis=1, keepdims=True)
+        centre = path_centre(centre_closes, last_close)
         drift, scale = np.asarray(self.drift), np.asarray(self.scale)
         return np.exp(drift * centre + scale * (r - centre) - r)
 
@@ -74,32 +85,49 @@ class PathCalibration:
     def load(cls, path: str | Path) -> PathCalibration:
         try:
             values = json.loads(Path(path).read_text())
-            return cls(tuple(values["drift"]), tuple(values["scale"]), tuple(values["fitted_on"]))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            return cls(tuple(values["drift"]), tuple(values["scale"]), int(values["centre_paths"]),
+                       tuple(values["fitted_on"]))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"'{path}' is not a path calibration file ({type(err).__name__}: {err})") from err
 
 
-def fit_calibration(forecasts: ForecastSet, closes: pd.DataFrame, valid: tuple[str, str]) -> tuple[
-        PathCalibration, pd.DataFrame]:
+def path_centre(closes: np.ndarray, last_close: np.ndarray) -> np.ndarray:
+    """(n, 1, pred_len): the median log return over the paths (n, k, pred_len) of each forecast."""
+    return np.median(floored_log_returns(closes, last_close), axis=1, keepdims=True)
+
+
+def split_centre(forecasts: ForecastSet, centre_paths: int) -> tuple[ForecastSet, np.ndarray]:
+    """(the forecasts' paths to move, the closes of the last ``centre_paths`` paths that locate their centre)."""
+    if not 0 < centre_paths < forecasts.sample_count:
+        raise ConfigError(f"{forecasts.sample_count} paths per forecast cannot give {centre_paths} centre paths "
+                          f"and at least one to calibrate")
+    moved = forecasts.closes[:, :-centre_paths]
+    return replace(forecasts, closes=moved), forecasts.closes[:, -centre_paths:]
+
+
+def fit_calibration(forecasts: ForecastSet, closes: pd.DataFrame, valid: tuple[str, str],
+                    centre_paths: int) -> tuple[PathCalibration, pd.DataFrame]:
     """The (drift, scale) of each step with the lowest mean fair CRPS of the return on ``forecasts``, all of
-    which must be made inside ``valid`` (start, end), scored against ``closes`` cut at valid's end; and the table
-    of every step's choice with its CRPS before and after."""
+    which must be made inside ``valid`` (start, end), scored against ``closes`` cut at valid's end; their last
+    ``centre_paths`` paths locate the centre of the others (see :func:`split_centre`). Also the table of every
+    step's choice with its CRPS before and after."""
     start, end = (pd.Timestamp(day) for day in valid)
     outside = (forecasts.dates < start) | (forecasts.dates > end)
     if outside.any():
         raise ConfigError(f"the calibration is fitted on valid {start.date()}..{end.date()} only: "
                           f"{int(outside.sum())} forecast(s) lie outside it (the first "
                           f"{forecasts.dates[outside][0].date()})")
-    realized, _ = realized_closes(closes.loc[:end], forecasts)  # a step past valid's end is not scored
-    log_r = floored_log_returns(forecasts.closes, forecasts.last_close)
-    centre = np.median(log_r, axis=1, keepdims=True)
+    moved, centre_closes = split_centre(forecasts, centre_paths)
+    realized, _ = realized_closes(closes.loc[:end], moved)  # a step past valid's end is not scored
+    log_r = floored_log_returns(moved.closes, moved.last_close)
+    centre = path_centre(centre_closes, moved.last_close)
     drift, scale, rows = [], [], []
-    for h in range(forecasts.pred_len):
+    for h in range(moved.pred_len):
         keep = np.isfinite(realized[:, h])
         if not keep.any():
             raise ConfigError(f"no forecast of valid {start.date()}..{end.date()} has a realized close at step "
                               f"{h + 1}")
-        y = realized[keep, h] / forecasts.last_close[keep] - 1
+        y = realized[keep, h] / moved.last_close[keep] - 1
         c, d = centre[keep, :, h], log_r[keep, :, h] - centre[keep, :, h]
         grid = {(a, b): float(fair_crps(np.exp(a * c + b * d) - 1, y).mean())
                 for a in DRIFT_GRID for b in SCALE_GRID}
@@ -108,5 +136,5 @@ def fit_calibration(forecasts: ForecastSet, closes: pd.DataFrame, valid: tuple[s
         scale.append(float(b))
         rows.append({"step": h + 1, "drift": a, "scale": b, "crps_sampled": grid[1.0, 1.0], "crps_calibrated": best,
                      "forecasts": int(keep.sum())})
-    return (PathCalibration(tuple(drift), tuple(scale), (str(start.date()), str(end.date()))),
+    return (PathCalibration(tuple(drift), tuple(scale), centre_paths, (str(start.date()), str(end.date()))),
             pd.DataFrame(rows).set_index("step"))
