@@ -476,8 +476,8 @@ def main() -> None:
     study = work.name
     for k in range(args.seeds):
         records = read_records(dates.records)
-        todo = [step for step in steps if not recorded(records, step, study, k)]
-        if not todo:
+        missing = [step for step in steps if not recorded(records, step, study, k)]
+        if not missing:
             print(f"seed{k}: recorded for study {study} in {dates.records.name}", flush=True)
             continue
         folder = work / f"seed{k}"
@@ -488,9 +488,11 @@ def main() -> None:
         if k == 0 and args.stages and not (folder / "runs").exists():
             finetune = load_workflow(WORKFLOWS / "kronos_csi300.yaml", env)["task"]["model"]["kwargs"]["finetune"]
             shutil.copytree(Path(args.stages).resolve(), folder / finetune["output_dir"])
-        todo = with_needs(todo, steps)
+        todo = with_needs(missing, steps)
         ran = {name: run_step(name, folder, env, step_note(name, k, args)) for name in todo}
         rows, daily = seed_metrics(folder, provider, todo)
+        # only the missing steps are recorded: a recorded step re-read for another's sake keeps its fuller row
+        rows, daily = ({step: by_step[step] for step in missing} for by_step in (rows, daily))
         update_section(dates.section, report(*record_seed(k, study, rows, ran, daily, dates), dates))
 
 

@@ -427,3 +427,31 @@ def test_bench_seeds_pairs_two_runs_on_the_seeds_both_ran(monkeypatch):
     assert abs(float(line.split("RankIC ")[1].split(" ")[0])) < 0.05  # seed 2's +0.5 left out
     assert bench_seeds.paired_line(daily[daily["seed"] != 2].assign(seed=lambda f: f["seed"].where(
         f["step"] == "kronos", 5)), "kronos", "gru").startswith("no seed in common")
+
+
+def test_bench_seeds_records_only_the_missing_steps(tmp_path, monkeypatch):
+    """A recorded step that a later invocation re-reads for another step's sake (Kronos for the Kronos + GRU
+    ensemble) keeps its recorded row: re-read without LightGBM it would lose its partial IC given LightGBM."""
+    import dataclasses
+
+    bench_seeds = load_bench_seeds(monkeypatch)
+    dates = dataclasses.replace(bench_seeds.DATES["default"], records=tmp_path / "r.json", daily=tmp_path / "d.csv")
+    monkeypatch.setitem(bench_seeds.DATES, "default", dates)
+    day = pd.DataFrame({"IC": [0.1], "RankIC": [0.1], "excess": [0.0]},
+                       index=pd.DatetimeIndex(["2020-01-02"], name="datetime"))
+    ran = {"wall_s": 1.0, "machine": "m", "note": ""}
+    for k in (0, 1):
+        bench_seeds.record_seed(k, "work", {"kronos": {"IC": 0.01, "partial IC": 0.002}}, {"kronos": ran},
+                                {"kronos": day}, dates)
+    monkeypatch.setattr(bench_seeds, "run_step", lambda name, *a: ran)
+    monkeypatch.setattr(bench_seeds, "seed_metrics", lambda folder, provider, steps: (
+        {step: {"IC": 0.01} for step in steps}, {step: day for step in steps}))
+    monkeypatch.setattr(bench_seeds, "report", lambda *a: "")
+    monkeypatch.setattr(bench_seeds, "update_section", lambda *a: None)
+    monkeypatch.setattr(sys, "argv", ["bench_seeds.py", "--work", str(tmp_path / "work"), "--seeds", "2",
+                                      "--steps", "kronos", "gru", "ensemble_gru"])
+    bench_seeds.main()
+    records = json.loads(dates.records.read_text())
+    assert {step: set(records[step]["seeds"]) for step in records} == {step: {"0", "1"} for step in
+                                                                       ("kronos", "gru", "ensemble_gru")}
+    assert all(seed["partial IC"] == 0.002 for seed in records["kronos"]["seeds"].values())
