@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kronos_qlib.errors import KronosInputError
 from kronos_qlib.evaluation import (daily_ic, group_returns, mean_over_seeds, mean_t, newey_west_se,
                                     paired_difference, partial_ic, residualize, signal_metrics, topk_excess)
 
@@ -69,6 +70,9 @@ def test_newey_west_matches_the_iid_formula_at_lag_0_and_widens_for_autocorrelat
     ratio = newey_west_se(ar, lag=20) / newey_west_se(ar, lag=0)
     assert 1.7 < ratio < 2.1, ratio
     assert abs(mean_t(pd.Series(ar))["t"]) < abs(ar.mean() / (ar.std() / np.sqrt(len(ar))))
+    for short in ([], [1.0], x):  # a bad lag is refused whatever the series, not only when it is long enough
+        with pytest.raises(KronosInputError, match="lag must be >= 0"):
+            newey_west_se(short, lag=-1)
 
 
 def test_paired_difference_uses_common_days_and_seed_means():

@@ -6,7 +6,8 @@ daily excess return over the benchmark, with cost, in Qlib's own backtest of the
 workflow's strategy and costs. The rule, fixed before any result is seen (:func:`choose_signal`):
 
 1. A challenger must be eligible: positive valid IC, RankIC and top-quintile spread (the mean label of the top
-   score quintile over the day's mean), so that a score ranking the wrong way does not win by luck of the book.
+   score quintile over the mean of the day's quintile means), so that a score ranking the wrong way does not win
+   by luck of the book.
 2. Every eligible challenger is backtested; the one with the highest mean daily excess return with cost is the
    best challenger.
 3. The incumbent (:func:`incumbent`: ``expected_return``, the mean over paths of the return over the whole

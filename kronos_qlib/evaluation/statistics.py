@@ -19,12 +19,12 @@ NW_LAG = 5
 def newey_west_se(values: pd.Series | np.ndarray, lag: int = NW_LAG) -> float:
     """Standard error of the mean of ``values`` (NaN dropped) robust to autocorrelation up to ``lag`` days:
     sqrt((gamma_0 + 2 sum_k (1 - k / (lag + 1)) gamma_k) / n)."""
+    if lag < 0:
+        raise KronosInputError(f"the Newey-West lag must be >= 0, got {lag}")
     x = np.asarray(pd.Series(values).dropna(), dtype=np.float64)
     n = len(x)
     if n < 2:
         return float("nan")
-    if lag < 0:
-        raise KronosInputError(f"the Newey-West lag must be >= 0, got {lag}")
     d = x - x.mean()
     variance = d @ d / n
     for k in range(1, min(lag, n - 1) + 1):
