@@ -124,7 +124,8 @@ def test(args) -> None:
     lines = ["## Path calibration on test (`benchmarks/bench_path_calibration.py test`)", "",
              f"The calibration chosen on valid (section above) applied to the test forecasts {start}..{end}, every "
              f"{args.every_k_days}th trading day whose horizon ends inside test, members only, its centre the median "
-             f"of the same {calibration.centre_paths} other paths of each forecast at every path count, beside the "
+             f"of the same {calibration.centre_paths} other paths of each forecast at every path count (so a "
+             f"calibrated m-path forecast costs m + {calibration.centre_paths} draws), beside the "
              f"baselines of kronos_qlib/evaluation/forecast_scores.py (random walk with the stock's 60-day "
              f"volatility, its bootstrap, no move). Skill: 1 - CRPS / CRPS of the random walk, per step; coverage "
              f"of the central 50% / 90% band against what a calibrated sampler of the same path count covers. Machine: "

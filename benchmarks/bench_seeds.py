@@ -147,6 +147,8 @@ LEGACY_MACHINE = "machine not recorded (the step ran before its record kept it)"
 #: what a step needs to have run before it in the same seed's folder
 NEEDS = {"ensemble": {"kronos", "lightgbm"}, "ensemble_valid": {"kronos", "lightgbm"},
          "ensemble_gru": {"kronos", "gru"}}
+#: what a step's row reads beside it when both are asked for: Kronos's partial IC given LightGBM's score
+READS = {"kronos": {"lightgbm"}}
 DAILY_COLUMNS = ("IC", "RankIC", "excess")
 #: Qlib's model-zoo columns, in its order
 COLUMNS = ["IC", "ICIR", "RankIC", "RankICIR", "excess return (ann., with cost)", "information ratio (with cost)",
@@ -256,9 +258,9 @@ def recorded(records: dict, step: str, study: str, k: int) -> bool:
 
 
 def with_needs(todo: list[str], steps: list[str]) -> list[str]:
-    """``todo`` and the steps they need in the same seed's folder (re-read there if they finished, else run), in
-    the order of ``steps``."""
-    needed = set(todo).union(*(NEEDS.get(step, set()) for step in todo))
+    """``todo`` and the steps of ``steps`` they need or read in the same seed's folder (re-read there if they
+    finished, else run), in the order of ``steps``."""
+    needed = set(todo).union(*(NEEDS.get(step, set()) | READS.get(step, set()) for step in todo))
     return [step for step in steps if step in needed]
 
 
@@ -489,10 +491,13 @@ def main() -> None:
             finetune = load_workflow(WORKFLOWS / "kronos_csi300.yaml", env)["task"]["model"]["kwargs"]["finetune"]
             shutil.copytree(Path(args.stages).resolve(), folder / finetune["output_dir"])
         todo = with_needs(missing, steps)
+        finished = {name for name in todo if (step_folder(name, folder) / f"{name}.json").exists()}
         ran = {name: run_step(name, folder, env, step_note(name, k, args)) for name in todo}
         rows, daily = seed_metrics(folder, provider, todo)
-        # only the missing steps are recorded: a recorded step re-read for another's sake keeps its fuller row
-        rows, daily = ({step: by_step[step] for step in missing} for by_step in (rows, daily))
+        # a recorded step only re-read for another's sake keeps its row (read alone it may lack the partial IC);
+        # one that had to run again is recorded anew, since the steps that need it now read that run
+        record = [step for step in todo if step in missing or step not in finished]
+        rows, daily = ({step: by_step[step] for step in record} for by_step in (rows, daily))
         update_section(dates.section, report(*record_seed(k, study, rows, ran, daily, dates), dates))
 
 

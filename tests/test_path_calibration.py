@@ -103,11 +103,23 @@ def test_calibrated_bars_stay_price_paths(tmp_path):
     np.testing.assert_allclose(identity.apply_to_paths(paths, last, centre), paths)
     with pytest.raises(ConfigError, match="median of 3 other paths, got 2"):
         calibration.apply_to_closes(close, last, centre[:, :2])
+    with pytest.raises(ConfigError, match="centre paths of 1 forecasts x 3 steps for paths of 4 x 3"):
+        calibration.apply_to_closes(close, last, centre[:1])
     calibration.save(tmp_path / "calibration.json")
     assert PathCalibration.load(tmp_path / "calibration.json") == calibration
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ConfigError, match="is not a path calibration file"):
         PathCalibration.load(tmp_path / "bad.json")
+
+
+def test_the_centre_paths_are_the_last_ones_and_never_moved():
+    forecasts, _ = synthetic()
+    moved, centre = split_centre(forecasts, CENTRE)
+    assert moved.sample_count == PATHS and centre.shape[1] == CENTRE
+    np.testing.assert_array_equal(np.concatenate([moved.closes, centre], axis=1), forecasts.closes)
+    for bad in (0, PATHS + CENTRE):
+        with pytest.raises(ConfigError, match=f"cannot give {bad} centre paths"):
+            split_centre(forecasts, bad)
 
 
 def test_calibrated_paths_score_alike_at_any_path_count():
@@ -151,5 +163,11 @@ def test_the_benchmark_refuses_a_calibration_fitted_on_other_sampling(tmp_path):
                                   "sampling": {"T": 9.0, "top_p": 1.0, "top_k": 0}}))
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_path_calibration.py"), "test", "--work",
                              str(tmp_path), "--record", str(record)], capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "run `bench_path_calibration.py choose` again" in result.stderr
+    assert result.returncode != 0 and "the workflow now samples with" in result.stderr
+    assert "run `bench_path_calibration.py choose` again" in result.stderr
     assert not (tmp_path / "runs").exists()  # refused before fitting anything
+    record.write_text(json.dumps({"drift": [0.1], "scale": [1.0], "centre_paths": 0, "fitted_on": VALID}))
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_path_calibration.py"), "test", "--work",
+                             str(tmp_path), "--record", str(record)], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "is not a path calibration file" in result.stderr
+    assert "centre_paths 0 (>= 1)" in result.stderr and "Traceback" not in result.stderr

@@ -431,7 +431,8 @@ def test_bench_seeds_pairs_two_runs_on_the_seeds_both_ran(monkeypatch):
 
 def test_bench_seeds_records_only_the_missing_steps(tmp_path, monkeypatch):
     """A recorded step that a later invocation re-reads for another step's sake (Kronos for the Kronos + GRU
-    ensemble) keeps its recorded row: re-read without LightGBM it would lose its partial IC given LightGBM."""
+    ensemble) keeps its recorded row: re-read without LightGBM it would lose its partial IC given LightGBM. One
+    that had to run again (its folder gone) is recorded anew, since the ensemble now reads that run."""
     import dataclasses
 
     bench_seeds = load_bench_seeds(monkeypatch)
@@ -443,6 +444,8 @@ def test_bench_seeds_records_only_the_missing_steps(tmp_path, monkeypatch):
     for k in (0, 1):
         bench_seeds.record_seed(k, "work", {"kronos": {"IC": 0.01, "partial IC": 0.002}}, {"kronos": ran},
                                 {"kronos": day}, dates)
+    for name in bench_seeds.SCALE_VARIABLES:  # main drops them from the environment
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(bench_seeds, "run_step", lambda name, *a: ran)
     monkeypatch.setattr(bench_seeds, "seed_metrics", lambda folder, provider, steps: (
         {step: {"IC": 0.01} for step in steps}, {step: day for step in steps}))
@@ -450,8 +453,13 @@ def test_bench_seeds_records_only_the_missing_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_seeds, "update_section", lambda *a: None)
     monkeypatch.setattr(sys, "argv", ["bench_seeds.py", "--work", str(tmp_path / "work"), "--seeds", "2",
                                       "--steps", "kronos", "gru", "ensemble_gru"])
+    (tmp_path / "work" / "seed0").mkdir(parents=True)
+    (tmp_path / "work" / "seed0" / "kronos.json").write_text(json.dumps(ran))  # seed 1's Kronos must run again
     bench_seeds.main()
     records = json.loads(dates.records.read_text())
     assert {step: set(records[step]["seeds"]) for step in records} == {step: {"0", "1"} for step in
                                                                        ("kronos", "gru", "ensemble_gru")}
-    assert all(seed["partial IC"] == 0.002 for seed in records["kronos"]["seeds"].values())
+    assert records["kronos"]["seeds"]["0"]["partial IC"] == 0.002
+    assert "partial IC" not in records["kronos"]["seeds"]["1"]
+    assert bench_seeds.with_needs(["kronos"], ["kronos", "lightgbm", "gru"]) == ["kronos", "lightgbm"]
+    assert bench_seeds.with_needs(["kronos"], ["kronos", "gru"]) == ["kronos"]

@@ -73,6 +73,9 @@ class PathCalibration:
         if centre_closes.shape[1] != self.centre_paths:
             raise ConfigError(f"the calibration centres on the median of {self.centre_paths} other paths, "
                               f"got {centre_closes.shape[1]}")
+        if centre_closes.shape[::2] != closes.shape[::2]:  # one centre per forecast and step, never broadcast
+            raise ConfigError(f"centre paths of {centre_closes.shape[0]} forecasts x {centre_closes.shape[2]} steps "
+                              f"for paths of {closes.shape[0]} x {closes.shape[2]}")
         r = floored_log_returns(closes, last_close)
         centre = path_centre(centre_closes, last_close)
         drift, scale = np.asarray(self.drift), np.asarray(self.scale)
@@ -85,8 +88,12 @@ class PathCalibration:
     def load(cls, path: str | Path) -> PathCalibration:
         try:
             values = json.loads(Path(path).read_text())
-            return cls(tuple(values["drift"]), tuple(values["scale"]), int(values["centre_paths"]),
-                       tuple(values["fitted_on"]))
+            calibration = cls(tuple(values["drift"]), tuple(values["scale"]), int(values["centre_paths"]),
+                              tuple(values["fitted_on"]))
+            if calibration.centre_paths < 1 or len(calibration.drift) != len(calibration.scale):
+                raise ValueError(f"centre_paths {calibration.centre_paths} (>= 1), {len(calibration.drift)} drift "
+                                 f"and {len(calibration.scale)} scale steps (equal)")
+            return calibration
         except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"'{path}' is not a path calibration file ({type(err).__name__}: {err})") from err
 
