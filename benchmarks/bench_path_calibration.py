@@ -1,5 +1,6 @@
-"""Calibrated paths: the per-step drift shrink and spread scale of kronos_qlib/evaluation/path_calibration.py,
-fitted on the valid segment and then scored on test beside the random-walk, bootstrap and zero-return baselines.
+"""Calibrated paths: the per-step drift shrink, spread scale and volatility anchor of
+kronos_qlib/evaluation/path_calibration.py, fitted on the valid segment and then scored on test beside the
+random-walk, bootstrap and zero-return baselines.
 
 Two phases, so that the choice is recorded before any test figure exists:
 
@@ -45,7 +46,8 @@ from results import machine, require_choice, update_section  # noqa: E402
 from kronos_qlib.errors import ConfigError  # noqa: E402
 from kronos_qlib.evaluation.forecast_scores import evaluate  # noqa: E402
 from kronos_qlib.evaluation.forecasts import ForecastSet, load_closes  # noqa: E402
-from kronos_qlib.evaluation.path_calibration import PathCalibration, fit_calibration, split_centre  # noqa: E402
+from kronos_qlib.evaluation.path_calibration import (PathCalibration, fit_calibration, split_centre,  # noqa: E402
+                                                     trailing_volatility)
 from kronos_qlib.evaluation.selection import scoring_days  # noqa: E402
 from kronos_qlib.files import atomic_write_text  # noqa: E402
 
@@ -76,7 +78,7 @@ def choose(args) -> None:
     model, dataset, _ = fit_workflow_model(work, args.provider)
     forecasts, closes = forecasts_of(model, dataset, "valid", args.paths + args.centre_paths, args.every_k_days)
     valid = tuple(dataset.segments["valid"])
-    calibration, table = fit_calibration(forecasts, closes, valid, args.centre_paths)
+    calibration, table = fit_calibration(forecasts, closes, valid, args.centre_paths, WINDOW, MIN_HISTORY)
     sampling = {name: getattr(model.sampling, name) for name in SAMPLING}
     atomic_write_text(Path(args.record), json.dumps({**dataclasses.asdict(calibration), "sampling": sampling,
                                                      "paths": args.paths, "every_k_days": args.every_k_days,
@@ -85,15 +87,17 @@ def choose(args) -> None:
              f"Fitted on valid {valid[0]}..{valid[1]} only: {len(forecasts.dates)} member forecasts of every "
              f"{args.every_k_days}th trading day whose horizon ends inside valid, {args.paths} paths each, of the "
              f"shipped workflow's model, sampled with T={sampling['T']:g}, top_p={sampling['top_p']:g}. At step h "
-             f"each path's log return r becomes drift[h] * c + scale[h] * (r - c), c the median of "
-             f"{args.centre_paths} other paths of the same forecast, sampled with it but neither moved nor scored, "
-             f"so that the moved paths stay independent draws given c and the fair CRPS stays fair (every price of "
-             f"the step moves with the close); (drift, scale) is the grid point (drift 0..1 by 0.1, "
-             f"scale 0.5..3 by 0.1) with the lowest mean fair CRPS of the return on valid, chosen before test was "
-             f"sampled. Machine: {machine()}.", "",
-             "| step | drift | scale | CRPS of the return, sampled | calibrated | forecasts |",
-             "|---|---|---|---|---|---|",
-             *[f"| {step} | {r.drift:.1f} | {r.scale:.1f} | {r.crps_sampled:.5f} | {r.crps_calibrated:.5f} "
+             f"each path's log return r becomes drift[h] * c + scale[h] * (v / s) ** anchor[h] * (r - c), c the "
+             f"median and s the std of {args.centre_paths} other paths of the same forecast (sampled with it but "
+             f"neither moved nor scored, so that the moved paths stay independent draws and the fair CRPS stays "
+             f"fair), v the spread of a random walk with the stock's {WINDOW}-day volatility up to t (every price "
+             f"of the step moves with the close); (drift, scale, anchor) is the grid point (drift 0..1 by 0.1, "
+             f"scale 0.5..3 by 0.1, anchor 0, 0.5, 1) with the lowest mean fair CRPS of the return on valid, chosen "
+             f"before test was sampled. Machine: {machine()}.", "",
+             "| step | drift | scale | anchor | CRPS of the return, sampled | calibrated | forecasts |",
+             "|---|---|---|---|---|---|---|",
+             *[f"| {step} | {r.drift:.1f} | {r.scale:.1f} | {r.anchor:.1f} | {r.crps_sampled:.5f} "
+               f"| {r.crps_calibrated:.5f} "
                f"| {r.forecasts:.0f} |" for step, r in table.iterrows()]]
     update_section("path-calibration", "\n".join(lines))
 
@@ -111,10 +115,11 @@ def test(args) -> None:
     counts = sorted({args.paths, model.sampling.sample_count})
     drawn, closes = forecasts_of(model, dataset, "test", counts[-1] + calibration.centre_paths, args.every_k_days)
     moved, centre_closes = split_centre(drawn, calibration.centre_paths)
+    volatility = trailing_volatility(closes, moved, WINDOW, MIN_HISTORY)
     for paths in counts:  # path i is the same draw whatever the path count, so the first m are an m-path sample
         forecasts = dataclasses.replace(moved, closes=moved.closes[:, :paths])
         calibrated = dataclasses.replace(forecasts, closes=calibration.apply_to_closes(
-            forecasts.closes, forecasts.last_close, centre_closes))
+            forecasts.closes, forecasts.last_close, centre_closes, volatility))
         raw, adjusted = (evaluate(f, closes, window=WINDOW, min_history=MIN_HISTORY) for f in (forecasts, calibrated))
         table = pd.concat({"sampled": raw.table.loc["kronos"], "calibrated": adjusted.table.loc["kronos"],
                            **{name: raw.table.loc[name] for name in ("random_walk", "bootstrap", "zero_return")}})

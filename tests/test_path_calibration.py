@@ -1,5 +1,6 @@
 """The path calibration: fitted on valid only, it widens under-dispersed paths and shrinks a noisy drift, and keeps
 every path a price path."""
+import dataclasses
 import json
 
 import numpy as np
@@ -9,20 +10,33 @@ import pytest
 from kronos_qlib.errors import ConfigError
 from kronos_qlib.evaluation.forecast_scores import band_coverage, calibrated_coverage, fair_crps
 from kronos_qlib.evaluation.forecasts import ForecastSet, realized_closes
-from kronos_qlib.evaluation.path_calibration import PathCalibration, fit_calibration, split_centre
+from kronos_qlib.evaluation.path_calibration import (PathCalibration, fit_calibration, split_centre,
+                                                     trailing_volatility)
 
 VALID = ("2018-01-01", "2018-12-31")
 STEPS, PATHS, CENTRE, STOCKS, SIGMA = 3, 20, 20, 40, 0.02
+WINDOW, MIN_HISTORY = 60, 20
 
 
-def synthetic(seed: int = 0, after_valid: float | None = None) -> tuple[ForecastSet, pd.DataFrame]:
-    """Random-walk stocks (daily log-return std SIGMA) and forecasts of them (PATHS + CENTRE paths) whose spread
-    is half the truth and whose median carries a drift of pure noise: what the calibration should undo (scale ~2,
-    drift ~0)."""
+def fit(forecasts, closes):
+    return fit_calibration(forecasts, closes, VALID, CENTRE, WINDOW, MIN_HISTORY)
+
+
+def spread_factor(calibration: PathCalibration) -> np.ndarray:
+    """The synthetic forecasts' effective widening: their spread is half the truth, so v / s is about 2."""
+    return np.asarray(calibration.scale) * 2.0 ** np.asarray(calibration.anchor)
+
+
+def synthetic(seed: int = 0, after_valid: float | None = None, sigmas: np.ndarray | None = None,
+              spread: float = SIGMA / 2) -> tuple[ForecastSet, pd.DataFrame]:
+    """Random-walk stocks (daily log-return std ``sigmas``, SIGMA each by default) and forecasts of them (PATHS +
+    CENTRE paths) of daily spread ``spread`` (half the truth by default) whose median carries a drift of pure
+    noise: what the calibration should undo (a spread factor ~2, drift ~0)."""
     rng = np.random.default_rng(seed)
-    calendar = pd.bdate_range("2018-01-01", "2019-03-29")
+    calendar = pd.bdate_range("2017-10-02", "2019-03-29")  # a quarter of history before valid for the volatility
     names = [f"S{i:03d}" for i in range(STOCKS)]
-    log_prices = np.cumsum(rng.normal(0, SIGMA, (len(calendar), STOCKS)), axis=0) + np.log(10.0)
+    sigmas = np.full(STOCKS, SIGMA) if sigmas is None else sigmas
+    log_prices = np.cumsum(rng.normal(0, 1, (len(calendar), STOCKS)) * sigmas, axis=0) + np.log(10.0)
     closes = pd.DataFrame(np.exp(log_prices), index=calendar, columns=names)
     if after_valid is not None:  # what happens after valid must not move the fit
         closes.loc[closes.index > pd.Timestamp(VALID[1])] *= after_valid
@@ -32,15 +46,15 @@ def synthetic(seed: int = 0, after_valid: float | None = None) -> tuple[Forecast
     last = closes.loc[days].to_numpy().ravel()
     steps = np.arange(1, STEPS + 1)
     noise_drift = rng.normal(0, SIGMA, (len(dates), 1, 1)) * np.sqrt(steps)
-    spread = np.cumsum(rng.normal(0, SIGMA / 2, (len(dates), PATHS + CENTRE, STEPS)), axis=2)
-    paths = last[:, None, None] * np.exp(noise_drift + spread)
+    deviations = np.cumsum(rng.normal(0, spread, (len(dates), PATHS + CENTRE, STEPS)), axis=2)
+    paths = last[:, None, None] * np.exp(noise_drift + deviations)
     return ForecastSet(dates, instruments, paths, last, {}), closes
 
 
 def test_the_fit_undoes_a_narrow_spread_and_a_noisy_drift():
     forecasts, closes = synthetic()
-    calibration, table = fit_calibration(forecasts, closes, VALID, CENTRE)
-    assert all(1.6 <= s <= 3.0 for s in calibration.scale), calibration
+    calibration, table = fit(forecasts, closes)
+    assert ((1.6 <= spread_factor(calibration)) & (spread_factor(calibration) <= 3.0)).all(), calibration
     assert all(d <= 0.4 for d in calibration.drift), calibration
     assert (table["crps_calibrated"] < table["crps_sampled"]).all()
     # on fresh forecasts of the same kind its bands cover about what a calibrated 20-path sampler's would: a little
@@ -49,7 +63,8 @@ def test_the_fit_undoes_a_narrow_spread_and_a_noisy_drift():
     fresh, fresh_closes = synthetic(seed=1)
     moved, centre = split_centre(fresh, CENTRE)
     realized, _ = realized_closes(fresh_closes, moved)
-    adjusted = calibration.apply_to_closes(moved.closes, moved.last_close, centre)
+    volatility = trailing_volatility(fresh_closes, moved, WINDOW, MIN_HISTORY)
+    adjusted = calibration.apply_to_closes(moved.closes, moved.last_close, centre, volatility)
     for level in (0.5, 0.9):
         covered = band_coverage(np.moveaxis(adjusted, 2, 1), realized, level).mean()
         raw = band_coverage(np.moveaxis(moved.closes, 2, 1), realized, level).mean()
@@ -63,11 +78,12 @@ def test_a_path_that_crosses_zero_is_floored_not_a_nan():
     forecasts, closes = synthetic()
     forecasts.closes[7, 3, 1] = -0.5 * forecasts.last_close[7]
     forecasts.closes[8, -1, 1] = -0.5 * forecasts.last_close[8]  # a centre path too
-    calibration, table = fit_calibration(forecasts, closes, VALID, CENTRE)
+    calibration, table = fit(forecasts, closes)
     assert np.isfinite(table.to_numpy()).all()
-    assert all(1.6 <= s <= 3.0 for s in calibration.scale), calibration
+    assert ((1.6 <= spread_factor(calibration)) & (spread_factor(calibration) <= 3.0)).all(), calibration
     moved, centre = split_centre(forecasts, CENTRE)
-    adjusted = calibration.apply_to_closes(moved.closes, moved.last_close, centre)
+    adjusted = calibration.apply_to_closes(moved.closes, moved.last_close, centre,
+                                           trailing_volatility(closes, moved, WINDOW, MIN_HISTORY))
     assert np.isfinite(adjusted).all() and (adjusted > 0).all()
 
 
@@ -76,12 +92,11 @@ def test_the_fit_refuses_test_forecasts_and_never_reads_past_valid():
     later = ForecastSet(forecasts.dates + pd.Timedelta(days=300), forecasts.instruments, forecasts.closes,
                         forecasts.last_close, {})
     with pytest.raises(ConfigError, match=r"fitted on valid 2018-01-01..2018-12-31 only: .* lie outside it"):
-        fit_calibration(later, closes, VALID, CENTRE)
+        fit(later, closes)
     # realized closes after valid (the targets of valid's last forecasts) are not scored: changing them changes
     # nothing
     _, changed = synthetic(after_valid=3.0)
-    assert (fit_calibration(forecasts, closes, VALID, CENTRE)[0]
-            == fit_calibration(forecasts, changed, VALID, CENTRE)[0])
+    assert fit(forecasts, closes)[0] == fit(forecasts, changed)[0]
 
 
 def test_calibrated_bars_stay_price_paths(tmp_path):
@@ -93,23 +108,54 @@ def test_calibrated_bars_stay_price_paths(tmp_path):
                       np.full(close.shape, 1e6), np.full(close.shape, 1e7)], axis=-1)
     last = np.full(4, 10.0)
     centre = 10 * np.exp(np.cumsum(rng.normal(0, 0.03, (4, 3, STEPS)), axis=2))
-    calibration = PathCalibration((0.0, 0.5, 1.0), (3.0, 0.5, 2.0), 3, VALID)
-    out = calibration.apply_to_paths(paths, last, centre)
-    assert (out[..., :4] > 0).all()
+    calibration = PathCalibration((0.0, 0.5, 1.0), (3.0, 0.5, 2.0), (1.0, 0.5, 0.0), 3, VALID)
+    volatility = np.array([0.02, np.nan, 0.0, 5.0])  # known, unknown, and ratios clipped both ways
+    out = calibration.apply_to_paths(paths, last, centre, volatility)
+    assert np.isfinite(out).all() and (out[..., :4] > 0).all()
     assert (out[..., 1] >= out[..., [0, 3]].max(axis=-1)).all() and (out[..., 2] <= out[..., [0, 3]].min(axis=-1)).all()
     np.testing.assert_array_equal(out[..., 4:], paths[..., 4:])
-    np.testing.assert_allclose(out[..., 3], calibration.apply_to_closes(close, last, centre))
-    identity = PathCalibration((1.0,) * STEPS, (1.0,) * STEPS, 3, VALID)
-    np.testing.assert_allclose(identity.apply_to_paths(paths, last, centre), paths)
+    np.testing.assert_allclose(out[..., 3], calibration.apply_to_closes(close, last, centre, volatility))
+    identity = PathCalibration((1.0,) * STEPS, (1.0,) * STEPS, (0.0,) * STEPS, 3, VALID)
+    np.testing.assert_allclose(identity.apply_to_paths(paths, last, centre, volatility), paths)
     with pytest.raises(ConfigError, match="median of 3 other paths, got 2"):
-        calibration.apply_to_closes(close, last, centre[:, :2])
+        calibration.apply_to_closes(close, last, centre[:, :2], volatility)
     with pytest.raises(ConfigError, match="centre paths of 1 forecasts x 3 steps for paths of 4 x 3"):
-        calibration.apply_to_closes(close, last, centre[:1])
+        calibration.apply_to_closes(close, last, centre[:1], volatility)
     calibration.save(tmp_path / "calibration.json")
     assert PathCalibration.load(tmp_path / "calibration.json") == calibration
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ConfigError, match="is not a path calibration file"):
         PathCalibration.load(tmp_path / "bad.json")
+
+
+def test_the_anchor_gives_each_stock_its_own_volatility_when_the_paths_do_not():
+    """Stocks of daily volatility 1% to 4% whose forecasts all have the same spread: no single scale fits them,
+    the stock's trailing volatility does, so the fit anchors the spread to it (anchor 1) at every step."""
+    sigmas = np.linspace(0.01, 0.04, STOCKS)
+    forecasts, closes = synthetic(sigmas=sigmas, spread=0.02)
+    calibration, table = fit(forecasts, closes)
+    assert calibration.anchor == (1.0,) * STEPS, calibration
+    unanchored = dataclasses.replace(calibration, anchor=(0.0,) * STEPS)
+    fresh, fresh_closes = synthetic(seed=1, sigmas=sigmas, spread=0.02)
+    moved, centre = split_centre(fresh, CENTRE)
+    realized, _ = realized_closes(fresh_closes, moved)
+    volatility = trailing_volatility(fresh_closes, moved, WINDOW, MIN_HISTORY)
+    returns = {c.anchor[0]: np.moveaxis(c.apply_to_closes(moved.closes, moved.last_close, centre, volatility), 2, 1)
+               / moved.last_close[:, None, None] - 1 for c in (calibration, unanchored)}
+    crps = {anchor: np.nanmean(fair_crps(r, realized / moved.last_close[:, None] - 1)) for anchor, r in returns.items()}
+    assert crps[1.0] < 0.97 * crps[0.0], crps
+
+
+def test_the_volatility_reads_nothing_after_the_forecast_day():
+    forecasts, closes = synthetic()
+    later = closes.copy()
+    first = forecasts.dates[0]
+    after = later.index > first
+    later.loc[after] *= np.exp(np.random.default_rng(9).normal(0, 0.3, later.loc[after].shape))
+    on_first = forecasts.dates == first
+    np.testing.assert_array_equal(trailing_volatility(closes, forecasts, WINDOW, MIN_HISTORY)[on_first],
+                                  trailing_volatility(later, forecasts, WINDOW, MIN_HISTORY)[on_first])
+    assert np.isfinite(trailing_volatility(closes, forecasts, WINDOW, MIN_HISTORY)).all()
 
 
 def test_the_centre_paths_are_the_last_ones_and_never_moved():
@@ -131,9 +177,10 @@ def test_calibrated_paths_score_alike_at_any_path_count():
     drift = rng.normal(0, SIGMA, (n, 1, 1))
     paths = last[:, None, None] * np.exp(drift + rng.normal(0, SIGMA, (n, PATHS + CENTRE, 1)))
     realized = last * np.exp(drift[:, 0, 0] + rng.normal(0, SIGMA, n))
-    calibration = PathCalibration((0.1,), (1.1,), CENTRE, VALID)
-    scores = {m: fair_crps(calibration.apply_to_closes(paths[:, :m], last, paths[:, -CENTRE:])[..., 0] / last[:, None]
-                           - 1, realized / last - 1).mean() for m in (5, PATHS)}
+    calibration = PathCalibration((0.1,), (1.1,), (0.5,), CENTRE, VALID)
+    volatility = np.full(n, SIGMA)
+    scores = {m: fair_crps(calibration.apply_to_closes(paths[:, :m], last, paths[:, -CENTRE:], volatility)[..., 0]
+                           / last[:, None] - 1, realized / last - 1).mean() for m in (5, PATHS)}
     assert abs(scores[5] / scores[PATHS] - 1) < 0.015, scores
 
 
@@ -158,7 +205,7 @@ def test_the_benchmark_refuses_a_calibration_fitted_on_other_sampling(tmp_path):
     from conftest import REPO
 
     record = tmp_path / "choice.json"
-    record.write_text(json.dumps({"drift": [0.1], "scale": [1.0], "centre_paths": 20,
+    record.write_text(json.dumps({"drift": [0.1], "scale": [1.0], "anchor": [0.0], "centre_paths": 20,
                                   "fitted_on": ["2018-01-01", "2019-12-31"],
                                   "sampling": {"T": 9.0, "top_p": 1.0, "top_k": 0}}))
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_path_calibration.py"), "test", "--work",
@@ -166,7 +213,8 @@ def test_the_benchmark_refuses_a_calibration_fitted_on_other_sampling(tmp_path):
     assert result.returncode != 0 and "the workflow now samples with" in result.stderr
     assert "run `bench_path_calibration.py choose` again" in result.stderr
     assert not (tmp_path / "runs").exists()  # refused before fitting anything
-    record.write_text(json.dumps({"drift": [0.1], "scale": [1.0], "centre_paths": 0, "fitted_on": VALID}))
+    record.write_text(json.dumps({"drift": [0.1], "scale": [1.0], "anchor": [0.0], "centre_paths": 0,
+                                  "fitted_on": VALID}))
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_path_calibration.py"), "test", "--work",
                              str(tmp_path), "--record", str(record)], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "is not a path calibration file" in result.stderr
