@@ -161,7 +161,7 @@ def report(table: pd.DataFrame, chosen: dict, model, dataset, days, args, plot_p
                      f"| {row['calibrated_90']:.3f} | {row['crps_return']:.5f} | {row['crps_skill_vs_rw']:.4f} "
                      f"| {row['hit_rate']:.3f} | {row['seconds']:.0f} |")
     lines += ["", f"Chosen on {SEGMENT}: **T={chosen['T']:g}, top_p={chosen['top_p']:g}, "
-              f"sample_count={chosen['sample_count']}** (the workflow samples T={default.T:g}, "
+              f"sample_count={chosen['sample_count']}** (when this ran, the workflow sampled T={default.T:g}, "
               f"top_p={default.top_p:g}, sample_count={default.sample_count}).", "",
               f"![calibration]({os.path.relpath(plot_path, results.parent)})"]
     return "\n".join(lines)
