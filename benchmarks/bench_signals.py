@@ -45,6 +45,7 @@ from fitted_model import fit_workflow_model, require_shipped_sampling  # noqa: E
 from results import machine, require_choice, update_section  # noqa: E402
 
 from kronos_qlib.evaluation import NW_LAG, daily_ic, mean_t, paired_difference, signal_metrics, topk_excess  # noqa: E402
+from kronos_qlib.evaluation.backtest import backtest, book, excess_with_cost  # noqa: E402
 from kronos_qlib.evaluation.selection import (CRITERION, ELIGIBILITY, LABEL_DAYS, MARGIN_SE, Candidate,  # noqa: E402
                                               SignalChoice, choose_signal, eligible, incumbent, labels_inside_segment)
 from kronos_qlib.errors import KronosInputError  # noqa: E402
@@ -107,21 +108,6 @@ def valid_row(score: pd.Series, label: pd.Series, k: int) -> dict[str, float]:
             "top-k turnover": float(top["turnover"].mean())}
 
 
-def backtest(score: pd.Series, config: dict, start: str, end: str) -> pd.DataFrame:
-    """Qlib's backtest of ``score`` with the workflow's strategy, account, benchmark and costs over start..end:
-    the daily report (return, bench, cost, turnover)."""
-    from qlib.contrib.evaluate import backtest_daily
-    from qlib.utils import init_instance_by_config
-
-    port = config["port_analysis_config"]
-    strategy = init_instance_by_config({**port["strategy"], "kwargs": {**port["strategy"]["kwargs"],
-                                                                       "signal": score.to_frame("score")}})
-    bt = port["backtest"]
-    report, _ = backtest_daily(start, end, strategy, account=bt["account"], benchmark=bt["benchmark"],
-                               exchange_kwargs=bt["exchange_kwargs"])
-    return report
-
-
 def backtests(scores: dict[str, pd.Series], names: list[str], config: dict, start: str, end: str,
               folder: Path) -> dict[str, pd.DataFrame]:
     """Each named candidate's backtest report, kept in ``folder`` (one CSV each, written whole) so that a killed
@@ -137,25 +123,6 @@ def backtests(scores: dict[str, pd.Series], names: list[str], config: dict, star
         atomic_write_text(path, reports[name].to_csv())
         print(f"backtest {name}: {book(reports[name])[CRITERION] * 1e4:.2f} bp/day with cost", flush=True)
     return reports
-
-
-def excess_with_cost(report: pd.DataFrame) -> pd.Series:
-    """A backtest report's daily portfolio return over the benchmark, net of trading cost."""
-    return report["return"] - report["bench"] - report["cost"]
-
-
-def book(report: pd.DataFrame) -> dict[str, float]:
-    """What the backtested book earned: daily excess with and without cost, turnover, annualized figures."""
-    from qlib.contrib.evaluate import risk_analysis
-
-    with_cost = excess_with_cost(report)
-    risk = risk_analysis(with_cost, freq="day")["risk"]
-    stats = mean_t(with_cost)
-    return {CRITERION: stats["mean"], "excess with cost t": stats["t"],
-            "excess no cost (daily)": float((report["return"] - report["bench"]).mean()),
-            "excess with cost (ann.)": float(risk["annualized_return"]),
-            "IR with cost": float(risk["information_ratio"]),
-            "turnover (daily)": float(report["turnover"].mean())}
 
 
 def choose(args) -> None:

@@ -210,6 +210,12 @@ class Kronos(nn.Module, HubModelMixin):
         s2_logits = self.head.cond_forward(self.dep_layer(context, self.embedding.emb_s1(condition), causal=True))
         return s1_logits, s2_logits
 
+    def hidden_states(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+        """The final normed hidden state of every position (batch, length, d_model): what a return head reads."""
+        self._check_tokens(s1_ids, s2_ids, stamp)
+        return self._trunk(s1_ids, s2_ids, stamp)
+
     def compute_loss(self, s1_logits: torch.Tensor, s2_logits: torch.Tensor, s1_targets: torch.Tensor,
                      s2_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, CE_s1, CE_s2) with loss = (CE_s1 + CE_s2) / 2."""
