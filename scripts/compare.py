@@ -6,7 +6,8 @@ the signal's partial IC and RankIC given the control (score and label both resid
 score per day, Newey-West t), i.e. what Kronos adds beyond LightGBM; and for every run, the paired test of its
 daily RankIC and daily excess return with cost against the control's (mean difference, Newey-West t).
 
-    python scripts/compare.py        # the shipped workflows' runs found in ./mlruns.db (Kronos, GRU, LightGBM, ...)
+    python scripts/compare.py        # the shipped workflows' runs found in ./mlruns.db (Kronos paths and head, GRU,
+                                     # LightGBM, the blends, ...)
     python scripts/compare.py --experiments kronos_csi300 lightgbm_csi300 ensemble_csi300 kronos_lightgbm_csi300
 """
 from __future__ import annotations
@@ -22,8 +23,9 @@ from kronos_qlib.evaluation import (NW_LAG, comparison_table, format_table, init
 from kronos_qlib.files import atomic_write_text
 
 #: The experiments of the shipped workflows and scripts, compared by default when recorded.
-SHIPPED = ["kronos_csi300", "gru_alpha360_csi300", "lightgbm_csi300", "ensemble_csi300", "ensemble_valid_csi300",
-           "ensemble_gru_csi300", "kronos_lightgbm_csi300"]
+SHIPPED = ["kronos_csi300", "kronos_head_csi300", "gru_alpha360_csi300", "lightgbm_csi300", "ensemble_csi300",
+           "ensemble_valid_csi300", "ensemble_gru_csi300", "ensemble_head_csi300", "ensemble_head_gru_csi300",
+           "kronos_lightgbm_csi300"]
 
 
 def main(argv: list[str] | None = None) -> int:

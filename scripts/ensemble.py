@@ -18,6 +18,8 @@ number needs no valid predictions: no Kronos forecast is sampled. See kronos_qli
     python scripts/compare.py --experiments kronos_csi300 lightgbm_csi300 ensemble_csi300
     python scripts/ensemble.py --baseline gru_alpha360_csi300 --baseline-workflow workflows/gru_alpha360_csi300.yaml \
         --experiment ensemble_gru_csi300                          # Kronos with the model that reads the same bars
+    python scripts/ensemble.py --kronos kronos_head_csi300 --kronos-workflow workflows/kronos_head_csi300.yaml \
+        --experiment ensemble_head_csi300                         # Kronos's return head with LightGBM (or GRU)
 """
 from __future__ import annotations
 

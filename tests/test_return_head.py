@@ -1,5 +1,9 @@
 """The cross-sectional return head: its samples' targets stay inside their segment, batches hold whole days, a
-saved head scores as before, and the frozen probe leaves the generative networks unchanged."""
+saved head scores as before, the frozen probe leaves the generative networks unchanged, and the head stage
+resumes, reuses and refuses like the generative ones."""
+import dataclasses
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +14,10 @@ from kronos_qlib.errors import KronosInputError
 from kronos_qlib.features import BAR_COLUMNS, CLOSE
 from kronos_qlib.model import ReturnHead
 from kronos_qlib.model.hub import weights_digest
-from kronos_qlib.training.head import HeadConfig, day_loss, evaluate, extract_states, train_probe
+from kronos_qlib.errors import ConfigError
+from kronos_qlib.inference.head import contexts, score_contexts
+from kronos_qlib.training.head import HeadConfig, HeadStage, day_loss, evaluate, extract_states
+from kronos_qlib.training.stages import predictor_stage
 
 LOOKBACK = 20
 
@@ -95,12 +102,103 @@ def test_saved_head_gives_the_same_scores(tmp_path):
         loaded(torch.randn(5, 1, 16))
 
 
-def test_probe_leaves_the_generative_networks_unchanged(panel, tokenizer, predictor):
+RANGES = {"train": ("2020-02-10", "2020-05-29"), "valid": ("2020-06-01", "2020-07-31")}
+
+
+def stage(panel, tokenizer, predictor, folder, **settings) -> HeadStage:
+    config = HeadConfig(**{"horizon": 5, "epochs": 3, "days_per_batch": 4, "day_stride": 1, **settings})
+    samples = {s: head_samples(panel, LOOKBACK, config.horizon, *r) for s, r in RANGES.items()}
+    return HeadStage(config, folder, tokenizer, predictor, panel, samples, LOOKBACK, 5.0, torch.device("cpu"))
+
+
+def test_probe_leaves_the_generative_networks_unchanged(panel, tokenizer, predictor, tmp_path):
     before = weights_digest(tokenizer), weights_digest(predictor)
-    samples = {s: head_samples(panel, LOOKBACK, 5, *r) for s, r in
-               {"train": ("2020-02-10", "2020-05-29"), "valid": ("2020-06-01", "2020-07-31")}.items()}
-    states = {s: extract_states(tokenizer, predictor, panel, samples[s], LOOKBACK, 5.0, pool=1) for s in samples}
-    head, curve = train_probe(states, samples, HeadConfig(horizon=5, epochs=3, days_per_batch=4))
-    assert (weights_digest(tokenizer), weights_digest(predictor)) == before
+    probe = stage(panel, tokenizer, predictor, tmp_path / "head")
+    head, read = probe.run()
+    assert (weights_digest(tokenizer), weights_digest(predictor)) == before and read is predictor
+    curve = [json.loads(line) for line in (tmp_path / "head" / "metrics.jsonl").read_text().splitlines()]
+    states = extract_states(tokenizer, predictor, panel, probe.samples["valid"], LOOKBACK, 5.0, pool=1)
     assert len(curve) == 3 and min(c["valid_loss"] for c in curve) == pytest.approx(
-        evaluate(head, states["valid"], samples["valid"], "ic")[0], abs=1e-6)
+        evaluate(head, states, probe.samples["valid"], "ic")[0], abs=1e-6)
+    # what predict computes for the same stock-days is what the head scored in training
+    scores = score_contexts(tokenizer, predictor, head, panel, probe.samples["valid"].starts, LOOKBACK, 5.0, 7)
+    np.testing.assert_allclose(scores, evaluate(head, states, probe.samples["valid"], "ic")[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["joint", "control"])
+def test_joint_and_control_train_their_own_predictor(panel, tokenizer, predictor, tmp_path, variant):
+    before = weights_digest(predictor)
+    _, trained = stage(panel, tokenizer, predictor, tmp_path / "head", variant=variant, epochs=1,
+                       days_per_batch=20).run()
+    assert weights_digest(predictor) == before  # the generative checkpoint is copied, not changed
+    assert weights_digest(trained) != before
+    assert (tmp_path / "head" / "predictor" / "model.safetensors").is_file()
+
+
+def test_one_pass_gives_the_predictor_stage_loss(tokenizer, predictor):
+    x, stamp = torch.randn(3, 12, 6), torch.randint(0, 7, (3, 12, 5)).float()
+    with torch.no_grad():
+        s1, s2 = tokenizer.encode(x, half=True)
+        loss, states = predictor.next_token_loss_and_states(s1, s2, stamp)
+        expected = predictor_stage(predictor, tokenizer).compute(predictor, x, stamp)["loss"]
+        assert torch.allclose(loss, expected, atol=1e-6)
+        assert torch.allclose(states, predictor.hidden_states(s1, s2, stamp), atol=1e-6)
+
+
+def test_killed_head_stage_resumes_to_the_same_head(panel, tokenizer, predictor, tmp_path, monkeypatch):
+    whole, _ = stage(panel, tokenizer, predictor, tmp_path / "whole").run()
+    killed = stage(panel, tokenizer, predictor, tmp_path / "killed")
+    calls = []
+    original = HeadStage._valid_loss
+
+    def dies_in_epoch_two(self, states):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, states)
+
+    monkeypatch.setattr(HeadStage, "_valid_loss", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    monkeypatch.setattr(HeadStage, "_valid_loss", original)
+    assert not (tmp_path / "killed" / "done.json").exists()
+    resumed, _ = stage(panel, tokenizer, predictor, tmp_path / "killed").run()
+    assert weights_digest(resumed) == weights_digest(whole)
+    assert len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_finished_head_stage_is_reused_and_other_settings_refused(panel, tokenizer, predictor, tmp_path):
+    first, _ = stage(panel, tokenizer, predictor, tmp_path / "head", epochs=1).run()
+    again, _ = stage(panel, tokenizer, predictor, tmp_path / "head", epochs=1).run()
+    assert weights_digest(first) == weights_digest(again)
+    with pytest.raises(ConfigError, match="other settings"):
+        stage(panel, tokenizer, predictor, tmp_path / "head", epochs=2).run()
+
+
+def test_contexts_read_nothing_after_their_last_bar(panel):
+    starts = np.array([0, 30])
+    x, _ = contexts(panel, starts, LOOKBACK, 5.0)
+    changed = dataclasses.replace(panel, values=panel.values.copy())
+    changed.values[starts + LOOKBACK] *= 3.0  # the bar after each context
+    np.testing.assert_array_equal(x.numpy(), contexts(changed, starts, LOOKBACK, 5.0)[0].numpy())
+
+
+def test_bad_head_settings_name_the_key():
+    with pytest.raises(ConfigError, match="horizn"):
+        HeadConfig.build({"horizn": 5}, "KronosModel head")
+    with pytest.raises(ConfigError, match="variant"):
+        HeadConfig(variant="frozen")
+
+
+def test_kronos_model_head_settings_are_checked_at_construction():
+    from kronos_qlib import KronosModel
+
+    with pytest.raises(ConfigError, match="finetune"):
+        KronosModel(signal="head")
+    with pytest.raises(ConfigError, match="signal: head only"):
+        KronosModel(head={"horizon": 5})
+    with pytest.raises(ConfigError, match="horizn"):
+        KronosModel(signal="head", head={"horizn": 5}, finetune={"preset": "tiny", "output_dir": "runs/x"})
+    model = KronosModel(signal="head", head={"variant": "joint", "horizon": 10},
+                        finetune={"preset": "tiny", "output_dir": "runs/x"})
+    assert model.head_config.folder_name() == "head_joint_h10"

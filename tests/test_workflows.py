@@ -21,6 +21,7 @@ from conftest import CN_DATA, REPO
 
 QRUN_WORKFLOWS = ["kronos_csi300.yaml", "lightgbm_csi300.yaml", "gru_alpha360_csi300.yaml"]
 FACTOR_WORKFLOW = "kronos_lightgbm_csi300.yaml"
+HEAD_WORKFLOW = "kronos_head_csi300.yaml"
 VARIABLES = ["QLIB_DATA", "KRONOS_CACHE", "KRONOS_PRESET", "TRAIN_START", "TRAIN_END", "VALID_START", "VALID_END",
              "TEST_START", "TEST_END", "BACKTEST_END", "KRONOS_TRAIN_START", "KRONOS_TRAIN_END", "KRONOS_VALID_START",
              "KRONOS_VALID_END", "FACTOR_TRAIN_START", "KRONOS_SAMPLES", "SEED", "SAMPLE_SEED"]
@@ -66,6 +67,8 @@ def test_the_workflows_take_the_same_dates_costs_and_strategy_from_the_environme
         handler = baseline["task"]["dataset"]["kwargs"]["handler"]["kwargs"]
         assert [handler["fit_start_time"], handler["fit_end_time"]] == expected["train"]
     assert kronos["port_analysis_config"] == lgb["port_analysis_config"] == gru["port_analysis_config"]
+    head = render(WORKFLOWS / HEAD_WORKFLOW, env)
+    assert dates(head) == dates(kronos) and head["port_analysis_config"] == kronos["port_analysis_config"]
     for config in (kronos, lgb, gru):  # the handlers check the data for exactly the backtest's benchmark and end
         handler = config["task"]["dataset"]["kwargs"]["handler"]["kwargs"]
         assert (handler["benchmark"], handler["backtest_end"]) == ("SH000300", expected["backtest_end"])
@@ -113,6 +116,18 @@ def test_kronos_workflow_sets_each_setting_once(monkeypatch):
     assert kwargs["cache_dir"] == "~/.cache/kronos_qlib/forecasts"
 
 
+def test_head_workflow_shares_the_path_workflows_stages_and_samples_no_paths():
+    """Same finetuning (so the same generative stage folders), the same windows, handler and records; the signal
+    is the head's, so no sampling settings are read."""
+    for env in ({}, smoke_env(), {"SEED": "43", "KRONOS_PRESET": "small"}):
+        paths, head = (render(WORKFLOWS / name, env)["task"] for name in ("kronos_csi300.yaml", HEAD_WORKFLOW))
+        assert head["model"]["kwargs"]["finetune"] == paths["model"]["kwargs"]["finetune"]
+        assert head["model"]["kwargs"]["forecast"] == paths["model"]["kwargs"]["forecast"]
+        assert head["dataset"] == paths["dataset"] and head["record"] == paths["record"]
+    kwargs = render(WORKFLOWS / HEAD_WORKFLOW, {})["task"]["model"]["kwargs"]
+    assert kwargs["signal"] == "head" and "sampling" not in kwargs
+
+
 def test_shipped_sampling_is_the_recorded_valid_choice_in_both_kronos_workflows():
     """T and top_p are what benchmarks/bench_calibration.py chose on valid (its RESULTS.md section), and the factor
     workflow's Kronos samples like the Kronos workflow."""
@@ -155,11 +170,13 @@ def recorded(tmp_path_factory):
     logs = {name: run_qrun(name, cwd=tmp, env={**env, **GRU_SMOKE}, timeout=1200) for name in QRUN_WORKFLOWS}
     logs[FACTOR_WORKFLOW] = run_qrun(FACTOR_WORKFLOW, cwd=tmp, env={**env, **FACTOR_SMOKE}, timeout=1200)
     logs["again"] = run_qrun("kronos_csi300.yaml", cwd=tmp, env=env, timeout=1200)
+    logs[HEAD_WORKFLOW] = run_qrun(HEAD_WORKFLOW, cwd=tmp, env=env, timeout=1200)
+    logs["head again"] = run_qrun(HEAD_WORKFLOW, cwd=tmp, env=env, timeout=1200)
     return tmp, {name: result.stdout + result.stderr for name, result in logs.items()}
 
 
 @pytest.mark.parametrize("experiment", ["kronos_csi300", "lightgbm_csi300", "gru_alpha360_csi300",
-                                        "kronos_lightgbm_csi300"])
+                                        "kronos_lightgbm_csi300", "kronos_head_csi300"])
 def test_recorded_signal_and_portfolio(recorded, experiment):
     from kronos_qlib.evaluation import init_recorder_store, load_run, summarize
 
@@ -186,6 +203,29 @@ def test_qrun_output_shows_what_kronos_does_and_stays_readable(recorded):
     assert "0 sampled" in again, "the second run reads every forecast from the cache"
     # progress bars redrawn into a file: a few lines, not one per step
     assert len(first) < 100_000 and first.count("\r") < 200, (len(first), first.count("\r"))
+
+
+def test_head_workflow_trains_only_the_head_and_samples_nothing(recorded):
+    """The head workflow reuses the path workflow's generative stages, trains its head stage (reused the second
+    time), scores with one forward pass per stock-day (cached) and logs the head's curve to the recorder."""
+    from qlib.workflow import R
+
+    from kronos_qlib.evaluation import init_recorder_store, load_run
+
+    tmp, logs = recorded
+    first, again = logs[HEAD_WORKFLOW], logs["head again"]
+    folder = Path("runs") / "kronos_csi300_tiny_2016-01-01_2016-09-30_seed42"
+    for stage in ("tokenizer", "predictor"):
+        assert f"{stage} stage reused: {folder / stage / 'best'}" in first
+    assert "head probe H1 epoch 1/20" in first and "head stage finished" in first
+    assert "head stage reused" in again and "head probe H1 epoch" not in again
+    assert "Kronos forecasts" not in first + again, "the head workflow samples no paths"
+    assert " 0 computed, " in again and " 0 computed, " not in first
+    init_recorder_store(f"sqlite:///{tmp / 'mlruns.db'}")
+    run = load_run("kronos_head_csi300")
+    assert {"head/train_loss", "head/valid_loss"} <= set(run.curves.columns)
+    params = R.get_recorder(recorder_id=run.recorder_id, experiment_name="kronos_head_csi300").list_params()
+    assert params["kronos.finetune_head.variant"] == "probe" and params["kronos.finetune_head.horizon"] == "1"
 
 
 def test_training_curves_and_settings_are_in_the_recorder(recorded):
@@ -228,9 +268,10 @@ def test_compare_script(recorded):
     table = (out / "comparison.md").read_text()
     assert "| kronos_csi300 |" in table and "| lightgbm_csi300 |" in table and "nan" not in table.lower()
     assert "| gru_alpha360_csi300 |" in table and "| kronos_lightgbm_csi300 |" in table
+    assert "| kronos_head_csi300 |" in table
     assert "not recorded here, left out: ensemble_csi300" in result.stderr
     paired = table.split("Paired against lightgbm_csi300, day by day")[1]
-    assert all(f"| {name} | " in paired for name in ("kronos_csi300", "gru_alpha360_csi300"))
+    assert all(f"| {name} | " in paired for name in ("kronos_csi300", "kronos_head_csi300", "gru_alpha360_csi300"))
     assert "| lightgbm_csi300 | " not in paired
     assert (out / "cumulative_excess.png").stat().st_size > 10_000
     assert (out / "kronos_csi300_training.png").stat().st_size > 10_000
@@ -286,6 +327,25 @@ def test_ensemble_and_the_three_side_by_side(recorded):
         assert f"| {name} |" in table
     assert "Daily rank correlation of kronos_csi300 with lightgbm_csi300" in table
     assert "partial RankIC " in table and "nan" not in table.lower()
+
+
+@pytest.mark.parametrize("baseline", ["lightgbm_csi300", "gru_alpha360_csi300"])
+def test_ensemble_of_the_head_with_each_baseline(recorded, baseline):
+    """The README's head blends: the head's recorded signal with LightGBM's and with GRU's, equal weights."""
+    from kronos_qlib.evaluation import init_recorder_store, load_run, summarize
+
+    tmp, uri = recorded[0], f"sqlite:///{recorded[0] / 'mlruns.db'}"
+    experiment = "ensemble_head_csi300" if baseline == "lightgbm_csi300" else "ensemble_head_gru_csi300"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "ensemble.py"), "--mlflow-uri", uri,
+                             "--kronos", "kronos_head_csi300", "--kronos-workflow",
+                             str(WORKFLOWS / "kronos_head_csi300.yaml"), "--baseline", baseline,
+                             "--baseline-workflow", str(WORKFLOWS / f"{baseline}.yaml"), "--experiment", experiment],
+                            capture_output=True, text=True, timeout=900,
+                            env={**os.environ, **smoke_env(), "QLIB_DATA": str(CN_DATA)}, cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    init_recorder_store(uri)
+    run = load_run(experiment)
+    assert len(run.ic) >= 15 and math.isfinite(summarize(run)["information ratio (with cost)"])
 
 
 def test_ensemble_of_kronos_with_gru_the_model_that_reads_the_same_bars(recorded):

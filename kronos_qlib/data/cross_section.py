@@ -34,6 +34,15 @@ class HeadSamples:
     def __len__(self) -> int:
         return len(self.starts)
 
+    def take(self, rows: np.ndarray) -> HeadSamples:
+        """The samples at ``rows`` (in that order)."""
+        return HeadSamples(self.starts[rows], self.days[rows], self.instruments[rows], self.returns[rows],
+                           self.targets[rows])
+
+    def every_kth_day(self, k: int) -> HeadSamples:
+        """The samples of every k-th trading day, whole days kept (targets stay those of the full day)."""
+        return self.take(np.flatnonzero(np.isin(self.days, np.unique(self.days)[::k])))
+
     def day_slices(self) -> list[slice]:
         """Each day's rows (samples are sorted by day)."""
         bounds = np.flatnonzero(np.r_[True, self.days[1:] != self.days[:-1], True])

@@ -89,15 +89,21 @@ def read_day(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return arrays["instruments"].astype(str), arrays["paths"], arrays["last_close"].astype(np.float64)
 
 
+def keyed_folder(root: str | Path | None, key: dict) -> Path | None:
+    """``root/<digest of key>/`` with the key written beside what it holds (None: no cache)."""
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if root is None:
+        return None
+    folder = Path(root).expanduser() / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "key.json", json.dumps(key, sort_keys=True, indent=2, default=str))
+    return folder
+
+
 class ForecastCache:
     def __init__(self, root: str | Path | None, key: dict):
         """``root`` None disables the cache; ``key`` is any JSON-able description of the forecast settings."""
-        key = {**key, "version": FORMAT_VERSION}
-        digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        self.folder = None if root is None else Path(root).expanduser() / digest
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.folder / "key.json", json.dumps(key, sort_keys=True, indent=2, default=str))
+        self.folder = keyed_folder(root, {**key, "version": FORMAT_VERSION})
 
     def _path(self, date: pd.Timestamp) -> Path:
         return self.folder / f"{pd.Timestamp(date).strftime('%Y-%m-%d')}.npz"

@@ -14,28 +14,33 @@ from qlib.data import D
 from qlib.data.dataset import DatasetH
 from qlib.model.base import ModelFT
 
-from ..data import BarPanel, check_split_length, split_datasets
+from ..data import BarPanel, check_split_length, head_samples, split_datasets
 from ..errors import ConfigError, KronosInputError
 from ..features import CLOSE, time_features
 from ..inference import ForecastSpec, KronosPredictor, Sampling, default_device, series_key
+from ..inference.head import score_contexts
 from ..inference.precision import resolve_precision
 from ..inference.predictor import NonFiniteForecast
 from ..inference.spec import as_int
 from ..logs import progress_bar
-from ..model import Kronos, KronosTokenizer
+from ..model import Kronos, KronosTokenizer, ReturnHead
 from ..model.configs import PRETRAINING_END, released
 from ..model.hub import weights_digest
 from ..signals import check_price_limit, check_signal, price_limits, score_day, smooth_scores
 from ..signals.smoothing import check_halflife
 from ..training import SequentialTrainer, config_from_dict
+from ..training.head import HeadConfig, HeadStage
 from .forecast_cache import ForecastCache, bars_digest
 from .handler import KronosBarsHandler
 from .recorder import active_recorder, log_settings, log_stage
+from .score_cache import ScoreCache
 
 logger = logging.getLogger(__name__)
 #: Missing forecasts are sampled in chunks of whole days holding at least this many batches, and each day of a
 #: chunk is saved once the chunk is done: large batches across days, and an interrupted run loses one chunk.
 CHUNK_BATCHES = 4
+#: The signal read from the return head instead of sampled paths.
+HEAD_SIGNAL = "head"
 
 
 @dataclasses.dataclass
@@ -97,7 +102,14 @@ class KronosModel(ModelFT):
             series' paths depend on the seed, its day and instrument only, not on batching.
         signal: one of :data:`kronos_qlib.signals.SIGNALS`, scored over the path from step ``signal_start`` to
             step ``signal_end`` (default: from step 1, the first close a trade at t + 1 gets, to the last step).
-            Each day's scores are winsorized at the 1st / 99th percentile.
+            Each day's scores are winsorized at the 1st / 99th percentile. ``head``: the return head's score, one
+            forward pass per stock-day, no paths sampled (see ``head``).
+        head: with ``signal: head``, :class:`~kronos_qlib.training.head.HeadConfig` fields (variant probe | joint
+            | control, horizon, hidden, loss, epochs, ...): ``fit`` trains the generative stages as ``finetune``
+            says, then the head stage in ``<finetune output_dir>/head_<variant>_h<horizon>`` (reused when
+            finished, resumed when killed); ``finetune`` trains the refit's head from the current one. For a head
+            on checkpoints kept as they are, give ``finetune`` with ``train_tokenizer: false``, ``train_basemodel:
+            false`` and the checkpoints as ``pre_trained_tokenizer`` / ``pre_trained_predictor``.
         signal_halflife: smooth each stock's daily score with an exponential average of this half-life in
             trading days (None: no smoothing); a persistent score trades less.
         price_limit: each sampled daily move is clipped to the market's daily limit before scoring: ``cn`` (China
@@ -119,14 +131,25 @@ class KronosModel(ModelFT):
                  finetune: dict | None = None, refit: dict | None = None,
                  forecast: dict | ForecastSpec | None = None,
                  sampling: dict | Sampling | None = None, signal: str = "expected_return", signal_start: int = 1,
-                 signal_end: int | None = None, signal_halflife: float | None = None,
+                 signal_end: int | None = None, signal_halflife: float | None = None, head: dict | None = None,
                  price_limit: str | float | None = "cn", batch_size: int = 64, device: str | None = None,
                  precision: str = "auto", cache_dir: str | None = "~/.cache/kronos_qlib/forecasts"):
         self.forecast = ForecastSpec.build(forecast, "KronosModel forecast")
         self.sampling = Sampling.build(sampling, "KronosModel sampling")
         self.batch_size = as_int("batch_size", batch_size, 1)
-        self.signal_end = check_signal(signal, self.forecast.pred_len, self.sampling.sample_count, signal_start,
-                                       signal_end)
+        if signal == HEAD_SIGNAL:
+            if finetune is None:
+                raise ConfigError("signal: head trains a head on the dataset's segments, into finetune.output_dir: "
+                                  "give finetune settings (train_tokenizer: false and train_basemodel: false keep "
+                                  "the pre_trained_* checkpoints as they are)")
+            self.head_config: HeadConfig | None = HeadConfig.build(head, "KronosModel head")
+            self.signal_end = None
+        else:
+            if head is not None:
+                raise ConfigError(f"head settings are read with signal: head only (signal is '{signal}')")
+            self.head_config = None
+            self.signal_end = check_signal(signal, self.forecast.pred_len, self.sampling.sample_count,
+                                           signal_start, signal_end)
         if any(settings is not None and "data" in settings for settings in (finetune, refit)):
             raise ConfigError("finetune.data is not used: KronosModel trains on the dataset's segments")
         self.tokenizer_source, self.predictor_source = tokenizer, predictor
@@ -138,6 +161,7 @@ class KronosModel(ModelFT):
         self._resolved_precision()  # checked here, resolved again where it runs (params.pkl may move machines)
         self.tokenizer: KronosTokenizer | None = None
         self.model: Kronos | None = None
+        self.head: ReturnHead | None = None
         self.forecast_folder: Path | None = None
 
     # ------------------------------------------------------------------------------------------------- fit
@@ -159,11 +183,13 @@ class KronosModel(ModelFT):
             self._load(self.tokenizer_source, self.predictor_source)
         else:
             self._train(dataset, handler, dict(self.finetune_config), "finetune")
+        if self.head_config is not None:
+            self._fit_head(dataset, handler, self.finetune_config["output_dir"], "finetune")
         recorder = active_recorder()
         if recorder is not None:
             log_settings(recorder, forecast=self.forecast.to_dict(), sampling=self.sampling.to_dict())
         # qrun pickles the model (params.pkl) right after fit, before predict: the recorded model names its cache
-        self.forecast_folder = self._cache().folder
+        self.forecast_folder = self._output_folder()
 
     def finetune(self, dataset: DatasetH, reweighter=None) -> None:
         """Continue training from the current weights on the dataset's train and valid segments, with the
@@ -185,7 +211,9 @@ class KronosModel(ModelFT):
                       pre_trained_predictor=str(start / "predictor"), predictor_config=None)
         handler = self._handler(dataset)
         self._train(dataset, handler, values, "refit")
-        self.forecast_folder = self._cache().folder
+        if self.head_config is not None:
+            self._fit_head(dataset, handler, refit["output_dir"], "refit", init_head=self.head)
+        self.forecast_folder = self._output_folder()
 
     def _train(self, dataset: DatasetH, handler: KronosBarsHandler, values: dict, name: str) -> None:
         """Two-stage training on the dataset's segments with the settings ``values``; under qrun its curves,
@@ -212,6 +240,25 @@ class KronosModel(ModelFT):
             for stage in ("tokenizer", "predictor"):
                 log_stage(recorder, trainer.folder(stage), prefix="" if name == "finetune" else f"{name}-")
 
+    def _fit_head(self, dataset: DatasetH, handler: KronosBarsHandler, output_dir: str, name: str,
+                  init_head: ReturnHead | None = None) -> None:
+        """The head stage on the train and valid segments' stock-days (every ``day_stride``-th day), after the
+        generative stages; the predictor it reads replaces ``model`` (joint and control train their own)."""
+        config, spec = self.head_config, self.forecast
+        ranges = {s: self._segment(dataset, s) for s in ("train", "valid")}
+        panel = BarPanel.from_frame(handler.bars(max(end for _, end in ranges.values())))
+        samples = {s: head_samples(panel, spec.lookback, config.horizon, *ranges[s], handler.universe)
+                   .every_kth_day(config.day_stride) for s in ranges}
+        device = torch.device(self.device) if self.device is not None else default_device()
+        stage = HeadStage(config, Path(output_dir).expanduser() / config.folder_name(), self.tokenizer, self.model,
+                          panel, samples, spec.lookback, spec.clip, device, init_head)
+        head, predictor = stage.run(resume=True)
+        self.tokenizer, self.model, self.head = self.tokenizer.cpu(), predictor.cpu(), head.cpu()
+        recorder = active_recorder()
+        if recorder is not None:
+            log_settings(recorder, **{f"{name}_head": dataclasses.asdict(config)})
+            log_stage(recorder, stage.folder, prefix="" if name == "finetune" else f"{name}-")
+
     def _load(self, tokenizer: str | Path, predictor: str | Path) -> None:
         self.tokenizer = KronosTokenizer.from_pretrained(str(tokenizer))
         self.model = Kronos.from_pretrained(str(predictor))
@@ -224,6 +271,8 @@ class KronosModel(ModelFT):
         missing from the cache are sampled in large batches across days; each day is saved once it is done.
         """
         plan = self._plan(dataset, segment)
+        if self.head is not None:
+            return smooth_scores(self._head_scores(plan), self.signal_halflife)
         scores = [self._scores(day, plan) for day in self._days(plan)]
         logger.info("KronosModel: signal %s over steps %d..%d scored %d paths: %d had a daily move clipped at the "
                     "price limit (%s), %d a close floored", self.signal, self.signal_start, self.signal_end,
@@ -341,6 +390,32 @@ class KronosModel(ModelFT):
         return pd.Series(values, index=pd.MultiIndex.from_product([[day.day], day.instruments],
                                                                   names=["datetime", "instrument"]))
 
+    def _head_scores(self, plan: _Plan) -> pd.Series:
+        """The head's score of every planned stock-day: cached ones read, the rest in one batched fp32 pass and
+        saved day by day."""
+        cache = self._score_cache()
+        self.forecast_folder = cache.folder
+        inputs = {day: self._inputs(plan, day) for day in sorted(plan.requests)}
+        scores = {day: cache.load(day, inputs[day]) for day in inputs}
+        missing = [(day, inst, row) for day in inputs for inst, row in plan.requests[day].items()
+                   if inst not in scores[day]]
+        if missing:
+            lookback = self.forecast.lookback
+            device = torch.device(self.device) if self.device is not None else default_device()
+            values = score_contexts(self.tokenizer, self.model, self.head, plan.panel,
+                                    np.array([row + 1 - lookback for _, _, row in missing]), lookback,
+                                    self.forecast.clip, self.batch_size, device)
+            for (day, inst, _), value in zip(missing, values):
+                scores[day][inst] = float(value)
+            for day in dict.fromkeys(day for day, _, _ in missing):
+                cache.save(day, scores[day], inputs[day])
+        logger.info("KronosModel: head scores of %d stock-days on %d days (%d computed, %d from %s)", plan.total,
+                    len(inputs), len(missing), plan.total - len(missing), cache.folder)
+        index = pd.MultiIndex.from_tuples([(day, inst) for day in inputs for inst in sorted(scores[day])],
+                                          names=["datetime", "instrument"])
+        return pd.Series([scores[day][inst] for day in inputs for inst in sorted(scores[day])], index=index,
+                         name="score").sort_index()
+
     def _requests(self, panel: BarPanel, handler: KronosBarsHandler, days: pd.DatetimeIndex,
                   segment) -> dict[pd.Timestamp, dict[str, int]]:
         """day -> {instrument: panel row of its bar that day} for members traded that day with enough history."""
@@ -412,6 +487,17 @@ class KronosModel(ModelFT):
     def _resolved_precision(self) -> str:
         device = torch.device(self.device) if self.device is not None else default_device()
         return resolve_precision(self.precision, device)
+
+    def _output_folder(self) -> Path | None:
+        """Where predict reads and writes: head scores with the head signal, sampled paths otherwise."""
+        return (self._score_cache() if self.head is not None else self._cache()).folder
+
+    def _score_cache(self) -> ScoreCache:
+        """The head scores' cache, keyed by the three networks, the context settings and the provider folder."""
+        return ScoreCache(self.cache_dir, {
+            "tokenizer": weights_digest(self.tokenizer), "predictor": weights_digest(self.model),
+            "head": weights_digest(self.head), "lookback": self.forecast.lookback, "clip": self.forecast.clip,
+            "provider": str(Path(C.dpm.get_data_uri()).resolve())})
 
     def _cache(self) -> ForecastCache:
         """The cache keyed by the model, the settings a day's paths depend on (not batch_size or device, which

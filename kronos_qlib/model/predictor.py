@@ -216,6 +216,18 @@ class Kronos(nn.Module, HubModelMixin):
         self._check_tokens(s1_ids, s2_ids, stamp)
         return self._trunk(s1_ids, s2_ids, stamp)
 
+    def next_token_loss_and_states(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher-forced next-token loss over the sequence and every position's final hidden state, from one
+        pass of the trunk: it is causal, so its first ``length - 1`` states are those ``forward`` computes on
+        ``s1_ids[:, :-1]`` (the joint head variant trains on both)."""
+        self._check_tokens(s1_ids, s2_ids, stamp)
+        context = self._trunk(s1_ids, s2_ids, stamp)
+        s1_logits = self.head(context[:, :-1])
+        s2_logits = self.head.cond_forward(self.dep_layer(context[:, :-1], self.embedding.emb_s1(s1_ids[:, 1:]),
+                                                          causal=True))
+        return self.compute_loss(s1_logits, s2_logits, s1_ids[:, 1:], s2_ids[:, 1:])[0], context
+
     def compute_loss(self, s1_logits: torch.Tensor, s2_logits: torch.Tensor, s1_targets: torch.Tensor,
                      s2_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, CE_s1, CE_s2) with loss = (CE_s1 + CE_s2) / 2."""
