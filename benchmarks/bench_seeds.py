@@ -74,12 +74,17 @@ from kronos_qlib.qrun import WORKFLOWS, load_workflow, qrun_command  # noqa: E40
 #: each step's experiment, where the step records its run
 RUNS = {"kronos": "kronos_csi300", "lightgbm": "lightgbm_csi300", "gru": "gru_alpha360_csi300",
         "ensemble": "ensemble_csi300", "ensemble_valid": "ensemble_valid_csi300", "ensemble_gru": "ensemble_gru_csi300",
-        "factors": "kronos_lightgbm_csi300", "control": "lightgbm_csi300"}
+        "factors": "kronos_lightgbm_csi300", "control": "lightgbm_csi300", "head": "kronos_head_csi300",
+        "ensemble_head": "ensemble_head_csi300", "ensemble_head_gru": "ensemble_head_gru_csi300"}
 #: each step's name in the tables
 LABELS = {**RUNS, "ensemble": "ensemble_csi300 (Kronos + LightGBM)",
           "ensemble_valid": "ensemble_csi300 (weight chosen on valid)",
           "ensemble_gru": "ensemble_gru_csi300 (Kronos + GRU)",
-          "control": "lightgbm_csi300 (control)"}
+          "control": "lightgbm_csi300 (control)", "head": "kronos_head_csi300 (return head)",
+          "ensemble_head": "ensemble_head_csi300 (head + LightGBM)",
+          "ensemble_head_gru": "ensemble_head_gru_csi300 (head + GRU)"}
+HEAD_BLEND = ["--kronos", "kronos_head_csi300", "--kronos-workflow",
+                              str(WORKFLOWS / "kronos_head_csi300.yaml")]
 ENSEMBLE = [sys.executable, str(REPO / "scripts" / "ensemble.py")]
 STEPS = {
     "kronos": qrun_command() + [str(WORKFLOWS / "kronos_csi300.yaml")],
@@ -91,6 +96,11 @@ STEPS = {
                                 str(WORKFLOWS / "gru_alpha360_csi300.yaml"), "--experiment", RUNS["ensemble_gru"]],
     "factors": qrun_command() + [str(WORKFLOWS / "kronos_lightgbm_csi300.yaml")],
     "control": qrun_command() + [str(WORKFLOWS / "lightgbm_csi300.yaml")],
+    "head": qrun_command() + [str(WORKFLOWS / "kronos_head_csi300.yaml")],
+    "ensemble_head": ENSEMBLE + HEAD_BLEND + ["--experiment", RUNS["ensemble_head"]],
+    "ensemble_head_gru": ENSEMBLE + HEAD_BLEND + ["--baseline", RUNS["gru"], "--baseline-workflow",
+                                                  str(WORKFLOWS / "gru_alpha360_csi300.yaml"), "--experiment",
+                                                  RUNS["ensemble_head_gru"]],
 }
 
 
@@ -141,14 +151,15 @@ OWN_FOLDER = {"control"}
 #: the steps that sample Kronos's paths (through the forecast cache)
 SAMPLING_STEPS = {"kronos", "ensemble_valid", "factors"}
 #: the steps that train a Kronos (the workflow's own, and the factor workflow's on earlier years)
-TRAINING_STEPS = {"kronos", "factors"}
+TRAINING_STEPS = {"kronos", "factors", "head"}
 #: the machine of a step whose json predates steps keeping theirs
 LEGACY_MACHINE = "machine not recorded (the step ran before its record kept it)"
 #: what a step needs to have run before it in the same seed's folder
 NEEDS = {"ensemble": {"kronos", "lightgbm"}, "ensemble_valid": {"kronos", "lightgbm"},
-         "ensemble_gru": {"kronos", "gru"}}
+         "ensemble_gru": {"kronos", "gru"}, "ensemble_head": {"head", "lightgbm"},
+         "ensemble_head_gru": {"head", "gru"}}
 #: what a step's row reads beside it when both are asked for: Kronos's partial IC given LightGBM's score
-READS = {"kronos": {"lightgbm"}}
+READS = {"kronos": {"lightgbm"}, "head": {"lightgbm", "gru"}}
 DAILY_COLUMNS = ("IC", "RankIC", "excess")
 #: Qlib's model-zoo columns, in its order
 COLUMNS = ["IC", "ICIR", "RankIC", "RankICIR", "excess return (ann., with cost)", "information ratio (with cost)",
@@ -214,10 +225,13 @@ def seed_metrics(folder: Path, provider: Path, steps: list[str]) -> tuple[dict[s
         loaded.update({s: load_run(RUNS[s]) for s in steps if step_folder(s, folder) == where})
     runs = {step: loaded[step] for step in steps}
     rows = {step: summarize(run) for step, run in runs.items()}
-    if {"kronos", "lightgbm"} <= set(runs):
-        kronos, lgb = runs["kronos"], runs["lightgbm"]
-        rows["kronos"].update(partial_ic(kronos.pred.iloc[:, 0], lgb.pred.iloc[:, 0], lgb.label.iloc[:, 0]))
-        rows["kronos"]["rank correlation with LightGBM"] = float(signal_correlation(kronos, lgb).mean())
+    for step in ("kronos", "head"):
+        if {step, "lightgbm"} <= set(runs):
+            kronos, lgb = runs[step], runs["lightgbm"]
+            rows[step].update(partial_ic(kronos.pred.iloc[:, 0], lgb.pred.iloc[:, 0], lgb.label.iloc[:, 0]))
+            rows[step]["rank correlation with LightGBM"] = float(signal_correlation(kronos, lgb).mean())
+    if {"head", "gru"} <= set(runs):
+        rows["head"]["rank correlation with GRU"] = float(signal_correlation(runs["head"], runs["gru"]).mean())
     for step in {"ensemble", "ensemble_valid"} & set(runs):
         from qlib.workflow import R
 
@@ -379,6 +393,14 @@ def report(records: dict, daily: pd.DataFrame, dates: Dates) -> str:
             lines.append(f"| {LABELS[step]} | {cells[0]['mean']:.4f} ({cells[0]['t']:.2f}) | {cells[1]['mean']:.4f} "
                          f"({cells[1]['t']:.2f}) | {1e4 * cells[2]['mean']:.2f} ({cells[2]['t']:.2f}) |")
         lines.append("")
+    head = frames.get("head")
+    if head is not None and "partial IC" in head:
+        lines += [f"The return head beside LightGBM and GRU (the same seed's runs): daily rank correlation with "
+                  f"LightGBM {mean_std(head, 'rank correlation with LightGBM')}"
+                  + (f", with GRU {mean_std(head, 'rank correlation with GRU')}" if "rank correlation with GRU" in head
+                     else "")
+                  + f"; partial IC given LightGBM's score {mean_std(head, 'partial IC')} (Newey-West t "
+                  f"{mean_std(head, 'partial IC t')}).", ""]
     if kronos is not None and "partial IC" in kronos:
         lines += [f"Kronos beside LightGBM (the same seed's pair): daily rank correlation "
                   f"{mean_std(kronos, 'rank correlation with LightGBM')}; partial IC given LightGBM's score (score "
@@ -390,9 +412,10 @@ def report(records: dict, daily: pd.DataFrame, dates: Dates) -> str:
             lines += [f"{LABELS[step]}: the Kronos weight per seed "
                       + ", ".join(f"{w:.2f}" for w in frames[step]["Kronos weight"]) + ".", ""]
     comparisons = [(step, "lightgbm", f"{LABELS[step]} minus LightGBM alone")
-                   for step in ("kronos", "gru", "ensemble", "ensemble_valid", "factors")
+                   for step in ("kronos", "head", "gru", "ensemble", "ensemble_valid", "ensemble_head", "factors")
                    if step in frames and lgb is not None]
-    comparisons += [(step, "gru", f"{LABELS[step]} minus GRU alone") for step in ("kronos", "ensemble_gru")
+    comparisons += [(step, "gru", f"{LABELS[step]} minus GRU alone")
+                    for step in ("kronos", "head", "ensemble_gru", "ensemble_head_gru")
                     if {step, "gru"} <= set(frames)]
     if {"factors", "control"} <= set(frames):
         comparisons.append(("factors", "control", f"Like for like, {RUNS['factors']} minus its control (LightGBM / "

@@ -142,3 +142,14 @@ def test_non_finite_weights_are_refused(predictor, tmp_path):
     with pytest.raises(CheckpointError, match=r"model.safetensors holds non-finite weights \(NaN or inf\) in "
                                               r"head.proj_s1.weight"):
         Kronos.from_pretrained(tmp_path / "ckpt")
+
+
+def test_git_lfs_pointer_says_what_to_do(predictor_dir, tmp_path):
+    """A folder cloned without git-lfs holds a ~130-byte pointer in place of model.safetensors."""
+    folder = tmp_path / "cloned"
+    shutil.copytree(predictor_dir, folder)
+    (folder / "model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\n"
+        "oid sha256:b082dfcbd8e8c142a725c8bbb99781802f38fec81210e13479effb32b3c3e020\nsize 98980656\n")
+    with pytest.raises(CheckpointError, match="Git LFS pointer .*git lfs pull"):
+        Kronos.from_pretrained(folder)

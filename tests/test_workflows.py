@@ -128,6 +128,18 @@ def test_head_workflow_shares_the_path_workflows_stages_and_samples_no_paths():
     assert kwargs["signal"] == "head" and "sampling" not in kwargs
 
 
+def test_shipped_head_is_the_recorded_valid_choice():
+    """The head workflow's head is the candidate research/head_study.py chose on valid, setting for setting."""
+    import dataclasses
+
+    from kronos_qlib.training.head import HeadConfig
+
+    record = json.loads((REPO / "research" / "head_study.json").read_text())
+    chosen = record["choice"]["chosen"]
+    shipped = render(WORKFLOWS / HEAD_WORKFLOW, {})["task"]["model"]["kwargs"]["head"]
+    assert dataclasses.asdict(HeadConfig.build(shipped, "the head workflow")) == record["candidates"][chosen]
+
+
 def test_shipped_sampling_is_the_recorded_valid_choice_in_both_kronos_workflows():
     """T and top_p are what benchmarks/bench_calibration.py chose on valid (its RESULTS.md section), and the factor
     workflow's Kronos samples like the Kronos workflow."""

@@ -1,4 +1,9 @@
-"""Configurations of the released NeoQuasar checkpoints, for building or finetuning them by name."""
+"""Configurations of the released NeoQuasar checkpoints, for building or finetuning them by name, and the
+identities of their weights files as the Hub lists them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 RELEASED = {
     "NeoQuasar/Kronos-Tokenizer-base": dict(
@@ -25,6 +30,37 @@ RELEASED = {
 PRETRAINING_END = "2024-02"
 
 
+#: Hub id -> (Hub commit, bytes, sha256) of the released model.safetensors, as the Hub's file listings report them
+#: (data to compare with, not a check to fail on: ``python -m kronos_qlib.model verify`` reports the match).
+RELEASED_FILES = {
+    "NeoQuasar/Kronos-Tokenizer-base": ("0e0117387f39004a9016484a186a908917e22426", 15_842_368,
+                                        "59d85f6af76a2c3b8240ea06cb21db4213b4eeca053f246b23e29cf832fc6bee"),
+    "NeoQuasar/Kronos-Tokenizer-2k": ("26966d0035065a0cae0ebad7af8ece35bc1fb51c", 15_842_376,
+                                      "b97ec46b3b72160509e289183eaf7bdf5f0dac5bb9b49522f6d46638a99a8717"),
+    "NeoQuasar/Kronos-mini": ("f4e68697d9d5aed55cef5c96aabc3376bcad9f81", 16_440_776,
+                              "a7d5f37e2e9fbd9891f7d7d4f72574512dd1f704fee14223e0a8cd0fbf54197c"),
+    "NeoQuasar/Kronos-small": ("901c26c1332695a2a8f243eb2f37243a37bea320", 98_980_656,
+                               "b082dfcbd8e8c142a725c8bbb99781802f38fec81210e13479effb32b3c3e020"),
+    "NeoQuasar/Kronos-base": ("2b554741eca47781b64468546e77fef3e85130e6", 409_264_008,
+                              "abff193acab6db1a0368e9773e75799d11403b6d054ee6d5f0a11aeabc5f4b83"),
+}
+
+
+def released_name(source: object) -> str | None:
+    """The released checkpoint ``source`` is: its Hub id, or a local folder whose config.json is a released
+    configuration (a copy, e.g. a git clone of the Hub repository); None otherwise."""
+    if not isinstance(source, (str, Path)) or not source:
+        return None
+    if str(source) in RELEASED:
+        return str(source)
+    config = Path(source).expanduser() / "config.json"
+    try:
+        values = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    return next((name for name, released_config in RELEASED.items() if values == released_config), None)
+
+
 def released(*sources: object) -> list[str]:
-    """The released NeoQuasar checkpoints (Hub ids) among ``sources`` (ids, folders, or False for none)."""
-    return [s for s in sources if isinstance(s, str) and s.startswith("NeoQuasar/")]
+    """The released NeoQuasar checkpoints among ``sources`` (Hub ids, folders, or False for none), by name."""
+    return [name for name in map(released_name, sources) if name is not None]

@@ -6,9 +6,11 @@ repository, and saving replaces files atomically so a crash never leaves a half-
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
+import logging
 import os
 import tempfile
 import typing
@@ -21,6 +23,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
+from .configs import RELEASED_FILES, released_name
+
+logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -89,7 +94,55 @@ def check_arg_types(cls: type, config: dict, where: str) -> None:
                                   f"({type(value).__name__})")
 
 
+#: The first bytes of a Git LFS pointer: what a clone without git-lfs holds in place of each weights file.
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def check_not_lfs_pointer(path: Path) -> None:
+    """A weights file that is a Git LFS pointer (a clone made without git-lfs) is refused with what to do, rather
+    than safetensors' "header too large"."""
+    with open(path, "rb") as handle:
+        if handle.read(len(LFS_POINTER)) == LFS_POINTER:
+            raise CheckpointError(
+                f"{path} is a Git LFS pointer ({path.stat().st_size} bytes), not the weights: the folder was cloned "
+                f"without git-lfs. Run `git lfs install && git lfs pull` in {path.parent}, or pass the Hub id (e.g. "
+                "NeoQuasar/Kronos-small) to from_pretrained to download the real file")
+
+
+@functools.lru_cache(maxsize=None)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, streamed, computed once per (path, size, modification time) in a process."""
+    stat = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def check_released_file(source: str, weights_file: Path) -> str | None:
+    """For a released checkpoint (by Hub id or a local copy), log whether its weights file is the released one;
+    another file is a warning naming both hashes (a finetune of your own is fine, a silently changed download is
+    not). Returns the file's sha256 (None for a checkpoint that is not a released one)."""
+    name = released_name(source)
+    if name is None:
+        return None
+    digest = file_sha256(weights_file)
+    expected = RELEASED_FILES[name][2]
+    if digest == expected:
+        logger.info("%s: %s is the released %s file (sha256 %s)", source, weights_file.name, name, digest)
+    else:
+        logger.warning("%s has the configuration of %s but its %s is not the released file: sha256 %s, released "
+                       "%s", source, name, weights_file.name, digest, expected)
+    return digest
+
+
 def _load_weights(model: torch.nn.Module, path: Path) -> None:
+    check_not_lfs_pointer(path)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
@@ -144,6 +197,7 @@ class HubModelMixin(PyTorchModelHubMixin):
         config.update(config_overrides)
         model = cls(**config)
         _load_weights(model, weights_file)
+        check_released_file(source, weights_file)
         return model.to(map_location).eval()
 
     def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None,
