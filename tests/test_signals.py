@@ -5,6 +5,7 @@ import pytest
 
 from kronos_qlib import KronosInputError
 from kronos_qlib.signals import SIGNALS, compute_signal
+from kronos_qlib.signals.paths import MARKET_FREE_LIMIT
 
 LAST = np.array([10.0, 20.0])
 # two series, three paths, two steps: closes after the last observed one
@@ -70,7 +71,8 @@ def test_forecast_closes_at_or_below_zero_are_floored():
         if name != "vol_scaled_return":
             assert np.isfinite(compute_signal(name, paths_of(closes), LAST, start=0)).all(), name
     floored = compute_signal("expected_return", paths_of(closes), LAST, start=0)
-    np.testing.assert_allclose(floored[0], np.mean([0.1, 0.01 - 1, 0.3]))
+    # the floored close counts as the largest fall the market-free bound allows (no limit is given)
+    np.testing.assert_allclose(floored[0], np.mean([0.1, (1 - MARKET_FREE_LIMIT) - 1, 0.3]))
 
 
 def test_downside_and_risk_signals():
@@ -129,7 +131,7 @@ def test_one_wild_path_counts_no_more_than_limit_moves_the_market_allows():
     last, closes, wild, names = sane_and_wild()
     limits = price_limits(names, "cn")
     unclipped = compute_signal("expected_return", paths_of(wild), last)
-    assert unclipped[0] > 10, "without a limit the floored-and-recovered path dominates the stock's score"
+    assert unclipped[0] < 2, "without a market limit the market-free bound holds the floored-and-recovered path"
     clipped = compute_signal("expected_return", paths_of(wild), last, limit=limits)
     # the same path as the market allows it: -10% at step 1, +10% at step 2, flat after: an unclipped sane path
     # (scored from step 1, the floored close, which the unclipped score divides by)
@@ -216,3 +218,18 @@ def test_smoothing_uses_no_later_day():
     first = scores.xs("A", level="instrument")
     np.testing.assert_allclose(full.xs("A", level="instrument").iloc[1],
                                (first.iloc[0] * 0.5 ** (1 / 5) + first.iloc[1]) / (0.5 ** (1 / 5) + 1))
+
+
+def test_without_a_price_limit_one_floored_path_that_recovers_stays_bounded():
+    """No limit given: a path the sampler sent to the close floor at step 1 and back must not rank its stock
+    first by a 'return' of about 20; each move is held to the market-free bound instead."""
+
+    closes = np.full((2, 5, 10), 10.0)
+    closes[0, 0, 0] = 0.05  # floored at step 1 (the floor is 1% of the last close) ...
+    closes[0, 0, 1:] = 10.0 * 1.02 ** np.arange(1, 10)  # ... then recovers above where it started
+    paths = np.zeros((2, 5, 10, 6))
+    paths[..., 3] = closes
+    for name in ("expected_return", "mean_path_return"):
+        values = compute_signal(name, paths, np.array([10.0, 10.0]))
+        assert np.all(np.abs(values) < (1 + MARKET_FREE_LIMIT) ** 10), (name, values)
+        assert values[0] < 2.0, (name, values)

@@ -30,6 +30,9 @@ DOWNSIDE_QUANTILE = 0.2
 #: Forecast closes are floored at this fraction of the last observed close before taking logs: de-normalized
 #: paths can reach zero or below (mean - 5 std of a volatile context).
 CLOSE_FLOOR = 0.01
+#: The daily move bound where no market limit is given: a path the sampler floored at step 1 that recovers would
+#: otherwise score a return of about 20 (x2000) for its stock; a real close rarely moves half in a day.
+MARKET_FREE_LIMIT = 0.5
 #: The smallest daily volatility vol_scaled_return divides by: a stock locked at its limit for a month has none.
 VOL_FLOOR = 0.005
 
@@ -76,7 +79,8 @@ def floored_log_returns(closes: np.ndarray, last_close: np.ndarray) -> np.ndarra
 def path_window(closes: np.ndarray, last_close: np.ndarray, start: int, end: int, history: np.ndarray | None = None,
                 limit: np.ndarray | float | None = None) -> PathWindow:
     """The clipped log paths of the sampled ``closes`` (n_series, sample_count, pred_len). ``limit`` is each
-    series' daily price limit as a fraction (0.1: +-10%; a scalar for all, NaN or None: no limit)."""
+    series' daily price limit as a fraction (0.1: +-10%; a scalar for all); NaN or None: no market limit, so
+    :data:`MARKET_FREE_LIMIT` bounds the moves instead."""
     closes = np.asarray(closes, dtype=np.float64)
     bad = ~np.isfinite(closes).all(axis=(1, 2))
     if bad.any():
@@ -84,14 +88,13 @@ def path_window(closes: np.ndarray, last_close: np.ndarray, start: int, end: int
                                f"closes")
     below_floor = closes < CLOSE_FLOOR * last_close[:, None, None]
     log_moves = np.diff(floored_log_returns(closes, last_close), axis=2, prepend=0.0)
-    clipped = np.zeros(closes.shape[:2], dtype=bool)
-    if limit is not None:
-        limit = np.broadcast_to(np.asarray(limit, dtype=np.float64), last_close.shape)[:, None, None]
-        low, high = np.log1p(-np.minimum(limit, 0.99)), np.log1p(limit)
-        outside = (log_moves < low) | (log_moves > high)
-        outside &= np.isfinite(limit)
-        log_moves = np.where(outside, np.clip(log_moves, low, high), log_moves)
-        clipped = outside.any(axis=2)
+    limit = np.broadcast_to(np.asarray(MARKET_FREE_LIMIT if limit is None else limit, dtype=np.float64),
+                            last_close.shape)[:, None, None]
+    limit = np.where(np.isfinite(limit), limit, MARKET_FREE_LIMIT)
+    low, high = np.log1p(-np.minimum(limit, 0.99)), np.log1p(limit)
+    outside = (log_moves < low) | (log_moves > high)
+    log_moves = np.where(outside, np.clip(log_moves, low, high), log_moves)
+    clipped = outside.any(axis=2)
     log_closes = np.concatenate([np.zeros((*closes.shape[:2], 1)), np.cumsum(log_moves, axis=2)], axis=2)
     return PathWindow(log_closes, start, end, history, int(below_floor.any(axis=2).sum()), int(clipped.sum()))
 
