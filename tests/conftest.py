@@ -15,6 +15,17 @@ CN_DATA = SHARED / "cn_data"
 
 torch.set_num_threads(2)
 
+#: Fixtures that run the real qrun (several minutes each): every test using one is ``slow``, as are the notebooks
+#: and the torchrun tests (marked where they are). ``python -m pytest -q -m "not slow" tests`` is the fast tier.
+SLOW_FIXTURES = {"recorded", "rolled", "two_caches", "store"}
+SLOW_MODULES = {"test_notebooks.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 #: the members and benchmark of :func:`small_provider`
 CODES = ("SH600000", "SH600004", "SH600009")
 BENCHMARK = "SH000300"

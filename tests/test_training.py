@@ -109,6 +109,7 @@ def test_killed_run_resumes_to_the_same_weights(trained, data_cache, tmp_path, m
     assert [r["epoch"] for r in read_metrics(resumed.parent / "metrics.jsonl")] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks(trained, data_cache, tmp_path):
     """gloo DDP on two CPU processes: same weights on both ranks (checked by the run), one set of files."""
     out = tmp_path / "ddp"
