@@ -232,12 +232,16 @@ def test_head_workflow_trains_only_the_head_and_samples_nothing(recorded):
     assert "head probe H1 epoch 1/20" in first and "head stage finished" in first
     assert "head stage reused" in again and "head probe H1 epoch" not in again
     assert "Kronos forecasts" not in first + again, "the head workflow samples no paths"
-    assert " 0 computed, " in again and " 0 computed, " not in first
+    assert "(0 computed, " in again and "(0 computed, " not in first
     init_recorder_store(f"sqlite:///{tmp / 'mlruns.db'}")
     run = load_run("kronos_head_csi300")
     assert {"head/train_loss", "head/valid_loss"} <= set(run.curves.columns)
     params = R.get_recorder(recorder_id=run.recorder_id, experiment_name="kronos_head_csi300").list_params()
     assert params["kronos.finetune_head.variant"] == "probe" and params["kronos.finetune_head.horizon"] == "1"
+    model = R.get_recorder(recorder_id=run.recorder_id, experiment_name="kronos_head_csi300").load_object("params.pkl")
+    from kronos_qlib.model.hub import weights_digest
+    assert params["kronos.weights.head"] == weights_digest(model.head)
+    assert params["kronos.weights.predictor"] == weights_digest(model.model)
 
 
 def test_training_curves_and_settings_are_in_the_recorder(recorded):

@@ -186,8 +186,10 @@ class KronosModel(ModelFT):
         if self.head_config is not None:
             self._fit_head(dataset, handler, self.finetune_config["output_dir"], "finetune")
         recorder = active_recorder()
-        if recorder is not None:
-            log_settings(recorder, forecast=self.forecast.to_dict(), sampling=self.sampling.to_dict())
+        if recorder is not None:  # the weights a recorded run used, whatever folder or Hub id they came from
+            weights = {"tokenizer": weights_digest(self.tokenizer), "predictor": weights_digest(self.model),
+                       **({"head": weights_digest(self.head)} if self.head is not None else {})}
+            log_settings(recorder, forecast=self.forecast.to_dict(), sampling=self.sampling.to_dict(), weights=weights)
         # qrun pickles the model (params.pkl) right after fit, before predict: the recorded model names its cache
         self.forecast_folder = self._output_folder()
 
