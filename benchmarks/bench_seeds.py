@@ -443,9 +443,9 @@ def report(records: dict, daily: pd.DataFrame, dates: Dates) -> str:
 def step_note(name: str, k: int, args: argparse.Namespace) -> str:
     """What seed ``k``'s step reused or capped in this invocation, to be recorded beside its figures."""
     notes = []
-    if args.stages and k == 0 and name == "kronos":
+    if args.stages and k == 0 and name in {"kronos", "head"}:
         notes.append(f"seed 0 started from the finished training in {args.stages}, so its Kronos time leaves "
-                     "training out")
+                     "the generative training out")
     if args.trained_from and name in TRAINING_STEPS:
         notes.append(f"its Kronos training folders were copied from {args.trained_from}/seed{k}/runs (a finished "
                      "training is reused, a partial one continues), so its time leaves out what they had trained")
