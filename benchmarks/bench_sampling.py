@@ -67,7 +67,7 @@ def load_workload(provider: str, n_series: int):
 def worker(args) -> None:
     """One timed run in this process; prints a JSON line."""
     torch.set_num_threads(args.threads)
-    from kronos_qlib import Kronos, KronosPredictor, KronosTokenizer
+    from kronos_qlib import Kronos, KronosPredictor, KronosTokenizer, Sampling
     from kronos_qlib.model.configs import RELEASED
 
     dfs, x_ts, y_ts, n_members = load_workload(args.provider, args.n_series)
@@ -75,14 +75,14 @@ def worker(args) -> None:
     tokenizer, model = KronosTokenizer(**RELEASED[TOKENIZER]), Kronos(**RELEASED[MODELS[args.model]])
     predictor = KronosPredictor(model, tokenizer, device="cpu", max_context=512, batch_size=args.batch_size)
     use_cache = args.mode == "cached"
-    predictor.predict_paths(dfs[:4], x_ts[:4], y_ts[:4], PRED_LEN, sample_count=SAMPLES, use_cache=use_cache)
+    predictor.predict_paths(dfs[:4], x_ts[:4], y_ts[:4], PRED_LEN, Sampling(sample_count=SAMPLES), use_cache)
     baseline = rss_mb()
     out = {"model": args.model, "mode": args.mode, "n_series": len(dfs), "n_members": n_members,
            "baseline_rss_mb": baseline}
     for name, kwargs in [("sampled", dict(T=1.0, top_k=0, top_p=0.9)), ("greedy", dict(T=1.0, top_k=1, top_p=1.0))]:
         began = time.perf_counter()
-        paths = predictor.predict_paths(dfs, x_ts, y_ts, PRED_LEN, sample_count=SAMPLES, seed=0,
-                                        use_cache=use_cache, **kwargs)
+        paths = predictor.predict_paths(dfs, x_ts, y_ts, PRED_LEN, Sampling(sample_count=SAMPLES, seed=0, **kwargs),
+                                        use_cache)
         out[f"{name}_seconds"] = time.perf_counter() - began
         if name == "greedy":
             np.save(args.save_greedy, paths)

@@ -77,6 +77,21 @@ def context_end(frame: pd.DataFrame, key: tuple) -> pd.Timestamp:
     return traded[traded.get_loc(key[1]) + SPEC.lookback - 1]
 
 
+def test_a_split_fingerprint_reads_only_the_bars_its_windows_draw_from(frame):
+    """A finished training stage is keyed by its windows' fingerprint: bars after the split (a later test end)
+    leave it alone, a changed bar inside one window changes it."""
+    def fingerprint(bars: pd.DataFrame) -> str:
+        panel = BarPanel.from_frame(bars)
+        return WindowDataset(panel, window_starts(panel, SPEC, "2017-01-01", "2018-06-29"), SPEC).fingerprint()
+
+    dates = frame.index.get_level_values("datetime")
+    base = fingerprint(frame[dates <= pd.Timestamp("2018-06-29")])
+    assert fingerprint(frame) == base
+    changed = frame.copy()
+    changed.loc[("SH600000", pd.Timestamp("2018-03-01")), "close"] *= 1.01
+    assert fingerprint(changed) != base
+
+
 def test_membership_is_point_in_time():
     """A window is a training window when its stock is a member on its last context day t, as inference scores
     the members of t: it may not be chosen for joining during its horizon, nor dropped for leaving during it."""

@@ -55,8 +55,8 @@ def test_greedy_batch_matches_original(kp, bars, vectors, use_cache):
 
 def sampled(kp, bars, seed, use_cache=True, n=4, **kwargs):
     parts = [window(bars, 37 * i, 90, 10) for i in range(n)]
-    return kp.predict_paths(*map(list, zip(*parts)), 10, sample_count=5, seed=seed, use_cache=use_cache,
-                            **{"T": 1.0, "top_k": 0, "top_p": 0.9, **kwargs})
+    sampling = Sampling(**{"T": 1.0, "top_k": 0, "top_p": 0.9, "sample_count": 5, "seed": seed, **kwargs})
+    return kp.predict_paths(*map(list, zip(*parts)), 10, sampling, use_cache=use_cache)
 
 
 def test_seed_makes_sampling_reproducible(kp, bars):
@@ -71,10 +71,10 @@ def test_seed_makes_sampling_reproducible(kp, bars):
 def test_paths_do_not_depend_on_batching_or_position(predictor, tokenizer, bars, batch_size):
     parts = [window(bars, 23 * i, 90 - 5 * (i % 2), 10) for i in range(9)]  # two context lengths
     reference = KronosPredictor(predictor, tokenizer, device="cpu", batch_size=3)
-    expected = reference.predict_paths(*map(list, zip(*parts)), 10, sample_count=3, seed=11)
+    expected = reference.predict_paths(*map(list, zip(*parts)), 10, Sampling(sample_count=3, seed=11))
     kp = KronosPredictor(predictor, tokenizer, device="cpu", batch_size=batch_size)
     order = np.random.default_rng(batch_size).permutation(len(parts))
-    shuffled = kp.predict_paths(*map(list, zip(*[parts[i] for i in order])), 10, sample_count=3, seed=11)
+    shuffled = kp.predict_paths(*map(list, zip(*[parts[i] for i in order])), 10, Sampling(sample_count=3, seed=11))
     np.testing.assert_array_equal(shuffled, expected[order])
 
 
@@ -97,11 +97,11 @@ def test_inverse_cdf_draws_follow_the_distribution():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log().expand(40_000, 4)
     streams = path_streams(torch.arange(40_000), 1)
-    tokens = sample_token(logits, Sampling(top_p=1.0), streams, draw=3)[:, 0]
+    tokens = sample_token(logits, Sampling(T=1.0, top_p=1.0), streams, draw=3)[:, 0]
     np.testing.assert_allclose(torch.bincount(tokens, minlength=4) / 40_000, probs, atol=0.01)
-    other_draw = sample_token(logits, Sampling(top_p=1.0), streams, draw=4)[:, 0]
+    other_draw = sample_token(logits, Sampling(T=1.0, top_p=1.0), streams, draw=4)[:, 0]
     assert (tokens == other_draw).float().mean() < 0.5, "draws of one stream must be independent"
-    nucleus = sample_token(logits, Sampling(top_p=0.6), streams, draw=3)[:, 0]
+    nucleus = sample_token(logits, Sampling(T=1.0, top_p=0.6), streams, draw=3)[:, 0]
     assert set(nucleus.tolist()) == {0, 1}
 
 
@@ -135,7 +135,7 @@ def test_a_forecast_that_overflows_names_the_series_and_column(kp, bars):
     parts[1][0].loc[parts[1][0].index[10], "volume"] = 1e300
     with pytest.raises(KronosInputError, match=r"the forecast of series 1 holds a non-finite value \(-inf\) in "
                                                r"column 'volume' at step 1 of path 0"):
-        kp.predict_paths(*map(list, zip(*parts)), 5, sample_count=2, seed=1)
+        kp.predict_paths(*map(list, zip(*parts)), 5, Sampling(sample_count=2, seed=1))
 
 
 def test_usable_rows():
@@ -175,8 +175,8 @@ def test_histories_of_different_lengths(kp, bars):
 
 def test_mean_of_paths_is_the_forecast(kp, bars):
     part = window(bars, 0, 90, 10)
-    paths = kp.predict_paths([part[0]], [part[1]], [part[2]], 10, sample_count=4, seed=2)
-    forecast = kp.predict(*part, 10, sample_count=4, seed=2)
+    paths = kp.predict_paths([part[0]], [part[1]], [part[2]], 10, Sampling(T=1.0, top_p=0.9, sample_count=4, seed=2))
+    forecast = kp.predict(*part, 10, sample_count=4, seed=2)  # the original's defaults: T 1.0, top_p 0.9
     np.testing.assert_allclose(paths[0].mean(axis=0), forecast.to_numpy())
 
 
@@ -258,9 +258,9 @@ def test_time_zones_of_x_and_y(kp, bars):
     wall clock); a tz-aware x with a naive y (or the reverse) is refused, naming which is which."""
     df, x_ts, y_ts = window(bars, 0, 60, 5)
     x_sh, y_sh = (pd.DatetimeIndex(ts).tz_localize("Asia/Shanghai") for ts in (x_ts, y_ts))
-    same = kp.predict_paths([df], [x_sh], [y_sh], 5, sample_count=2, seed=4)
-    np.testing.assert_array_equal(kp.predict_paths([df], [x_sh], [y_sh.tz_convert("UTC")], 5, sample_count=2,
-                                                   seed=4), same)
+    sampling = Sampling(sample_count=2, seed=4)
+    same = kp.predict_paths([df], [x_sh], [y_sh], 5, sampling)
+    np.testing.assert_array_equal(kp.predict_paths([df], [x_sh], [y_sh.tz_convert("UTC")], 5, sampling), same)
     with pytest.raises(KronosInputError, match=r"x_timestamp of series 0 is timezone-aware \(Asia/Shanghai\) but "
                                                r"y_timestamp is naive"):
         kp.predict(df, x_sh, y_ts, 5)
@@ -325,7 +325,7 @@ def test_settings_are_checked_where_they_are_built(cls, kwargs, message):
 def test_settings_from_a_config_mapping():
     assert Sampling.build({"T": 0.5, "seed": np.int64(4)}, "sampling") == Sampling(T=0.5, seed=4)
     assert ForecastSpec.build(None, "forecast") == ForecastSpec()
-    assert Sampling.build({"seed": 1}, "sampling").to_dict() == dict(T=1.0, top_k=0, top_p=0.9, sample_count=5,
+    assert Sampling.build({"seed": 1}, "sampling").to_dict() == dict(T=1.2, top_k=0, top_p=1.0, sample_count=5,
                                                                      seed=1)
     with pytest.raises(ConfigError, match=r"forecast has unknown key\(s\) \['horizon'\]"):
         ForecastSpec.build({"horizon": 5}, "forecast")

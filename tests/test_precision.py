@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from kronos_qlib import KronosInputError, KronosPredictor
+from kronos_qlib import KronosInputError, KronosPredictor, Sampling
 from kronos_qlib.inference.precision import resolve_precision
 
 from test_forecasting import GREEDY, bars, window  # noqa: F401  (bars: the conformance series, a fixture)
@@ -37,12 +37,12 @@ def test_int8_quantizes_copies_of_the_large_linear_layers(predictor, tokenizer):
 def test_reduced_precision_forecasts_stay_close_to_fp32(predictor, tokenizer, bars, precision):  # noqa: F811
     parts = [window(bars, 37 * i, 90, 10) for i in range(4)]
     reference = KronosPredictor(predictor, tokenizer, device="cpu").predict_paths(
-        *map(list, zip(*parts)), 10, sample_count=1, **GREEDY)
+        *map(list, zip(*parts)), 10, Sampling(sample_count=1, **GREEDY))
     reduced = KronosPredictor(predictor, tokenizer, device="cpu", precision=precision).predict_paths(
-        *map(list, zip(*parts)), 10, sample_count=1, **GREEDY)
+        *map(list, zip(*parts)), 10, Sampling(sample_count=1, **GREEDY))
     assert reduced.shape == reference.shape and np.isfinite(reduced).all()
     close = np.abs(reduced[..., 3] - reference[..., 3]) / np.abs(reference[..., 3])
     assert np.median(close) < 0.02  # same price level; most greedy steps agree
     again = KronosPredictor(predictor, tokenizer, device="cpu", precision=precision).predict_paths(
-        *map(list, zip(*parts)), 10, sample_count=1, **GREEDY)
+        *map(list, zip(*parts)), 10, Sampling(sample_count=1, **GREEDY))
     np.testing.assert_array_equal(reduced, again)

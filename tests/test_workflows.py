@@ -153,6 +153,18 @@ def test_shipped_sampling_is_the_recorded_valid_choice_in_both_kronos_workflows(
     assert factors["sampling"] == kronos
 
 
+def test_the_library_samples_as_the_shipped_workflows_do():
+    """Sampling()'s defaults, what KronosPredictor.predict_paths and KronosModel use unless told otherwise, are the
+    Kronos workflows' sampling: one value per setting."""
+    from kronos_qlib import Sampling
+
+    for name in ("kronos_csi300.yaml", FACTOR_WORKFLOW):
+        kwargs = render(WORKFLOWS / name, {})["task"]
+        kronos = kwargs["model"]["kwargs"] if name == "kronos_csi300.yaml" else \
+            kwargs["dataset"]["kwargs"]["handler"]["kwargs"]["kronos"]
+        assert Sampling.build(kronos["sampling"], name) == Sampling()
+
+
 def test_seed_variables_reach_every_seeded_part(monkeypatch):
     """SEED and SAMPLE_SEED (bench_seeds.py's seed k) change Kronos's training seed and its stage folder, its
     sampling seed and LightGBM's seed, in each workflow that has them; nothing else moves."""

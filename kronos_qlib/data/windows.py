@@ -97,12 +97,18 @@ class WindowDataset(Dataset):
         return torch.from_numpy(x), torch.from_numpy(self.panel.stamps[rows])
 
     def fingerprint(self) -> str:
-        """SHA-1 of the window settings, which windows there are and every bar they draw from."""
-        spec = self.spec  # in the text of the former WindowSpec, so stages finished before still match
-        digest = hashlib.sha1(f"WindowSpec(lookback={spec.lookback}, horizon={spec.pred_len}, clip={spec.clip!r})"
+        """SHA-1 of the window settings, which windows there are and every bar they draw from: only those, so a
+        panel that reaches further (a later test end) leaves a finished training stage's data unchanged."""
+        spec = self.spec
+        digest = hashlib.sha1(f"ForecastSpec(lookback={spec.lookback}, pred_len={spec.pred_len}, clip={spec.clip!r})"
                               .encode())
         owners = np.searchsorted(self.panel.offsets, self.starts, side="right") - 1
-        for array in (self.panel.instruments[owners].astype("U"), self.panel.dates[self.starts], self.panel.values):
+        depth = np.zeros(len(self.panel.values) + 1, dtype=np.int64)  # windows covering each row, by differences
+        np.add.at(depth, self.starts, 1)
+        np.add.at(depth, self.starts + spec.length, -1)
+        drawn = np.cumsum(depth[:-1]) > 0
+        for array in (self.panel.instruments[owners].astype("U"), self.panel.dates[self.starts],
+                      self.panel.values[drawn]):
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
 

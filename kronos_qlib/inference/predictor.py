@@ -95,6 +95,8 @@ class KronosPredictor:
             self.model, self.tokenizer = quantize_linear_layers(self.model), quantize_linear_layers(self.tokenizer)
 
     # ----------------------------------------------------------------------------------------------- public API
+    # predict and predict_batch keep the original KronosPredictor's keywords and defaults (T 1.0, top_p 0.9, one
+    # path, a fresh seed per call) so that code written for it runs unchanged; predict_paths takes a Sampling.
     def predict(self, df: pd.DataFrame, x_timestamp, y_timestamp, pred_len: int, T: float = 1.0, top_k: int = 0,
                 top_p: float = 0.9, sample_count: int = 1, seed: int | None = None, use_cache: bool = True,
                 verbose: bool = False) -> pd.DataFrame:
@@ -106,23 +108,25 @@ class KronosPredictor:
                       pred_len: int, T: float = 1.0, top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
                       seed: int | None = None, use_cache: bool = True, verbose: bool = False
                       ) -> list[pd.DataFrame]:
-        """Mean forecast paths of many series; their histories may differ in length."""
-        paths = self.predict_paths(df_list, x_timestamp_list, y_timestamp_list, pred_len, T=T, top_k=top_k,
-                                   top_p=top_p, sample_count=sample_count, seed=seed, use_cache=use_cache,
-                                   verbose=verbose)
+        """Mean forecast paths of many series; their histories may differ in length. ``seed=None`` draws a
+        fresh seed, as the original does."""
+        sampling = Sampling(T=T, top_k=top_k, top_p=top_p, sample_count=sample_count,
+                            seed=secrets.randbelow(2 ** 63) if seed is None else seed)
+        paths = self.predict_paths(df_list, x_timestamp_list, y_timestamp_list, pred_len, sampling, use_cache,
+                                   verbose)
         return [pd.DataFrame(p.mean(axis=0), columns=list(self.columns), index=pd.DatetimeIndex(y_ts))
                 for p, y_ts in zip(paths, y_timestamp_list)]
 
     def predict_paths(self, df_list: list[pd.DataFrame], x_timestamp_list: list, y_timestamp_list: list,
-                      pred_len: int, T: float = 1.0, top_k: int = 0, top_p: float = 0.9, sample_count: int = 1,
-                      seed: int | None = None, use_cache: bool = True, verbose: bool = False) -> np.ndarray:
-        """Every sampled path in price units: an array (n_series, sample_count, pred_len, 6).
+                      pred_len: int, sampling: Sampling = Sampling(), use_cache: bool = True,
+                      verbose: bool = False) -> np.ndarray:
+        """Every sampled path in price units: an array (n_series, sampling.sample_count, pred_len, 6).
 
-        The last axis follows :attr:`columns`. The same ``seed`` gives the same paths for the same series;
-        ``None`` draws a fresh seed.
+        The last axis follows :attr:`columns`. The same ``sampling`` (its seed included) gives the same paths for
+        the same series.
         """
-        sampling = Sampling(T=T, top_k=top_k, top_p=top_p, sample_count=sample_count,
-                            seed=secrets.randbelow(2 ** 63) if seed is None else seed)
+        if not isinstance(sampling, Sampling):
+            raise KronosInputError(f"sampling must be a kronos_qlib.Sampling, got {sampling!r}")
         pred_len = self._spec(2, pred_len).pred_len
         series = self._prepare(df_list, x_timestamp_list, y_timestamp_list, pred_len, sampling.seed)
         return self._sample(series, pred_len, sampling, use_cache, verbose)
