@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kronos_qlib.integration.forecast_cache import ForecastCache, read_day
+from kronos_qlib.inference.forecast_cache import ForecastCache, read_day
 from kronos_qlib.qrun import WORKFLOWS, run_qrun, smoke_env
 
 from conftest import CN_DATA, REPO

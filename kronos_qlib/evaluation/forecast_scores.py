@@ -1,7 +1,7 @@
 """How good are the sampled paths? Calibration and accuracy of cached forecasts against what happened.
 
 Kronos returns a distribution of future paths and signals are built from it, so its spread matters as much as
-its centre. This module scores the paths of a :class:`~kronos_qlib.integration.forecast_cache.ForecastCache`
+its centre. This module scores the paths of a :class:`~kronos_qlib.inference.forecast_cache.ForecastCache`
 folder, step by step over the horizon, beside baselines built from history only:
 
 - ``random_walk``: Gaussian daily log-returns with the stock's recent volatility (std of its last ``window``

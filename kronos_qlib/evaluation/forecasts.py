@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..errors import ConfigError, KronosInputError
 from ..features import CLOSE
-from ..integration.forecast_cache import read_day
+from ..inference.forecast_cache import day_files, read_day
 
 
 @dataclass
@@ -57,10 +57,8 @@ def read_forecast_cache(folder: str | Path, start: str | None = None, end: str |
         key = json.loads((folder / "key.json").read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"'{folder / 'key.json'}' is not valid JSON: {err}") from err
-    files = sorted(folder.glob("????-??-??.npz"))
-    days = pd.DatetimeIndex([pd.Timestamp(f.stem) for f in files])
-    keep = (days >= pd.Timestamp(start or pd.Timestamp.min)) & (days <= pd.Timestamp(end or pd.Timestamp.max))
-    files, days = [f for f, k in zip(files, keep) if k], days[keep]
+    found = day_files(folder, start, end)
+    days, files = pd.DatetimeIndex([day for day, _ in found]), [f for _, f in found]
     if not files:
         raise KronosInputError(f"'{folder}' holds no forecast day files (YYYY-MM-DD.npz) between "
                                f"{start or 'the first'} and {end or 'the last'} day")

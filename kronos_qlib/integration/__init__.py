@@ -4,7 +4,7 @@ Importing it (qrun does, through ``module_path: kronos_qlib``) lets kronos_qlib'
 """
 from ..logs import follow_qlib_logging
 from .checked_handlers import CheckedAlpha158, CheckedAlpha360
-from .forecast_cache import ForecastCache
+from ..inference.forecast_cache import ForecastCache
 from .handler import KronosBarsHandler
 from .kronos_factors import KronosAlpha158
 from .model import KronosModel

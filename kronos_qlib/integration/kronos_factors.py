@@ -24,7 +24,7 @@ from ..model.hub import weights_digest
 from ..signals import compute_signal, price_limits
 from ..training import config_from_dict
 from .checked_handlers import CheckedAlpha158
-from .forecast_cache import read_day
+from ..inference.forecast_cache import day_files, read_day
 from .handler import KronosBarsHandler
 from .model import KronosModel
 
@@ -95,15 +95,15 @@ def path_features(paths: np.ndarray, last_close: np.ndarray, limit: np.ndarray |
 def read_factors(folder: Path, start: pd.Timestamp, end: pd.Timestamp, price_limit: str | float | None = None
                  ) -> pd.DataFrame:
     """The features of every cached day in [start, end], indexed (datetime, instrument), columns
-    ("feature", name); sampled daily moves clipped at ``price_limit`` (see :mod:`kronos_qlib.signals.price_limits`)."""
+    ("feature", name); sampled daily moves clipped at ``price_limit`` (see :mod:`kronos_qlib.signals.price_limits`).
+    No digest check here: :class:`KronosAlpha158` first fills the cache for every member, which samples again any
+    forecast whose bars changed, so each member's row is of the bars the provider holds now."""
     frames = []
-    for path in sorted(folder.glob("*.npz")):
-        day = pd.Timestamp(path.stem)
-        if start <= day <= end:
-            instruments, paths, last_close = read_day(path)
-            index = pd.MultiIndex.from_product([[day], instruments], names=["datetime", "instrument"])
-            limit = price_limits(list(instruments), price_limit)
-            frames.append(pd.DataFrame(path_features(paths, last_close, limit), index=index))
+    for day, path in day_files(folder, start, end):
+        instruments, paths, last_close = read_day(path)
+        index = pd.MultiIndex.from_product([[day], instruments], names=["datetime", "instrument"])
+        limit = price_limits(list(instruments), price_limit)
+        frames.append(pd.DataFrame(path_features(paths, last_close, limit), index=index))
     if not frames:
         raise KronosInputError(f"forecast cache {folder} holds no day in {start.date()}..{end.date()}")
     frame = pd.concat(frames).sort_index()

@@ -30,7 +30,7 @@ from ..signals import check_price_limit, check_signal, price_limits, score_day, 
 from ..signals.smoothing import check_halflife
 from ..training import SequentialTrainer, config_from_dict
 from ..training.head import HeadConfig, HeadStage
-from .forecast_cache import ForecastCache, bars_digest
+from ..inference.forecast_cache import ForecastCache, bars_digest
 from .handler import KronosBarsHandler
 from .recorder import active_recorder, log_settings, log_stage
 from .score_cache import ScoreCache
@@ -119,7 +119,7 @@ class KronosModel(ModelFT):
         precision: ``auto`` (bf16 on a GPU that supports it, else fp32), ``fp32``, ``bf16`` or ``int8`` (CPU);
             see :mod:`kronos_qlib.inference.precision`. The forecast cache keys on the resolved precision.
         cache_dir: where sampled paths are kept (None: no cache); after ``fit``, ``forecast_folder`` is the
-            folder ``predict`` reads and writes (see :mod:`kronos_qlib.integration.forecast_cache` for its
+            folder ``predict`` reads and writes (see :mod:`kronos_qlib.inference.forecast_cache` for its
             layout), also in the model qrun records.
     """
 

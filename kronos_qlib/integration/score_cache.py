@@ -3,7 +3,7 @@
 A head score is one forward pass, yet a three-year CSI300 test is some 200k of them (about 15 minutes on 2
 cores at the CPU preset): a re-run backtest reads them instead. Keyed like the forecast cache: the folder by the
 weights of tokenizer, predictor and head, the context settings and the provider folder; each score by the
-:func:`~kronos_qlib.integration.forecast_cache.bars_digest` of the context it read, checked on every read, so a
+:func:`~kronos_qlib.inference.forecast_cache.bars_digest` of the context it read, checked on every read, so a
 changed bar re-scores exactly its stock-day. A damaged day file is logged and scored again. One writer per
 folder (``predict`` writes a day once its scores are done, atomically).
 
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..files import atomic_write
-from .forecast_cache import _READ_ERRORS, keyed_folder
+from ..inference.forecast_cache import _READ_ERRORS, keyed_folder
 
 logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1

@@ -1,4 +1,4 @@
-"""On-disk cache of sampled forecast paths, one file per trading day.
+"""On-disk cache of sampled forecast paths, one file per trading day, and its one reader.
 
 Keyed by everything that determines a forecast: the folder by both networks' weights, the forecast and sampling
 settings and the provider folder; each stored forecast by a digest of what it was sampled from
@@ -8,7 +8,8 @@ whose context changed, and says so in the log; the rest are read. A content dige
 times: it is exact, costs a few seconds for a three-year backtest, and keeps every forecast whose bars did not
 change. Re-running a backtest or trying another signal reads the paths instead of sampling them again, and a long
 prediction that is interrupted resumes from the last finished day. A day file that cannot be read (truncated,
-corrupted) is logged with its path and treated as absent, so its day is sampled and written again.
+corrupted) is logged with its path and treated as absent, so its day is sampled and written again. Whoever reads
+a whole folder (forecast evaluation, the factor handler) reads it through :func:`day_files` and :func:`read_day`.
 
 Several processes may fill one folder at once (``scripts/forecast.py`` under torchrun, or two runs of the same
 settings): a save holds the folder's lock file while it merges its forecasts into what the day file holds and
@@ -87,6 +88,15 @@ def read_day(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     naming the file when it is damaged or not of this layout."""
     arrays = _read(path)
     return arrays["instruments"].astype(str), arrays["paths"], arrays["last_close"].astype(np.float64)
+
+
+def day_files(folder: Path, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None
+              ) -> list[tuple[pd.Timestamp, Path]]:
+    """(day, file) of every day file in ``folder`` whose day lies in [start, end] (None: open-ended), in order:
+    how readers of a whole folder (evaluation, the factor handler) find what :class:`ForecastCache` wrote."""
+    files = sorted(Path(folder).glob("????-??-??.npz"))
+    low, high = pd.Timestamp(start or pd.Timestamp.min), pd.Timestamp(end or pd.Timestamp.max)
+    return [(day, f) for f in files if low <= (day := pd.Timestamp(f.stem)) <= high]
 
 
 def keyed_folder(root: str | Path | None, key: dict) -> Path | None:
