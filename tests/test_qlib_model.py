@@ -12,6 +12,7 @@ from qlib.data.dataset import DatasetH
 
 from kronos_qlib import CheckpointError, ConfigError, Kronos, KronosBarsHandler, KronosInputError, KronosModel
 from kronos_qlib.data import init_qlib, load_bars, membership
+from kronos_qlib.model.hub import file_sha256
 
 from conftest import CN_DATA, scale_closes, small_provider
 
@@ -59,6 +60,42 @@ def test_the_recorded_model_names_its_forecast_folder(fitted):
     recorded = pickle.loads(pickle.dumps(model))
     assert recorded.forecast_folder.parent == out / "forecasts"
     assert (recorded.forecast_folder / "key.json").exists()
+
+
+class Recorder:
+    """What KronosModel.fit calls on Qlib's recorder, keeping the params."""
+
+    def __init__(self):
+        self.params = {}
+
+    def log_params(self, **params):
+        self.params.update(params)
+
+    def log_metrics(self, step, **metrics):
+        pass
+
+    def set_tags(self, **tags):
+        pass
+
+
+def test_the_recorded_params_name_the_weights_the_run_started_from(fitted, dataset, monkeypatch):
+    """Each finetuned stage's start (the tiny preset: random weights and their seed; the predictor's tokenizer by
+    its file) and the files predict uses; a fit that reuses the finished stages records them as the first did."""
+    _, out = fitted
+    recorder = Recorder()
+    monkeypatch.setattr("kronos_qlib.integration.model.active_recorder", lambda: recorder)
+    model = KronosModel(**tiny_model_kwargs(out))
+    model.fit(dataset)
+    params = recorder.params
+    best = {stage: out / "checkpoints" / stage / "best" for stage in ("tokenizer", "predictor")}
+    tokenizer_sha = file_sha256(best["tokenizer"] / "model.safetensors")
+    assert (params["kronos.start.tokenizer.tokenizer.source"], params["kronos.start.tokenizer.tokenizer.seed"]) == \
+        ("random", "42")
+    assert params["kronos.start.predictor.predictor.source"] == "random"
+    assert params["kronos.start.predictor.tokenizer.sha256"] == tokenizer_sha
+    assert params["kronos.loaded.tokenizer.sha256"] == tokenizer_sha
+    assert params["kronos.loaded.predictor.sha256"] == file_sha256(best["predictor"] / "model.safetensors")
+    assert params["kronos.loaded.predictor.source"] == str(best["predictor"])
 
 
 def test_predict_scores_every_member_every_day(fitted, dataset):

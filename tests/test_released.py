@@ -1,15 +1,19 @@
 """Released checkpoints a run can vouch for: a local copy is recognised as released, a changed weights file is
-named with both hashes, and ``python -m kronos_qlib.model verify`` says what a folder holds or why it is broken."""
+named with both hashes, a loaded network names its file and Hub commit, a revision pins it, and
+``python -m kronos_qlib.model verify`` says what a folder holds or why it is broken."""
 import logging
 import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 
-from kronos_qlib import Kronos
+import kronos_qlib.model.hub as hub
+from kronos_qlib import CheckpointError, ConfigError, Kronos
 from kronos_qlib.model.configs import RELEASED, RELEASED_FILES, released
 from kronos_qlib.model.hub import file_sha256
+from kronos_qlib.training.config import network_revision
 
 
 def released_layout_with_other_weights(folder):
@@ -51,3 +55,36 @@ def test_verify_reports_a_folder_and_refuses_a_broken_one(tmp_path, predictor_di
     broken = verify(pointer)
     assert broken.returncode == 1 and "Git LFS pointer" in broken.stderr
     assert verify(tmp_path / "missing").returncode == 1
+
+
+def test_a_folder_load_names_its_file_and_no_commit(predictor_dir):
+    assert Kronos.from_pretrained(predictor_dir).origin == {
+        "source": str(predictor_dir), "revision": None, "sha256": file_sha256(predictor_dir / "model.safetensors")}
+
+
+def test_a_hub_load_names_its_commit_and_released_pins_the_listed_one(tmp_path, monkeypatch):
+    """The Hub cache names a snapshot by its commit; ``revision: released`` asks for the commit RELEASED_FILES
+    lists (here a fake cache answers, as the Hub is not reachable)."""
+    commit = RELEASED_FILES["NeoQuasar/Kronos-mini"][0]
+    snapshot = released_layout_with_other_weights(tmp_path / "models--NeoQuasar--Kronos-mini" / "snapshots" / commit)
+    asked = []
+
+    def download(repo_id, filename, revision, **kwargs):
+        asked.append(revision)
+        return str(snapshot / filename)
+
+    monkeypatch.setattr(hub, "hf_hub_download", download)
+    model = Kronos.from_pretrained("NeoQuasar/Kronos-mini", revision="released")
+    assert asked == [commit, commit]
+    assert model.origin == {"source": "NeoQuasar/Kronos-mini", "revision": commit,
+                            "sha256": file_sha256(snapshot / "model.safetensors")}
+    with pytest.raises(CheckpointError, match="pins the released NeoQuasar checkpoints"):
+        Kronos.from_pretrained("someone/Kronos-finetune", revision="released")
+
+
+def test_a_revision_for_both_networks_or_one_each():
+    assert network_revision("released", "tokenizer") == "released"
+    assert network_revision({"predictor": "abc123"}, "predictor") == "abc123"
+    assert network_revision({"predictor": "abc123"}, "tokenizer") is None
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['predicter'\]"):
+        network_revision({"predicter": "abc123"}, "predictor")

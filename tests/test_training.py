@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,9 +12,10 @@ import yaml
 from safetensors.torch import load_file
 
 from kronos_qlib import CheckpointError, ConfigError, Kronos, KronosTokenizer, TrainingError
-from kronos_qlib.model.hub import weights_digest
+from kronos_qlib.model.hub import file_sha256, weights_digest
 from kronos_qlib.training import PRESETS, SequentialTrainer, config_from_dict, load_config
 from kronos_qlib.training.distributed import Runtime
+from kronos_qlib.training.stage_folder import StageFolder
 
 from conftest import CN_DATA, REPO
 
@@ -79,6 +81,24 @@ def test_skip_existing(trained, data_cache, caplog, resume):
                                   resume=resume).run()
     assert again == paths
     assert {p: (p / "model.safetensors").stat().st_mtime_ns for p in paths.values()} == stamp
+    assert caplog.text.count("reused") == 2
+
+
+def test_done_json_names_the_weights_each_stage_started_from(trained, data_cache, tmp_path, caplog):
+    """Random weights by their seed, a checkpoint by its source, Hub commit (none for a folder) and file hash; a
+    stage finished before these were recorded is still reused."""
+    out, paths = trained
+    random = {"source": "random", "seed": 3}
+    tokenizer = {"source": str(paths["tokenizer"]), "revision": None,
+                 "sha256": file_sha256(paths["tokenizer"] / "model.safetensors")}
+    assert StageFolder(out / "tokenizer", "tokenizer").start() == {"tokenizer": random}
+    assert StageFolder(out / "predictor", "predictor").start() == {"predictor": random, "tokenizer": tokenizer}
+    older = shutil.copytree(out, tmp_path / "older")
+    for stage in ("tokenizer", "predictor"):
+        done = older / stage / "done.json"
+        done.write_text(json.dumps({k: v for k, v in json.loads(done.read_text()).items() if k != "start"}))
+    with caplog.at_level(logging.INFO):
+        SequentialTrainer(config_from_dict(tiny_config(older, data_cache))).run()
     assert caplog.text.count("reused") == 2
 
 
@@ -310,7 +330,7 @@ def test_pretrained_with_config_overrides(trained, data_cache, tmp_path):
     from kronos_qlib.training.sequential import load_or_build
 
     model = load_or_build(Kronos, str(trained[1]["predictor"]), {**TINY_PREDICTOR, "ffn_dropout_p": 0.3},
-                          "predictor")
+                          "predictor", None, 0)
     assert model.transformer[0].ffn.ffn_dropout.p == 0.3
 
 

@@ -24,7 +24,7 @@ FACTOR_WORKFLOW = "kronos_lightgbm_csi300.yaml"
 HEAD_WORKFLOW = "kronos_head_csi300.yaml"
 VARIABLES = ["QLIB_DATA", "KRONOS_CACHE", "KRONOS_PRESET", "TRAIN_START", "TRAIN_END", "VALID_START", "VALID_END",
              "TEST_START", "TEST_END", "BACKTEST_END", "KRONOS_TRAIN_START", "KRONOS_TRAIN_END", "KRONOS_VALID_START",
-             "KRONOS_VALID_END", "FACTOR_TRAIN_START", "KRONOS_SAMPLES", "SEED", "SAMPLE_SEED"]
+             "KRONOS_VALID_END", "FACTOR_TRAIN_START", "KRONOS_SAMPLES", "SEED", "SAMPLE_SEED", "KRONOS_REVISION"]
 #: The factor workflow at the smoke scale (the README's command): Kronos trained on 2016-01..05, LightGBM on
 #: 2016-06..08 and validated on September, the smoke test dates after; two paths per stock and day.
 FACTOR_SMOKE = smoke_env(FACTOR_SMOKE_ENV)
@@ -110,10 +110,22 @@ def test_kronos_workflow_sets_each_setting_once(monkeypatch):
     kwargs = config["task"]["model"]["kwargs"]
     assert config["qlib_init"]["provider_uri"] == "/data"
     assert kwargs["finetune"] == {"preset": "small", "seed": 42,
-                                  "output_dir": "runs/kronos_csi300_small_2010-01-01_2019-12-31_seed42"}
+                                  "output_dir": "runs/kronos_csi300_small_2010-01-01_2019-12-31_seed42",
+                                  "revision": None}
     assert kwargs["sampling"]["seed"] == 0
     assert config["task"]["dataset"]["kwargs"]["handler"]["kwargs"]["history"] == kwargs["forecast"]["lookback"]
     assert kwargs["cache_dir"] == "~/.cache/kronos_qlib/forecasts"
+
+
+def test_kronos_revision_reaches_every_kronos_workflow():
+    """KRONOS_REVISION pins the checkpoints each Kronos workflow starts from; unset, they are the latest."""
+    for env, expected in (({}, None), ({"KRONOS_REVISION": "released"}, "released"),
+                          ({"KRONOS_REVISION": "123"}, "123")):
+        kronos = render(WORKFLOWS / "kronos_csi300.yaml", env)["task"]["model"]["kwargs"]
+        head = render(WORKFLOWS / HEAD_WORKFLOW, env)["task"]["model"]["kwargs"]
+        factors = render(WORKFLOWS / FACTOR_WORKFLOW, env)["task"]["dataset"]["kwargs"]["handler"]["kwargs"]["kronos"]
+        assert [kronos["revision"], kronos["finetune"]["revision"], head["finetune"]["revision"],
+                factors["finetune"]["revision"]] == [expected] * 4
 
 
 def test_head_workflow_shares_the_path_workflows_stages_and_samples_no_paths():
@@ -171,7 +183,8 @@ def test_seed_variables_reach_every_seeded_part(monkeypatch):
     env = {"SEED": "43", "SAMPLE_SEED": "1"}
     kronos = render(WORKFLOWS / "kronos_csi300.yaml", env)["task"]["model"]["kwargs"]
     assert kronos["finetune"] == {"preset": "cpu", "seed": 43,
-                                  "output_dir": "runs/kronos_csi300_cpu_2010-01-01_2019-12-31_seed43"}
+                                  "output_dir": "runs/kronos_csi300_cpu_2010-01-01_2019-12-31_seed43",
+                                  "revision": None}
     assert kronos["sampling"]["seed"] == 1
     lgb = render(WORKFLOWS / "lightgbm_csi300.yaml", env)
     assert lgb["task"]["model"]["kwargs"]["seed"] == 43

@@ -29,6 +29,7 @@ from ..model.hub import weights_digest
 from ..signals import check_price_limit, check_signal, price_limits, score_day, smooth_scores
 from ..signals.smoothing import check_halflife
 from ..training import SequentialTrainer, config_from_dict
+from ..training.config import network_revision
 from ..training.head import HeadConfig, HeadStage
 from ..inference.forecast_cache import ForecastCache, bars_digest
 from .handler import KronosBarsHandler
@@ -89,6 +90,8 @@ class KronosModel(ModelFT):
 
     Args:
         tokenizer, predictor: Hub ids or local folders, used when ``finetune`` is not given.
+        revision: their Hub revision (None: the latest; ``released``: the commits of the released files; or one
+            each, ``{tokenizer: ..., predictor: ...}``); ``finetune`` takes its own for its ``pre_trained_*``.
         finetune: a finetuning configuration (the keys of ``workflows/finetune_csi300.yaml`` without ``data``,
             e.g. ``{preset: cpu, output_dir: runs/kronos}``): ``fit`` trains on the dataset's train and valid
             segments and predicts with the result. A finished stage with the same settings is reused, an
@@ -121,11 +124,16 @@ class KronosModel(ModelFT):
         cache_dir: where sampled paths are kept (None: no cache); after ``fit``, ``forecast_folder`` is the
             folder ``predict`` reads and writes (see :mod:`kronos_qlib.inference.forecast_cache` for its
             layout), also in the model qrun records.
+
+    Under qrun, the recorder's params name the weights: ``kronos.weights.*`` the digests of those predict uses,
+    ``kronos.loaded.<network>.*`` the files they were loaded from (source, Hub commit, sha256) and
+    ``kronos.start.<stage>.<network>.*`` what each finetuned stage started from (as its done.json says).
     """
 
     #: a model pickled before these settings existed scores as it did then: unsmoothed, unclipped
     signal_halflife: float | None = None
     price_limit: str | float | None = None
+    revision: str | dict | None = None
 
     def __init__(self, tokenizer: str = "NeoQuasar/Kronos-Tokenizer-base", predictor: str = "NeoQuasar/Kronos-small",
                  finetune: dict | None = None, refit: dict | None = None,
@@ -133,7 +141,8 @@ class KronosModel(ModelFT):
                  sampling: dict | Sampling | None = None, signal: str = "expected_return", signal_start: int = 1,
                  signal_end: int | None = None, signal_halflife: float | None = None, head: dict | None = None,
                  price_limit: str | float | None = "cn", batch_size: int = 64, device: str | None = None,
-                 precision: str = "auto", cache_dir: str | None = "~/.cache/kronos_qlib/forecasts"):
+                 precision: str = "auto", cache_dir: str | None = "~/.cache/kronos_qlib/forecasts",
+                 revision: str | dict | None = None):
         self.forecast = ForecastSpec.build(forecast, "KronosModel forecast")
         self.sampling = Sampling.build(sampling, "KronosModel sampling")
         self.batch_size = as_int("batch_size", batch_size, 1)
@@ -152,7 +161,7 @@ class KronosModel(ModelFT):
                                            signal_start, signal_end)
         if any(settings is not None and "data" in settings for settings in (finetune, refit)):
             raise ConfigError("finetune.data is not used: KronosModel trains on the dataset's segments")
-        self.tokenizer_source, self.predictor_source = tokenizer, predictor
+        self.tokenizer_source, self.predictor_source, self.revision = tokenizer, predictor, revision
         self.finetune_config, self.refit = finetune, refit
         self.signal, self.signal_start = signal, int(signal_start)
         self.signal_halflife, self.price_limit = check_halflife(signal_halflife), check_price_limit(price_limit)
@@ -187,9 +196,11 @@ class KronosModel(ModelFT):
             self._fit_head(dataset, handler, self.finetune_config["output_dir"], "finetune")
         recorder = active_recorder()
         if recorder is not None:  # the weights a recorded run used, whatever folder or Hub id they came from
-            weights = {"tokenizer": weights_digest(self.tokenizer), "predictor": weights_digest(self.model),
-                       **({"head": weights_digest(self.head)} if self.head is not None else {})}
-            log_settings(recorder, forecast=self.forecast.to_dict(), sampling=self.sampling.to_dict(), weights=weights)
+            networks = {"tokenizer": self.tokenizer, "predictor": self.model,
+                        **({"head": self.head} if self.head is not None else {})}
+            log_settings(recorder, forecast=self.forecast.to_dict(), sampling=self.sampling.to_dict(),
+                         weights={name: weights_digest(net) for name, net in networks.items()},
+                         loaded={name: net.origin for name, net in networks.items()})
         # qrun pickles the model (params.pkl) right after fit, before predict: the recorded model names its cache
         self.forecast_folder = self._output_folder()
 
@@ -262,8 +273,9 @@ class KronosModel(ModelFT):
             log_stage(recorder, stage.folder, prefix="" if name == "finetune" else f"{name}-")
 
     def _load(self, tokenizer: str | Path, predictor: str | Path) -> None:
-        self.tokenizer = KronosTokenizer.from_pretrained(str(tokenizer))
-        self.model = Kronos.from_pretrained(str(predictor))
+        self.tokenizer = KronosTokenizer.from_pretrained(str(tokenizer),
+                                                         revision=network_revision(self.revision, "tokenizer"))
+        self.model = Kronos.from_pretrained(str(predictor), revision=network_revision(self.revision, "predictor"))
 
     # --------------------------------------------------------------------------------------------- predict
     def predict(self, dataset: DatasetH, segment: str | slice = "test") -> pd.Series:

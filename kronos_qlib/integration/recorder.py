@@ -45,9 +45,13 @@ def log_settings(recorder, **sections: dict[str, Any]) -> None:
 
 def log_stage(recorder, folder: StageFolder, prefix: str = "") -> None:
     """Every epoch of a stage (``metrics.jsonl``, so a reused or resumed stage logs its whole history) as metrics
-    ``<prefix><stage>/<name>`` with step = epoch, and the folder of its best checkpoint as a tag."""
+    ``<prefix><stage>/<name>`` with step = epoch, the folder of its best checkpoint as a tag, and the weights it
+    started from (done.json) as params ``kronos.start.<prefix><stage>.<network>.<key>``."""
     if not folder.metrics.exists():
         return
+    start = folder.start()
+    if start:
+        recorder.log_params(**flatten(start, f"kronos.start.{prefix}{folder.stage}"))
     for line in folder.metrics.read_text().splitlines():
         row = json.loads(line)
         recorder.log_metrics(step=int(row["epoch"]), **{

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..errors import CheckpointError
+
 RELEASED = {
     "NeoQuasar/Kronos-Tokenizer-base": dict(
         d_in=6, d_model=256, n_heads=4, ff_dim=512, n_enc_layers=4, n_dec_layers=4, ffn_dropout_p=0.0,
@@ -44,6 +46,21 @@ RELEASED_FILES = {
     "NeoQuasar/Kronos-base": ("2b554741eca47781b64468546e77fef3e85130e6", 409_264_008,
                               "abff193acab6db1a0368e9773e75799d11403b6d054ee6d5f0a11aeabc5f4b83"),
 }
+
+
+#: The revision that pins a released checkpoint to the Hub commit of the file RELEASED_FILES lists.
+RELEASED_REVISION = "released"
+
+
+def hub_revision(hub_id: str, revision: str | None) -> str | None:
+    """The Hub revision to download ``hub_id`` at: None (or "") is the latest, ``released`` the commit listed in
+    RELEASED_FILES, anything else a branch, tag or commit as given."""
+    if revision != RELEASED_REVISION:
+        return revision or None
+    if hub_id not in RELEASED_FILES:
+        raise CheckpointError(f"revision '{RELEASED_REVISION}' pins the released NeoQuasar checkpoints "
+                              f"({', '.join(RELEASED_FILES)}), not '{hub_id}'")
+    return RELEASED_FILES[hub_id][0]
 
 
 def released_name(source: object) -> str | None:

@@ -1,8 +1,9 @@
 """Loading and saving in the Hugging Face Hub layout (``config.json`` + ``model.safetensors``).
 
-Built on ``huggingface_hub.PyTorchModelHubMixin`` (which also provides ``push_to_hub``), with two changes
-that matter for research code: loading is strict and says exactly what is wrong with a folder, file or
-repository, and saving replaces files atomically so a crash never leaves a half-written checkpoint.
+Built on ``huggingface_hub.PyTorchModelHubMixin`` (which also provides ``push_to_hub`` and the model card), with
+two changes that matter for research code: loading is strict and says exactly what is wrong with a folder, file
+or repository, and saving replaces each file atomically so a crash never leaves a half-written one. A loaded
+network's ``origin`` names the weights it holds (source, Hub commit, sha256 of the file) for the run's records.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
-from .configs import RELEASED_FILES, released_name
+from .configs import RELEASED_FILES, hub_revision, released_name
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith(("/", ".", "~")) or source.count("/") > 1 or os.sep != "/" and os.sep in source
 
 
-def _resolve_files(source: str, **hub_kwargs: Any) -> tuple[Path, Path]:
-    """Paths of (config.json, model.safetensors) in a local folder or a Hub repository's cached snapshot."""
+def _resolve_files(source: str, revision: str | None = None, **hub_kwargs: Any) -> tuple[Path, Path]:
+    """Paths of (config.json, model.safetensors) in a local folder or a Hub repository's cached snapshot (at
+    ``revision``, see :func:`~kronos_qlib.model.configs.hub_revision`; a local folder has none)."""
     folder = Path(source).expanduser()
     if folder.is_dir():
         files = folder / CONFIG_NAME, folder / WEIGHTS_NAME
@@ -48,8 +50,9 @@ def _resolve_files(source: str, **hub_kwargs: Any) -> tuple[Path, Path]:
         return files
     if _looks_like_path(source):
         raise CheckpointError(f"checkpoint folder '{source}' does not exist")
+    revision = hub_revision(source, revision)
     try:
-        return tuple(Path(hf_hub_download(repo_id=source, filename=name, **hub_kwargs))
+        return tuple(Path(hf_hub_download(repo_id=source, filename=name, revision=revision, **hub_kwargs))
                      for name in (CONFIG_NAME, WEIGHTS_NAME))
     except Exception as err:  # the Hub client raises many types (HTTP, offline, validation, not found)
         raise CheckpointError(
@@ -141,6 +144,23 @@ def check_released_file(source: str, weights_file: Path) -> str | None:
     return digest
 
 
+def hub_commit(path: Path) -> str | None:
+    """The Hub commit of a file in the Hub cache (``.../snapshots/<commit>/<file>``), None elsewhere: the cache
+    names each snapshot by the commit it was downloaded at, whatever branch or tag was asked for."""
+    return path.parent.name if path.parent.parent.name == "snapshots" else None
+
+
+def origin(source: str, weights_file: Path) -> dict[str, str | None]:
+    """What a network loaded from ``source`` started from, for done.json and the recorder: the source, its Hub
+    commit (None for a local folder) and the sha256 of its weights file."""
+    return {"source": source, "revision": hub_commit(weights_file), "sha256": file_sha256(weights_file)}
+
+
+def random_origin(seed: int) -> dict[str, str | int]:
+    """The ``origin`` of a network that starts from random weights: the seed that drew them."""
+    return {"source": "random", "seed": seed}
+
+
 def _load_weights(model: torch.nn.Module, path: Path) -> None:
     check_not_lfs_pointer(path)
     try:
@@ -174,7 +194,16 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 class HubModelMixin(PyTorchModelHubMixin):
-    """``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` for the Kronos networks."""
+    """``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` for the Kronos networks.
+
+    Saving goes through the mixin's ``save_pretrained`` and this ``_save_pretrained`` hook. Loading overrides
+    ``from_pretrained`` itself: the mixin's reads ``config.json`` before its ``_from_pretrained`` hook runs and
+    leniently (a missing config is a log line, a malformed one a JSONDecodeError, a missing folder a Hub id
+    validation error), where these checks must come first and name the problem.
+    """
+
+    #: what the weights were loaded from (:func:`origin`); a network built in code has none
+    origin: dict | None = None
 
     @classmethod
     def from_pretrained(cls: type[M], pretrained_model_name_or_path: str | Path, *, revision: str | None = None,
@@ -198,21 +227,16 @@ class HubModelMixin(PyTorchModelHubMixin):
         model = cls(**config)
         _load_weights(model, weights_file)
         check_released_file(source, weights_file)
+        model.origin = origin(source, weights_file)
         return model.to(map_location).eval()
 
-    def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None,
-                        model_card_kwargs: dict | None = None, push_to_hub: bool = False, repo_id: str | None = None,
-                        **push_to_hub_kwargs: Any) -> str | None:
-        """Write ``config.json`` and ``model.safetensors`` (and a model card); each file replaced atomically."""
-        target = Path(save_directory)
-        target.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target, prefix=".saving-") as tmp:
-            super().save_pretrained(tmp, config=config, model_card_kwargs=model_card_kwargs)
-            # Each file is replaced atomically, weights first: a crash in between can leave new weights beside
-            # the previous config.json, which matters only when saving another architecture over a checkpoint.
-            for name in sorted(os.listdir(tmp), key=lambda n: n != WEIGHTS_NAME):
-                os.replace(Path(tmp) / name, target / name)
-        if push_to_hub:
-            return self.push_to_hub(repo_id or target.name, config=config, model_card_kwargs=model_card_kwargs,
-                                    **push_to_hub_kwargs)
-        return None
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's hook: its ``model.safetensors``, then ``config.json`` (the constructor's arguments, as the
+        mixin writes them), each renamed into place. The mixin has removed the old ``config.json`` first, so a crash
+        in between leaves a folder that loading refuses ("has no config.json"), never weights beside another
+        config."""
+        with tempfile.TemporaryDirectory(dir=save_directory, prefix=".saving-") as tmp:
+            super()._save_pretrained(Path(tmp))
+            (Path(tmp) / CONFIG_NAME).write_text(json.dumps(self._hub_mixin_config, sort_keys=True, indent=2))
+            for name in (WEIGHTS_NAME, CONFIG_NAME):
+                os.replace(Path(tmp) / name, save_directory / name)

@@ -53,6 +53,8 @@ class FinetuneConfig:
     #: Hub id or local folder to start from; false builds a fresh model from *_config.
     pre_trained_tokenizer: str | bool = "NeoQuasar/Kronos-Tokenizer-base"
     pre_trained_predictor: str | bool = "NeoQuasar/Kronos-small"
+    #: Hub revision of the pre_trained_* Hub ids (see :func:`network_revision`); null: the latest.
+    revision: str | dict | None = None
     tokenizer_config: dict | None = None
     predictor_config: dict | None = None
     #: Condition s2 on the true s1 token while training (otherwise on one sampled from the s1 logits).
@@ -105,6 +107,18 @@ PRESETS: dict[str, dict] = {
                           dict(n_layers=2, d_model=32, n_heads=2, ff_dim=64), epochs=(1, 1), batch_size=16,
                           windows=(256, 64)),
 }
+
+
+def network_revision(revision: str | dict | None, network: str) -> str | None:
+    """The Hub revision of ``network``'s checkpoint: one for both (a branch or tag, or ``released``: the commits of
+    kronos_qlib/model/configs.py's RELEASED_FILES), or ``{tokenizer: ..., predictor: ...}``, as a commit belongs
+    to one repository. A local folder ignores it."""
+    if isinstance(revision, dict):
+        unknown = sorted(set(revision) - {"tokenizer", "predictor"})
+        if unknown:
+            raise ConfigError(f"revision has unknown key(s) {unknown}: give tokenizer and/or predictor")
+        return revision.get(network)
+    return revision
 
 
 def _merge(base: dict, override: dict) -> dict:

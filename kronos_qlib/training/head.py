@@ -34,7 +34,7 @@ from ..files import atomic_write_text
 from ..inference.head import contexts
 from ..logs import progress_bar
 from ..model import Kronos, KronosTokenizer, ReturnHead, context_states
-from ..model.hub import init_arg_mismatch, weights_digest
+from ..model.hub import init_arg_mismatch, random_origin, weights_digest
 from .checkpoint import load_state, rng_state, save_atomic, set_rng_state
 from .stage_folder import Plan, StageFolder
 
@@ -171,15 +171,19 @@ class HeadStage:
         torch.manual_seed(config.seed)
         if config.variant == "control":  # the same architecture, fresh weights
             predictor = type(predictor)(**predictor._hub_mixin_config)
+            predictor.origin = random_origin(config.seed)
         self.predictor = (predictor if config.variant == "probe" else copy.deepcopy(predictor)).to(device)
         self.states = states
         self.head = (copy.deepcopy(init_head) if init_head is not None
                      else ReturnHead(predictor.d_model, config.hidden, config.pool, config.dropout)).to(device)
+        if init_head is None:
+            self.head.origin = random_origin(config.seed)
         self.settings = json.loads(json.dumps({
             "stage": "head", "head": dataclasses.asdict(config), "lookback": lookback, "clip": clip,
             "tokenizer": weights_digest(tokenizer), "predictor": weights_digest(predictor),
             "init_head": None if init_head is None else weights_digest(init_head),
             "data": samples_digest(panel, samples)}, default=str))
+        self.start = {"tokenizer": tokenizer.origin, "predictor": predictor.origin, "head": self.head.origin}
 
     @property
     def trains_predictor(self) -> bool:
@@ -195,7 +199,7 @@ class HeadStage:
         if plan is Plan.FRESH:
             folder.start_fresh()
         self._fit()
-        folder.finish(self.settings)
+        folder.finish(self.settings, self.start)
         return self._finished()
 
     def _finished(self) -> tuple[ReturnHead, Kronos]:

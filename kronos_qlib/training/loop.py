@@ -229,7 +229,7 @@ class StageTrainer:
             self.rt.barrier()
         self._check_ranks_in_sync()
         if self.rt.is_main:
-            self.folder.finish(self.settings)
+            self.folder.finish(self.settings, self.stage.start)
         self.rt.barrier()
         return self.folder.best
 

@@ -15,9 +15,9 @@ from torch import nn
 from ..data import WindowDataset, build_datasets
 from ..errors import CheckpointError, ConfigError, KronosInputError, TrainingError
 from ..model import Kronos, KronosTokenizer
-from ..model.hub import init_arg_mismatch, weights_digest
+from ..model.hub import init_arg_mismatch, random_origin, weights_digest
 from .checkpoint import seed_everything
-from .config import FinetuneConfig, StageConfig, load_config
+from .config import FinetuneConfig, StageConfig, load_config, network_revision
 from .distributed import Runtime, setup, teardown
 from .loop import StageTrainer, agreed
 from .stage_folder import Plan, StageFolder
@@ -28,17 +28,26 @@ logger = logging.getLogger(__name__)
 STAGES = ("tokenizer", "predictor")
 
 
-def load_or_build(cls: type, source: str | bool, config: dict | None, what: str) -> nn.Module:
-    """``source`` (Hub id or folder) with ``config`` overriding its arguments, else a new model from ``config``."""
+def load_or_build(cls: type, source: str | bool, config: dict | None, what: str, revision: str | None,
+                  seed: int) -> nn.Module:
+    """``source`` (Hub id at ``revision``, or folder) with ``config`` overriding its arguments, else a new model
+    from ``config`` whose ``origin`` names the seed of its random weights."""
     missing, unknown = init_arg_mismatch(cls, config or {})
     if unknown:
         raise ConfigError(f"{what}_config has unknown key(s) {unknown} for {cls.__name__}")
     if source:
-        return cls.from_pretrained(str(source), **(config or {}))
+        return cls.from_pretrained(str(source), revision=revision, **(config or {}))
     if missing:
         raise ConfigError(f"pre_trained_{what} is false, so {what}_config must give every argument of "
                           f"{cls.__name__}; missing {missing}")
-    return cls(**config)
+    model = cls(**config)
+    model.origin = random_origin(seed)
+    return model
+
+
+def _pinned(revision: str | None) -> dict:
+    """A pinned Hub revision among a stage's settings (a stage trained from the latest is reused as before)."""
+    return {"revision": revision} if revision else {}
 
 
 class SequentialTrainer:
@@ -92,26 +101,30 @@ class SequentialTrainer:
         if not self.config.pre_trained_tokenizer:
             raise ConfigError(f"the predictor stage needs a tokenizer: train one first (train_tokenizer) or set "
                               f"pre_trained_tokenizer; {trained.path} holds no finished tokenizer stage")
-        return KronosTokenizer.from_pretrained(str(self.config.pre_trained_tokenizer))
+        return KronosTokenizer.from_pretrained(str(self.config.pre_trained_tokenizer),
+                                               revision=network_revision(self.config.revision, "tokenizer"))
 
     def _train_tokenizer(self) -> Path:
         cfg = self.config
-        model = {"source": cfg.pre_trained_tokenizer, "config": cfg.tokenizer_config}
+        revision = network_revision(cfg.revision, "tokenizer")
+        model = {"source": cfg.pre_trained_tokenizer, "config": cfg.tokenizer_config, **_pinned(revision)}
 
         def build() -> Stage:
             return tokenizer_stage(load_or_build(KronosTokenizer, cfg.pre_trained_tokenizer, cfg.tokenizer_config,
-                                                 "tokenizer"))
+                                                 "tokenizer", revision, cfg.seed))
 
         return self._stage("tokenizer", build, cfg.tokenizer_training, model)
 
     def _train_predictor(self) -> Path:
         cfg = self.config
         tokenizer = self.tokenizer_for_predictor().to(self.rt.device)
+        revision = network_revision(cfg.revision, "predictor")
         model = {"source": cfg.pre_trained_predictor, "config": cfg.predictor_config,
-                 "teacher_forcing": cfg.teacher_forcing, "tokenizer": weights_digest(tokenizer)}
+                 "teacher_forcing": cfg.teacher_forcing, "tokenizer": weights_digest(tokenizer), **_pinned(revision)}
 
         def build() -> Stage:
-            predictor = load_or_build(Kronos, cfg.pre_trained_predictor, cfg.predictor_config, "predictor")
+            predictor = load_or_build(Kronos, cfg.pre_trained_predictor, cfg.predictor_config, "predictor",
+                                      revision, cfg.seed)
             if (predictor.s1_bits, predictor.s2_bits) != (tokenizer.s1_bits, tokenizer.s2_bits):
                 raise ConfigError(f"the predictor's vocabulary (s1_bits={predictor.s1_bits}, "
                                   f"s2_bits={predictor.s2_bits}) does not match the tokenizer's "

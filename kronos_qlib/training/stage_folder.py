@@ -2,7 +2,8 @@
 
 ``output_dir/<stage>/`` holds ``best/`` (the best validation checkpoint, ``save_pretrained`` layout),
 ``last.pt`` (the resumable training state), ``metrics.jsonl`` (one line per epoch) and ``done.json`` (the
-settings the stage was trained with, written after its last epoch). Its state is one of
+settings the stage was trained with, and under ``start`` the weights it started from, written after its last
+epoch). Its state is one of
 
 - empty: none of these files;
 - in progress: files of a run but no ``done.json`` (the run was killed, or is running);
@@ -59,8 +60,7 @@ class StageFolder:
     def done(self) -> Path:
         return self.path / "done.json"
 
-    def finished_settings(self) -> dict | None:
-        """The settings of a finished stage, None when it is not finished."""
+    def _done(self) -> dict | None:
         if not self.done.exists():
             return None
         try:
@@ -68,6 +68,17 @@ class StageFolder:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"{self.done} is damaged ({err}): move {self.path} away to train the {self.stage} "
                               f"stage again") from err
+
+    def finished_settings(self) -> dict | None:
+        """The settings of a finished stage, None when it is not finished. The weights it started from are not
+        among them: a stage finished before they were recorded is reused as before."""
+        done = self._done()
+        return None if done is None else {key: value for key, value in done.items() if key != "start"}
+
+    def start(self) -> dict | None:
+        """network -> the weights a finished stage started from (:func:`~kronos_qlib.model.hub.origin`, or random
+        weights and their seed); None when it is not finished or finished before they were recorded."""
+        return (self._done() or {}).get("start")
 
     def in_progress(self) -> bool:
         """A run left something to continue: a checkpoint or a logged epoch (a run killed in its first epoch
@@ -113,7 +124,7 @@ class StageFolder:
             shutil.rmtree(discarded)
         self.path.mkdir(parents=True, exist_ok=True)
 
-    def finish(self, settings: dict) -> None:
-        """In progress -> finished with ``settings``."""
-        atomic_write_text(self.done, json.dumps(settings, sort_keys=True, indent=2, default=str))
+    def finish(self, settings: dict, start: dict) -> None:
+        """In progress -> finished with ``settings``, naming the weights it started from (``start``)."""
+        atomic_write_text(self.done, json.dumps({**settings, "start": start}, sort_keys=True, indent=2, default=str))
         logger.info("%s stage finished: best checkpoint in %s", self.stage, self.best)

@@ -1,7 +1,7 @@
 """The two finetuning objectives, each a function of a batch of normalized windows."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -18,7 +18,8 @@ class Stage:
     """What the generic loop needs to know about a stage: the trainable model and its losses.
 
     ``compute(model, x, stamp)`` returns the scalars named in ``metrics``; "loss" is optimized and
-    ``select_on`` picks the best checkpoint on the validation split.
+    ``select_on`` picks the best checkpoint on the validation split. ``start`` names the weights of the networks
+    it reads as they were when it started (their ``origin``), for done.json.
     """
 
     name: str
@@ -26,6 +27,7 @@ class Stage:
     compute: Callable[[nn.Module, torch.Tensor, torch.Tensor], Losses]
     metrics: tuple[str, ...]
     select_on: str = "loss"
+    start: dict = field(default_factory=dict)
 
 
 def tokenizer_stage(tokenizer: KronosTokenizer) -> Stage:
@@ -37,7 +39,8 @@ def tokenizer_stage(tokenizer: KronosTokenizer) -> Stage:
         return {"loss": (mse_s1 + mse_full + bsq_loss) / 2, "recon_s1": mse_s1, "recon": mse_full,
                 "bsq": bsq_loss}
 
-    return Stage("tokenizer", tokenizer, compute, ("loss", "recon_s1", "recon", "bsq"), select_on="recon")
+    return Stage("tokenizer", tokenizer, compute, ("loss", "recon_s1", "recon", "bsq"), select_on="recon",
+                 start={"tokenizer": tokenizer.origin})
 
 
 def predictor_stage(predictor: Kronos, tokenizer: KronosTokenizer, teacher_forcing: bool = True) -> Stage:
@@ -52,4 +55,5 @@ def predictor_stage(predictor: Kronos, tokenizer: KronosTokenizer, teacher_forci
         loss, ce_s1, ce_s2 = predictor.compute_loss(s1_logits, s2_logits, s1[:, 1:], s2[:, 1:])
         return {"loss": loss, "s1": ce_s1, "s2": ce_s2}
 
-    return Stage("predictor", predictor, compute, ("loss", "s1", "s2"))
+    return Stage("predictor", predictor, compute, ("loss", "s1", "s2"),
+                 start={"predictor": predictor.origin, "tokenizer": tokenizer.origin})

@@ -1,0 +1,90 @@
+"""The GPU checks of issue 40 §3, in minutes and without Qlib: conformance of the tiny checkpoints on CUDA, then
+sampling speed of the Kronos-small config (random weights of the released layout) in fp32 and bf16.
+
+    python scripts/gpu_check.py [--n-series 512] [--batch-size 256]
+
+Exits 0 saying so where no CUDA device is present. Not covered yet: the share of the GPU ceiling, and the
+torchrun NCCL finetune of the ``small`` preset (its windows come from a Qlib provider).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+CONFORMANCE = REPO.parent / "shared" / "conformance"
+CONTEXT, PRED_LEN = 90, 10
+
+
+def conformance(device: torch.device, folder: Path) -> None:
+    """Tokens exactly, reconstructions within the conformance tolerance (1e-4), on ``device``."""
+    from kronos_qlib import KronosTokenizer
+
+    vectors = np.load(folder / "vectors.npz")
+    tokenizer = KronosTokenizer.from_pretrained(folder / "tokenizer-tiny", map_location=device)
+    with torch.no_grad():
+        s1, s2 = tokenizer.encode(torch.from_numpy(vectors["tok_x"]).to(device), half=True)
+        decoded = tokenizer.decode((s1, s2), half=True).cpu().numpy()
+    np.testing.assert_array_equal(s1.cpu().numpy(), vectors["tok_s1"])
+    np.testing.assert_array_equal(s2.cpu().numpy(), vectors["tok_s2"])
+    np.testing.assert_allclose(decoded, vectors["tok_decode_half"], atol=1e-4, rtol=1e-4)
+    print(f"conformance on {device}: tokens exact, decode within 1e-4")
+
+
+def random_bars(n: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random-walk OHLCV bars and their time features (speed does not depend on the values)."""
+    rng = np.random.default_rng(0)
+    close = 10 * np.exp(np.cumsum(rng.normal(0, 0.02, (n, length)), axis=1))
+    bars = np.stack([close, close * 1.01, close * 0.99, close, rng.uniform(1e5, 1e6, (n, length)),
+                     close * 1e5], axis=-1).astype(np.float32)
+    stamps = np.zeros((n, length, 5), dtype=np.float32)
+    return bars, stamps
+
+
+def sampling_speed(device: torch.device, precision: str, n_series: int, batch_size: int) -> float:
+    """Series per second of the cached sampler (5 paths, 10 steps, 90 bars), after one warm-up batch."""
+    from kronos_qlib import Kronos, KronosPredictor, KronosTokenizer
+    from kronos_qlib.inference import Sampling
+    from kronos_qlib.model.configs import RELEASED
+
+    torch.manual_seed(0)
+    predictor = KronosPredictor(Kronos(**RELEASED["NeoQuasar/Kronos-small"]),
+                                KronosTokenizer(**RELEASED["NeoQuasar/Kronos-Tokenizer-base"]), device=device,
+                                batch_size=batch_size, precision=precision)
+    bars, stamps = random_bars(n_series, CONTEXT + PRED_LEN)
+    x, x_stamp, y_stamp = bars[:, :CONTEXT], stamps[:, :CONTEXT], stamps[:, CONTEXT:]
+    sampling = Sampling(sample_count=5)
+    predictor.predict_paths_from_arrays(x[:batch_size], x_stamp[:batch_size], y_stamp[:batch_size], sampling)
+    torch.cuda.synchronize(device)
+    began = time.perf_counter()
+    predictor.predict_paths_from_arrays(x, x_stamp, y_stamp, sampling)
+    torch.cuda.synchronize(device)
+    return n_series / (time.perf_counter() - began)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n-series", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--conformance", type=Path, default=CONFORMANCE, help="folder of the tiny checkpoints")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: the GPU checks were not run")
+        return 0
+    device = torch.device("cuda")
+    print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
+    conformance(device, args.conformance)
+    for precision in ("fp32", "bf16"):
+        speed = sampling_speed(device, precision, args.n_series, args.batch_size)
+        print(f"Kronos-small {precision}: {speed:.1f} series/s ({args.n_series} series, batches of "
+              f"{args.batch_size})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
