@@ -123,10 +123,6 @@ class KronosModel(ModelFT):
             layout), also in the model qrun records.
     """
 
-    #: a model pickled before these settings existed scores as it did then: unsmoothed, unclipped
-    signal_halflife: float | None = None
-    price_limit: str | float | None = None
-
     def __init__(self, tokenizer: str = "NeoQuasar/Kronos-Tokenizer-base", predictor: str = "NeoQuasar/Kronos-small",
                  finetune: dict | None = None, refit: dict | None = None,
                  forecast: dict | ForecastSpec | None = None,
