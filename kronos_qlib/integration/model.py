@@ -130,11 +130,6 @@ class KronosModel(ModelFT):
     ``kronos.start.<stage>.<network>.*`` what each finetuned stage started from (as its done.json says).
     """
 
-    #: a model pickled before these settings existed scores as it did then: unsmoothed, unclipped
-    signal_halflife: float | None = None
-    price_limit: str | float | None = None
-    revision: str | dict | None = None
-
     def __init__(self, tokenizer: str = "NeoQuasar/Kronos-Tokenizer-base", predictor: str = "NeoQuasar/Kronos-small",
                  finetune: dict | None = None, refit: dict | None = None,
                  forecast: dict | ForecastSpec | None = None,
