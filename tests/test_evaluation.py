@@ -113,11 +113,9 @@ def test_topk_excess_and_turnover():
 
 
 def test_the_imports_of_earlier_releases_still_work():
-    """kronos_qlib.forecast_quality and kronos_qlib.calibration_grid moved into kronos_qlib.evaluation."""
+    """kronos_qlib.forecast_quality moved into kronos_qlib.evaluation."""
     from kronos_qlib import evaluation
-    from kronos_qlib.calibration_grid import best_setting, scoring_days
     from kronos_qlib.forecast_quality import ForecastSet, evaluate, write_report
 
-    assert best_setting is evaluation.selection.best_setting and scoring_days is evaluation.selection.scoring_days
     assert evaluate is evaluation.forecast_scores.evaluate and ForecastSet is evaluation.forecasts.ForecastSet
     assert write_report is evaluation.forecast_reports.write_report
