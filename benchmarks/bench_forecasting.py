@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from results import RESULTS, machine, update_section  # noqa: E402
+sys.path.insert(0, str(HERE.parent))  # run as a script: the repository root, for research.results
+from research.results import BENCHMARKS, machine, update_section  # noqa: E402
 
 MODELS = {"Kronos-mini": "NeoQuasar/Kronos-mini", "Kronos-small": "NeoQuasar/Kronos-small"}
 TOKENIZER = "NeoQuasar/Kronos-Tokenizer-base"
@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--original-series", type=int, default=24, help="series the original algorithm runs on")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--results", default=str(RESULTS), help="the markdown file whose 'forecasting' section "
+    parser.add_argument("--results", default=str(BENCHMARKS), help="the markdown file whose 'forecasting' section "
                                                                 "is rewritten (and beside it the PNG)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)

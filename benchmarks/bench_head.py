@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from results import machine, update_section  # noqa: E402
+sys.path.insert(0, str(HERE.parent))  # run as a script: the repository root, for research.results
+from research.results import BENCHMARKS, machine, update_section  # noqa: E402
 
 RUN = HERE.parent / "runs" / "kronos_csi300_cpu_2010-01-01_2019-12-31_seed42"
 LOOKBACK, PRED_LEN = 90, 10
@@ -79,7 +79,7 @@ def main() -> None:
         f"| head (one forward pass, batches of 256) | {head_rate:.0f} | {head_rate / path_rate:.2f}x |",
         f"| paths (5 paths x {PRED_LEN} steps, cached sampler, batches of 64) | {path_rate:.0f} | 1.00x |", "",
         "The sampler shares each context's prefill (tokenizer encode and the predictor over the context) across "
-        "its paths; the head pays that prefill too and saves the decode steps and the tokenizer decode."]))
+        "its paths; the head pays that prefill too and saves the decode steps and the tokenizer decode."]), BENCHMARKS)
 
 
 if __name__ == "__main__":

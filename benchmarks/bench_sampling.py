@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from results import machine, update_section  # noqa: E402
+sys.path.insert(0, str(HERE.parent))  # run as a script: the repository root, for research.results
+from research.results import BENCHMARKS, machine, update_section  # noqa: E402
 
 MODELS = {"Kronos-mini": "NeoQuasar/Kronos-mini", "Kronos-small": "NeoQuasar/Kronos-small"}
 TOKENIZER = "NeoQuasar/Kronos-Tokenizer-base"
@@ -177,7 +177,7 @@ def main() -> None:
               "RSS growth is the peak minus the resident size just before the timed runs. "
               "Greedy max rel. diff compares all 6 columns of every greedy path, cached vs recompute.", "",
               "![sampling speed](sampling.png)"]
-    update_section("sampling", "\n".join(lines))
+    update_section("sampling", "\n".join(lines), BENCHMARKS)
 
 
 if __name__ == "__main__":

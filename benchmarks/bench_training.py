@@ -21,8 +21,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-from results import machine, update_section  # noqa: E402
+sys.path.insert(0, str(HERE.parent))  # run as a script: the repository root, for research.results
+from research.results import BENCHMARKS, machine, update_section  # noqa: E402
 
 
 def write_config(path: Path, provider: str, out: Path, windows: int, **extra) -> Path:
@@ -82,7 +82,7 @@ def main() -> None:
               "cores, two gloo workers share the same cores that one process uses with two threads, so DDP here "
               "shows that the multi-process path works and what its overhead is, not a speed-up; on machines "
               "with a GPU or more cores per worker the ranks add throughput."]
-    update_section("training", "\n".join(lines))
+    update_section("training", "\n".join(lines), BENCHMARKS)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ predictor's cached hidden states, the joint variant (cross-entropy + head_weight
 generative predictor, the control (head loss only) from random weights. Each is scored on every VALID day: IC,
 RankIC and the top-quintile spread against Qlib's label (close t+1 to close t+2) with Newey-West t, and Qlib's
 TopkDropout backtest with the workflow's strategy and costs. Once every candidate is done, the rule of
-kronos_qlib/evaluation/selection.py picks among them against the incumbent (the probe at H = 1, Qlib's label,
+research/selection.py picks among them against the incumbent (the probe at H = 1, Qlib's label,
 linear), and the table and choice go to research/head_study.json and .md before any test figure exists. Test is
 not read. Every candidate's stage folder, valid scores and backtest are kept in --work: a killed run resumes.
 """
@@ -29,12 +29,13 @@ import torch
 
 from kronos_qlib.data import BarPanel, HeadSamples, head_samples
 from kronos_qlib.evaluation import format_table, signal_metrics
-from kronos_qlib.evaluation.backtest import backtest, book, excess_with_cost
-from kronos_qlib.evaluation.selection import CRITERION, choose_signal
+from kronos_qlib.evaluation.backtest import CRITERION, backtest, book, excess_with_cost
 from kronos_qlib.files import atomic_write_text
 from kronos_qlib.inference.head import score_contexts
 from kronos_qlib.model.hub import weights_digest
 from kronos_qlib.training.head import HeadConfig, HeadStage, evaluate, extract_states
+
+from research.selection import choose_signal
 
 logger = logging.getLogger("research.head_study")
 HERE = Path(__file__).resolve().parent
@@ -206,7 +207,7 @@ def report_page(table: pd.DataFrame, choice, record: dict) -> str:
         "is the workflow's TopkDropout 50/5 with its costs. Hidden states at "
         f"{record['states_per_s']:.0f} stock-days/s on 2 CPU cores (one forward pass each, no sampling).", "",
         format_table(shown), "",
-        f"Rule (kronos_qlib/evaluation/selection.py) against the incumbent {record['incumbent']}: chosen "
+        f"Rule (research/selection.py) against the incumbent {record['incumbent']}: chosen "
         f"**{choice.chosen}** ({choice.reason}).", ""])
 
 

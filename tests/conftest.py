@@ -1,7 +1,9 @@
 """Shared fixtures: the conformance checkpoints and vectors, and the real CSI300 data beside the repo."""
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,19 @@ torch.set_num_threads(2)
 #: and the torchrun tests (marked where they are). ``python -m pytest -q -m "not slow" tests`` is the fast tier.
 SLOW_FIXTURES = {"recorded", "rolled", "two_caches", "store"}
 SLOW_MODULES = {"test_notebooks.py"}
+
+
+def study(name: str, *args: str) -> list[str]:
+    """The command line of a study of research/ (``python -m research.<name>``); run it with :func:`study_env`."""
+    return [sys.executable, "-m", f"research.{name}", *args]
+
+
+def study_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with the repository root on PYTHONPATH, where ``research`` is found from any
+    working folder."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
 
 
 def pytest_collection_modifyitems(items):

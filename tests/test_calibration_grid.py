@@ -1,20 +1,19 @@
-"""Choosing the sampling settings on valid: the selection rule, the day subsample, and the benchmark script at
-the smoke scale, checking that it sampled valid days only."""
+"""Choosing the sampling settings on valid: the selection rule, the day subsample, and the study research.calibration
+at the smoke scale, checking that it sampled valid days only."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
-from kronos_qlib.evaluation.selection import METRICS, best_setting, scoring_days
 from kronos_qlib.errors import ConfigError, KronosInputError
 from kronos_qlib.qrun import smoke_env
 
-from conftest import CN_DATA, REPO
+from conftest import CN_DATA, study, study_env
+from research.selection import METRICS, best_setting, scoring_days
 
 
 def grid(*points, segment: str = "valid") -> pd.DataFrame:
@@ -62,12 +61,12 @@ def test_scoring_days_keep_every_horizon_inside_the_segment():
         scoring_days(calendar, "2018-01-03", "2018-02-28", every_k_days=0, pred_len=5)
 
 
-def test_the_benchmark_samples_only_valid_days_at_the_smoke_scale(tmp_path):
-    env = {**os.environ, **smoke_env()}
+def test_the_study_samples_only_valid_days_at_the_smoke_scale(tmp_path):
+    env = study_env({**os.environ, **smoke_env()})
     results = tmp_path / "RESULTS.md"
-    command = [sys.executable, str(REPO / "benchmarks" / "bench_calibration.py"), "--work", str(tmp_path),
-               "--provider", str(CN_DATA), "--results", str(results), "--plot", str(tmp_path / "calibration.png"),
-               "--temperatures", "1.0", "--top-p", "0.9", "1.0", "--sample-counts", "3", "--every-k-days", "30"]
+    command = study("calibration", "--work", str(tmp_path), "--provider", str(CN_DATA), "--results", str(results),
+                    "--plot", str(tmp_path / "calibration.png"), "--temperatures", "1.0", "--top-p", "0.9", "1.0",
+                    "--sample-counts", "3", "--every-k-days", "30")
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 

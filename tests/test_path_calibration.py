@@ -10,8 +10,7 @@ import pytest
 from kronos_qlib.errors import ConfigError
 from kronos_qlib.evaluation.forecast_scores import band_coverage, calibrated_coverage, fair_crps
 from kronos_qlib.evaluation.forecasts import ForecastSet, realized_closes
-from kronos_qlib.evaluation.path_calibration import (PathCalibration, fit_calibration, split_centre,
-                                                     trailing_volatility)
+from research.calibrated_paths import PathCalibration, fit_calibration, split_centre, trailing_volatility
 
 VALID = ("2018-01-01", "2018-12-31")
 STEPS, PATHS, CENTRE, STOCKS, SIGMA = 3, 20, 20, 40, 0.02
@@ -184,38 +183,36 @@ def test_calibrated_paths_score_alike_at_any_path_count():
     assert abs(scores[5] / scores[PATHS] - 1) < 0.015, scores
 
 
-def test_the_benchmark_reads_no_test_figure_before_the_valid_choice(tmp_path):
+def test_the_study_reads_no_test_figure_before_the_valid_choice(tmp_path):
     import subprocess
-    import sys
 
-    from conftest import REPO
+    from conftest import study, study_env
 
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_path_calibration.py"), "test", "--work",
-                             str(tmp_path), "--record", str(tmp_path / "choice.json")], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(study("path_calibration", "test", "--work", str(tmp_path), "--record",
+                                  str(tmp_path / "choice.json")), capture_output=True, text=True, timeout=300,
+                            env=study_env())
     assert result.returncode != 0
-    assert "choice.json does not exist: run `bench_path_calibration.py choose` first" in result.stderr
+    assert "choice.json does not exist: run `python -m research.path_calibration choose` first" in result.stderr
 
 
-def test_the_benchmark_refuses_a_calibration_fitted_on_other_sampling(tmp_path):
+def test_the_study_refuses_a_calibration_fitted_on_other_sampling(tmp_path):
     """A calibration fitted on paths of another T / top_p is not applied to the workflow's paths."""
     import subprocess
-    import sys
 
-    from conftest import REPO
+    from conftest import study, study_env
+
+    command = study("path_calibration", "test", "--work", str(tmp_path), "--record", str(tmp_path / "choice.json"))
 
     record = tmp_path / "choice.json"
     record.write_text(json.dumps({"drift": [0.1], "scale": [1.0], "anchor": [0.0], "centre_paths": 20,
                                   "fitted_on": ["2018-01-01", "2019-12-31"],
                                   "sampling": {"T": 9.0, "top_p": 1.0, "top_k": 0}}))
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_path_calibration.py"), "test", "--work",
-                             str(tmp_path), "--record", str(record)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=study_env())
     assert result.returncode != 0 and "the workflow now samples with" in result.stderr
-    assert "run `bench_path_calibration.py choose` again" in result.stderr
+    assert "run `python -m research.path_calibration choose` again" in result.stderr
     assert not (tmp_path / "runs").exists()  # refused before fitting anything
     record.write_text(json.dumps({"drift": [0.1], "scale": [1.0], "anchor": [0.0], "centre_paths": 0,
                                   "fitted_on": VALID}))
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_path_calibration.py"), "test", "--work",
-                             str(tmp_path), "--record", str(record)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=study_env())
     assert result.returncode != 0 and "is not a path calibration file" in result.stderr
     assert "centre_paths 0 (>= 1)" in result.stderr and "Traceback" not in result.stderr

@@ -214,7 +214,7 @@ def test_smoothed_scores_do_not_see_later_days(fitted, dataset, caplog):
 
 
 def test_the_first_m_paths_of_more_are_an_m_path_sample(fitted, dataset):
-    """bench_signals scores m = 5, 10, 20 paths from one 40-path sample: that is exact, as each path's draws depend
+    """research.signals scores m = 5, 10, 20 paths from one 40-path sample: that is exact, as each path's draws depend
     on (seed, day, instrument, path, step) only."""
     model, _ = fitted
     more = copy.copy(model)

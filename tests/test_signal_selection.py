@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from kronos_qlib.errors import KronosInputError
-from kronos_qlib.evaluation.selection import (CRITERION, Candidate, choose_signal, eligible, incumbent,
-                                              labels_inside_segment)
+from kronos_qlib.evaluation import labels_inside_segment
+from kronos_qlib.evaluation.backtest import CRITERION
+from research.selection import Candidate, choose_signal, eligible, incumbent
 
 DAYS = pd.bdate_range("2018-01-02", periods=480)
 BASE = incumbent(10, 5).name
@@ -88,21 +89,19 @@ def test_candidate_names():
     assert CRITERION == "excess with cost (daily)"
 
 
-def test_the_benchmark_reads_test_only_after_the_choice_is_recorded(tmp_path):
-    """benchmarks/bench_signals.py test refuses to run before `choose` has written its choice."""
+def test_the_study_reads_test_only_after_the_choice_is_recorded(tmp_path):
+    """`python -m research.signals test` refuses to run before `choose` has written its choice."""
     import subprocess
-    import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_signals.py"
+    from conftest import study, study_env
+
     record = tmp_path / "choice.json"
-    result = subprocess.run([sys.executable, str(script), "test", "--work", str(tmp_path), "--record", str(record)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "run `bench_signals.py choose` first" in result.stderr
+    command = study("signals", "test", "--work", str(tmp_path), "--record", str(record))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=study_env())
+    assert result.returncode != 0 and "run `python -m research.signals choose` first" in result.stderr
     chosen = {"signal": "expected_return", "start": 1, "end": 10, "paths": 5, "halflife": None}
     record.write_text(json.dumps({"candidate": chosen, "incumbent_candidate": chosen,
                                   "sampling": {"T": 9.0, "top_p": 1.0, "top_k": 0, "seed": 0}}))
-    result = subprocess.run([sys.executable, str(script), "test", "--work", str(tmp_path), "--record", str(record)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "run `bench_signals.py choose` again" in result.stderr
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=study_env())
+    assert result.returncode != 0 and "run `python -m research.signals choose` again" in result.stderr
     assert not (tmp_path / "runs").exists()  # refused before fitting anything

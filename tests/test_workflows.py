@@ -17,7 +17,7 @@ import pytest
 
 from kronos_qlib.qrun import FACTOR_SMOKE_ENV, GRU_SMOKE_ENV, WORKFLOWS, load_workflow, run_qrun, smoke_env
 
-from conftest import CN_DATA, REPO
+from conftest import CN_DATA, REPO, study, study_env
 
 QRUN_WORKFLOWS = ["kronos_csi300.yaml", "lightgbm_csi300.yaml", "gru_alpha360_csi300.yaml"]
 FACTOR_WORKFLOW = "kronos_lightgbm_csi300.yaml"
@@ -153,11 +153,12 @@ def test_shipped_head_is_the_recorded_valid_choice():
 
 
 def test_shipped_sampling_is_the_recorded_valid_choice_in_both_kronos_workflows():
-    """T and top_p are what benchmarks/bench_calibration.py chose on valid (its RESULTS.md section), and the factor
-    workflow's Kronos samples like the Kronos workflow."""
+    """T and top_p are what research/calibration.py chose on valid (its section of the findings page
+    research/RESULTS.md: the study keeps no other record of its choice), and the factor workflow's Kronos samples
+    like the Kronos workflow."""
     import re
 
-    results = (REPO / "benchmarks" / "RESULTS.md").read_text()
+    results = (REPO / "research" / "RESULTS.md").read_text()
     chosen = re.search(r"Chosen on valid: \*\*T=([\d.]+), top_p=([\d.]+),", results)
     kronos = render(WORKFLOWS / "kronos_csi300.yaml", {})["task"]["model"]["kwargs"]["sampling"]
     assert (kronos["T"], kronos["top_p"]) == (float(chosen[1]), float(chosen[2]))
@@ -178,7 +179,7 @@ def test_the_library_samples_as_the_shipped_workflows_do():
 
 
 def test_seed_variables_reach_every_seeded_part(monkeypatch):
-    """SEED and SAMPLE_SEED (bench_seeds.py's seed k) change Kronos's training seed and its stage folder, its
+    """SEED and SAMPLE_SEED (research/seeds.py's seed k) change Kronos's training seed and its stage folder, its
     sampling seed and LightGBM's seed, in each workflow that has them; nothing else moves."""
     env = {"SEED": "43", "SAMPLE_SEED": "1"}
     kronos = render(WORKFLOWS / "kronos_csi300.yaml", env)["task"]["model"]["kwargs"]
@@ -422,17 +423,15 @@ def test_ensemble_refuses_runs_outside_the_test_dates_it_renders(recorded):
 
 
 def load_bench_seeds(monkeypatch):
-    import importlib.util
+    """The seeds study, research/seeds.py (each test's monkeypatching of it is undone after the test)."""
+    from research import seeds
 
-    spec = importlib.util.spec_from_file_location("bench_seeds", REPO / "benchmarks" / "bench_seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_seeds", module)  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return seeds
 
 
 def test_bench_seeds_zoo_dates_are_the_zoos_segments(monkeypatch):
-    """`bench_seeds.py --dates zoo` runs the baselines on Qlib's model-zoo segments as far as the data allows."""
+    """`python -m research.seeds --dates zoo` runs the baselines on Qlib's model-zoo segments as far as the data
+    allows."""
     zoo = load_bench_seeds(monkeypatch).DATES["zoo"]
     for name in ("lightgbm_csi300.yaml", "gru_alpha360_csi300.yaml"):
         got = dates(render(WORKFLOWS / name, zoo.env))
@@ -440,14 +439,14 @@ def test_bench_seeds_zoo_dates_are_the_zoos_segments(monkeypatch):
                                     "test": ["2017-01-01", "2020-07-31"]},
                        "backtest": ["2017-01-01", "2020-07-31"], "handler": ["2010-01-01", "2020-07-31"]}
     assert set(zoo.published) == {"lightgbm", "gru"} and zoo.steps == ("lightgbm", "gru")
-    refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_seeds.py"), "--dates", "zoo",
-                              "--steps", "lightgbm", "factors"], capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(study("seeds", "--dates", "zoo", "--steps", "lightgbm", "factors"), capture_output=True,
+                             text=True, timeout=300, env=study_env())
     assert refused.returncode == 2 and "--dates zoo runs only the steps lightgbm, gru, not factors" in refused.stderr
 
 
 @pytest.mark.parametrize("env", [{}, {**smoke_env(), **FACTOR_SMOKE}], ids=["defaults", "smoke"])
 def test_bench_seeds_control_is_lightgbm_on_the_factor_workflows_rows(env, monkeypatch):
-    """The control of the factor workflow (benchmarks/bench_seeds.py) is LightGBM / Alpha158 alone with the factor
+    """The control of the factor workflow (research/seeds.py) is LightGBM / Alpha158 alone with the factor
     workflow's segments, handler range and backtest: the difference between the two is the Kronos factors only."""
     bench_seeds = load_bench_seeds(monkeypatch)
     for name in VARIABLES:
@@ -505,9 +504,8 @@ def test_bench_seeds_notes_what_a_step_reused(tmp_path, monkeypatch):
     assert "shared was filled before" in bench_seeds.step_note("ensemble_valid", 1, args)
     assert bench_seeds.step_note("lightgbm", 1, args) == ""
     (tmp_path / "old" / "seed0" / "runs").mkdir(parents=True)
-    refused = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_seeds.py"), "--work",
-                              str(tmp_path / "new"), "--trained-from", str(tmp_path / "old"), "--steps", "lightgbm"],
-                             capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(study("seeds", "--work", str(tmp_path / "new"), "--trained-from", str(tmp_path / "old"),
+                                   "--steps", "lightgbm"), capture_output=True, text=True, timeout=300, env=study_env())
     assert refused.returncode == 2 and "has no seed1/runs to reuse" in refused.stderr
     assert not (tmp_path / "new").exists()
 
@@ -552,7 +550,7 @@ def test_bench_seeds_records_only_the_missing_steps(tmp_path, monkeypatch):
         {step: {"IC": 0.01} for step in steps}, {step: day for step in steps}))
     monkeypatch.setattr(bench_seeds, "report", lambda *a: "")
     monkeypatch.setattr(bench_seeds, "update_section", lambda *a: None)
-    monkeypatch.setattr(sys, "argv", ["bench_seeds.py", "--work", str(tmp_path / "work"), "--seeds", "2",
+    monkeypatch.setattr(sys, "argv", ["seeds.py", "--work", str(tmp_path / "work"), "--seeds", "2",
                                       "--steps", "kronos", "gru", "ensemble_gru"])
     (tmp_path / "work" / "seed0").mkdir(parents=True)
     (tmp_path / "work" / "seed0" / "kronos.json").write_text(json.dumps(ran))  # seed 1's Kronos must run again

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .selection import CRITERION
 from .statistics import mean_t
+
+#: what a study's choice on valid compares: the mean daily excess return over the benchmark, with cost
+CRITERION = "excess with cost (daily)"
 
 
 def backtest(score: pd.Series, config: dict, start: str, end: str) -> pd.DataFrame:

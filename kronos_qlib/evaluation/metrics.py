@@ -4,8 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..errors import KronosInputError
 from .statistics import NW_LAG, mean_t
 
+#: trading days a label reaches past its day: the workflows' label runs from close t + 1 to close t + 2
+LABEL_DAYS = 2
 #: Seed of the random tie-breaking of quantile buckets: a score with few distinct values (prob_up of 5 paths has
 #: 6) would otherwise fill its buckets in instrument order.
 TIE_SEED = 0
@@ -116,3 +119,13 @@ def rank_correlation(a: pd.Series, b: pd.Series) -> pd.Series:
     """Daily cross-sectional rank correlation between two scores, on the stocks both scored."""
     joined = pd.concat([a.rename("a"), b.rename("b")], axis=1).dropna()
     return joined.groupby(level="datetime").apply(lambda d: d["a"].corr(d["b"], method="spearman"))
+
+
+def labels_inside_segment(label: pd.Series, days: int = LABEL_DAYS) -> pd.Series:
+    """``label`` (indexed by datetime, instrument) without its last ``days`` trading days, whose label closes lie
+    after the segment (in test, for a valid label): the part a choice made on valid may read."""
+    dates = label.index.get_level_values("datetime").unique().sort_values()
+    if len(dates) <= days:
+        raise KronosInputError(f"the label has {len(dates)} days: none is left once the last {days}, whose label "
+                               "reaches past the segment, are dropped")
+    return label[label.index.get_level_values("datetime") <= dates[-1 - days]]

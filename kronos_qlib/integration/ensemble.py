@@ -29,8 +29,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from ..errors import ConfigError
-from ..evaluation import daily_ic
-from ..evaluation.selection import labels_inside_segment
+from ..evaluation import daily_ic, labels_inside_segment
 
 logger = logging.getLogger(__name__)
 

@@ -292,7 +292,7 @@ class KronosModel(ModelFT):
                       ) -> Iterator[DayForecasts]:
         """What :meth:`predict` scores, day by day (every ``shard[1]``-th day from the ``shard[0]``-th, as in
         :meth:`fill_cache`): the members' paths (from the cache, or sampled into it) with their last closes and
-        observed history, for scoring them in other ways (benchmarks/bench_signals.py)."""
+        observed history, for scoring them in other ways (research/signals.py)."""
         yield from self._days(self._plan(dataset, segment, shard))
 
     def fill_cache(self, dataset: DatasetH, segment: str | slice = "test", shard: tuple[int, int] = (0, 1)

@@ -94,7 +94,7 @@ def _from_scratch(bits: int, tokenizer: dict, predictor: dict, epochs: tuple[int
 
 #: Starting points for ``preset:``. mini/small/base finetune the released checkpoints (GPU-sized);
 #: ``cpu`` trains small models from scratch and learns something real on a 2-core CPU in about 22 minutes (its
-#: predictor is the point benchmarks/bench_scaling.py's preset rule picked: 4 layers x 192, 6 x 16,384 windows);
+#: predictor is the point research/scaling.py's preset rule picked: 4 layers x 192, 6 x 16,384 windows);
 #: ``tiny`` (the smoke-test scale: CI, trying a workflow end to end in a few minutes) only checks that it all runs.
 PRESETS: dict[str, dict] = {
     "mini": _released("NeoQuasar/Kronos-Tokenizer-2k", "NeoQuasar/Kronos-mini", 64),

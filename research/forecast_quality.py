@@ -1,8 +1,8 @@
 """How good are the full Kronos run's test forecasts: `scripts/evaluate_forecasts.py` on the run that
-`benchmarks/bench_workflows.py` recorded (CPU preset, test 2020-2022, CSI300 members), its report and plots
-copied into benchmarks/RESULTS.md.
+`python -m research.workflows` recorded (CPU preset, test 2020-2022, CSI300 members), its report and plots
+copied into research/RESULTS.md.
 
-    python benchmarks/bench_forecast_quality.py [--work outputs/full_run] [--provider ../shared/cn_data]
+    python -m research.forecast_quality [--work outputs/full_run] [--provider ../shared/cn_data]
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from research.results import machine, update_section
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-from results import machine, update_section  # noqa: E402
 
 TEST = ("2020-01-01", "2022-12-30")
 
@@ -34,7 +34,7 @@ def main() -> None:
     for name in ("coverage", "crps", "pit"):
         shutil.copy(out / f"{name}.png", HERE / f"forecast_quality_{name}.png")
     report = (out / "table.md").read_text().strip().replace("\n#", "\n###")
-    lines = ["## Forecast quality (`benchmarks/bench_forecast_quality.py`)", "",
+    lines = ["## Forecast quality (`python -m research.forecast_quality`)", "",
              f"`scripts/evaluate_forecasts.py --run kronos_csi300 --start {TEST[0]} --end {TEST[1]} --market csi300` "
              f"on the full workflow run above: every cached test forecast of a CSI300 member scored against the "
              f"realized closes, beside random walks with the stock's own 60-day volatility (same number of paths) "

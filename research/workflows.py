@@ -1,11 +1,11 @@
 """Both workflows in full: `qrun workflows/kronos_csi300.yaml` (CPU preset) and `qrun workflows/lightgbm_csi300.yaml`
-on the default dates, then `scripts/compare.py`; wall times, the table and the plot go to benchmarks/RESULTS.md.
+on the default dates, then `scripts/compare.py`; wall times, the table and the plot go to research/RESULTS.md.
 
 The shipped files run as they are, through qrun, with only QLIB_DATA and KRONOS_CACHE set. They run in a fresh
 folder (default outputs/full_run, holding mlruns.db, mlruns/, runs/ and the forecast cache), so nothing is reused
 from an earlier run: training, forecasting and backtests all happen inside the timing.
 
-    python benchmarks/bench_workflows.py [--provider ../shared/cn_data] [--work outputs/full_run]
+    python -m research.workflows [--provider ../shared/cn_data] [--work outputs/full_run]
 """
 from __future__ import annotations
 
@@ -18,14 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+from kronos_qlib.qrun import WORKFLOWS, load_workflow, run_qrun
+from kronos_qlib.training.config import PRESETS
+
+from research.results import machine, update_section
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-from results import machine, update_section  # noqa: E402
-
-from kronos_qlib.training.config import PRESETS  # noqa: E402
-from kronos_qlib.qrun import WORKFLOWS, load_workflow, run_qrun  # noqa: E402
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,7 +63,7 @@ def main() -> None:
     bits = PRESETS["cpu"]["predictor_config"]
     uniform = (math.log(2 ** bits["s1_bits"]) + math.log(2 ** bits["s2_bits"])) / 2  # mean CE of a uniform guess
     lines = [
-        "## Workflows in full (`benchmarks/bench_workflows.py`)", "",
+        "## Workflows in full (`python -m research.workflows`)", "",
         "`qrun workflows/kronos_csi300.yaml` with the `cpu` preset and `qrun workflows/lightgbm_csi300.yaml`, "
         "both on the default dates (train 2010-2017, valid 2018-2019, test 2020-01-01..2022-12-30, backtest "
         "2020-01-02..2022-12-29, TopkDropout 50/5 against SH000300 with Qlib's benchmark costs), on "

@@ -1,10 +1,10 @@
 """Which signal ships: every candidate scored on the VALID segment of the dev split, chosen by the rule of
-kronos_qlib/evaluation/selection.py, recorded, and only then the test table.
+research/selection.py, recorded, and only then the test table.
 
 Two commands, in this order (the second refuses to run before the first has recorded its choice):
 
-    python benchmarks/bench_signals.py choose [--work outputs/signals] [--provider ../shared/cn_data]
-    python benchmarks/bench_signals.py test   [--work outputs/signals]
+    python -m research.signals choose [--work outputs/signals] [--provider ../shared/cn_data]
+    python -m research.signals test   [--work outputs/signals]
 
 ``choose`` fits the shipped workflow's model in --work as qrun would (finished stages there are reused), samples
 --max-paths paths (with the workflow's T and top_p) for every valid trading day into the forecast cache, and scores
@@ -14,7 +14,7 @@ m-path sample), smoothed across days with each half-life. Per candidate: IC, Ran
 with Newey-West t, and the daily top-k excess over the universe with its turnover (a book rebuilt daily: shown,
 not used). Every eligible candidate and the incumbent go through Qlib's TopkDropout backtest of the valid segment
 with the workflow's strategy and costs, and the rule picks. It writes the choice to --record
-(benchmarks/signal_choice.json) and the valid table beside it (signal_choice_valid.csv), both committed beside
+(research/signal_choice.json) and the valid table beside it (signal_choice_valid.csv), both committed beside
 RESULTS.md so that they outlive the work folder and their commit precedes every test figure, and the RESULTS.md
 section "signal choice", before anything of test is computed.
 Valid days whose label (close t + 1 to close t + 2) lies past the segment's end are left out of every valid score.
@@ -30,7 +30,6 @@ import dataclasses
 import itertools
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -38,21 +37,22 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from kronos_qlib.errors import KronosInputError
+from kronos_qlib.evaluation import (LABEL_DAYS, NW_LAG, daily_ic, labels_inside_segment, mean_t, paired_difference,
+                                    signal_metrics, topk_excess)
+from kronos_qlib.evaluation.backtest import CRITERION, backtest, book, excess_with_cost
+from kronos_qlib.files import atomic_write_text
+from kronos_qlib.signals import SIGNALS, check_signal, price_limits, score_day, smooth_scores
+
+from research.fitted_model import fit_workflow_model, require_shipped_sampling
+from research.results import machine, require_choice, update_section
+from research.selection import (ELIGIBILITY, MARGIN_SE, Candidate, SignalChoice, choose_signal, eligible,
+                                incumbent)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-from fitted_model import fit_workflow_model, require_shipped_sampling  # noqa: E402
-from results import machine, require_choice, update_section  # noqa: E402
 
-from kronos_qlib.evaluation import NW_LAG, daily_ic, mean_t, paired_difference, signal_metrics, topk_excess  # noqa: E402
-from kronos_qlib.evaluation.backtest import backtest, book, excess_with_cost  # noqa: E402
-from kronos_qlib.evaluation.selection import (CRITERION, ELIGIBILITY, LABEL_DAYS, MARGIN_SE, Candidate,  # noqa: E402
-                                              SignalChoice, choose_signal, eligible, incumbent, labels_inside_segment)
-from kronos_qlib.errors import KronosInputError  # noqa: E402
-from kronos_qlib.files import atomic_write_text  # noqa: E402
-from kronos_qlib.signals import SIGNALS, check_signal, price_limits, score_day, smooth_scores  # noqa: E402
-
-logger = logging.getLogger("bench_signals")
+logger = logging.getLogger("python -m research.signals")
 #: the grid: windows (start, end; None: pred_len), path counts and half-lives (trading days; None: unsmoothed)
 WINDOWS = ((1, None), (1, 5))
 PATH_COUNTS = (5, 10, 20, 40)
@@ -214,13 +214,13 @@ def choice_report(table: pd.DataFrame, choice: SignalChoice, record: dict, args)
     windows = ", ".join(f"{start}..{pred_len if end is None else end}" for start, end in WINDOWS)
     halflives = ", ".join("none" if h is None else f"{h:g}" for h in HALFLIVES)
     lines = [
-        "## Signal choice on the valid segment (`benchmarks/bench_signals.py choose`)", "",
+        "## Signal choice on the valid segment (`python -m research.signals choose`)", "",
         f"The shipped workflow's Kronos (its preset and seed), {sampling['sample_count']} paths per forecast "
         f"sampled with T={sampling['T']:g}, top_p={sampling['top_p']:g} on every valid day {record['valid'][0]}.."
         f"{record['valid'][1]} (the last {LABEL_DAYS} valid days are left out: their label lies in test). "
         f"{len(table)} candidates: each signal x window (steps {windows}) x the first m of the paths "
         f"(m = {', '.join(map(str, sorted(set(table['paths']))))}) x half-life (trading days: {halflives}). "
-        f"Rule (kronos_qlib/evaluation/selection.py, fixed before the run): a challenger is eligible when its valid "
+        f"Rule (research/selection.py, fixed before the run): a challenger is eligible when its valid "
         f"{', '.join(ELIGIBILITY)} are all > 0; every eligible challenger and the incumbent `{record['incumbent']}` "
         f"go through Qlib's TopkDropout backtest of valid with the workflow's strategy and costs; the challenger with "
         f"the best mean daily excess with cost replaces the incumbent only if their paired daily difference has a "
@@ -251,16 +251,25 @@ def choice_report(table: pd.DataFrame, choice: SignalChoice, record: dict, args)
     lines += ["", f"{int(eligible(table).sum())} of {len(table)} candidates are eligible. Outcome: "
               f"**{choice.chosen}**: {choice.reason}"
               + (f" (challenger `{choice.challenger}`, paired difference {1e4 * choice.difference:.2f} bp/day)."
-                 if choice.challenger else "."), "",
-              f"All candidates: `{valid_table(Path(args.record)).name}`, beside the choice record."]
+                 if choice.challenger else "."), "", all_candidates(record, Path(args.record))]
     return "\n".join(lines)
+
+
+def all_candidates(record: dict, record_path: Path) -> str:
+    """Where the whole valid table is: beside the choice record, unless the record was rebuilt from an earlier
+    section (its ``reconstructed`` note), when only the rows shown remain."""
+    if "reconstructed" in record:
+        return (f"All candidates: the valid table of this choice was not kept (`{record_path.name}` was rebuilt "
+                f"from this section's rows, as its `reconstructed` note says); the rows above are what remains.")
+    return f"All candidates: `{valid_table(record_path).name}`, beside the choice record."
 
 
 def test(args) -> None:
     work = Path(args.work).resolve()
-    record = json.loads(require_choice(Path(args.record), "bench_signals.py").read_text())
+    record = json.loads(require_choice(Path(args.record), "python -m research.signals").read_text())
     chosen, base = Candidate(**record["candidate"]), Candidate(**record["incumbent_candidate"])
-    shipped = require_shipped_sampling(record["sampling"], ("T", "top_p", "top_k", "seed"), "bench_signals.py")
+    shipped = require_shipped_sampling(record["sampling"], ("T", "top_p", "top_k", "seed"),
+                                       "python -m research.signals")
     model, dataset, config = fit_workflow_model(work, args.provider)
     model.sampling = dataclasses.replace(model.sampling, sample_count=max(chosen.paths, base.paths))
     model.fill_cache(dataset, "test")
@@ -273,7 +282,7 @@ def test(args) -> None:
         report = backtest(score, config, start, backtest_end)
         excess[name] = excess_with_cost(report)
         rows[name] = {**signal_metrics(score, label), **book(report)}
-    lines = ["## Signals on test (`benchmarks/bench_signals.py test`)", "",
+    lines = ["## Signals on test (`python -m research.signals test`)", "",
              f"The choice recorded on valid (`{chosen.name}`; rule and valid table in the section above), sampled "
              f"with T={shipped['T']:g}, top_p={shipped['top_p']:g} (sampling seed {shipped['seed']}), scored on "
              f"test {start}..{end} beside the incumbent, with Qlib's backtest (workflow strategy and costs, to "

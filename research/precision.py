@@ -2,8 +2,8 @@
 preset rule picks, or any finished run given by --stages), sampled at fp32, int8 and bf16 on every
 --every-k-days-th valid day of the dev split, CSI300 members only.
 
-Random weights (bench_forecasting.py) have near-uniform token distributions, where a small change of the logits
-moves many draws; trained ones are peaked. For each precision, against fp32:
+Random weights (benchmarks/bench_forecasting.py) have near-uniform token distributions, where a small change of the
+logits moves many draws; trained ones are peaked. For each precision, against fp32:
 
 - greedy agreement: the share of greedy (top_k 1, one path) closes within 0.1% of fp32's greedy close;
 - signal Spearman: the mean daily rank correlation of the shipped signal (the workflow's signal, window and paths,
@@ -12,32 +12,32 @@ moves many draws; trained ones are peaked. For each precision, against fp32:
 - fair CRPS skill of the return against a random walk with the stock's own volatility, and band coverage.
 
 A second fp32 run with another sampling seed is the noise floor: what two fp32 runs agree to when only the draws
-differ. Speed is bench_forecasting.py's table (it does not depend on the weights). Each setting samples into its
-own cache folder under --work/forecasts (the cache keys on precision and sampling), so a rerun reads them.
+differ. Speed is benchmarks/bench_forecasting.py's table (it does not depend on the weights). Each setting samples
+into its own cache folder under --work/forecasts (the cache keys on precision and sampling), so a rerun reads them.
 
-    python benchmarks/bench_precision.py [--work outputs/scaling] [--stages <run folder with tokenizer/ predictor/>]
+    python -m research.precision [--work outputs/scaling] [--stages <run folder with tokenizer/ predictor/>]
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from kronos_qlib.evaluation import rank_correlation
+
+from research.calibration import sample_days, score_point
+from research.fitted_model import fit_workflow_model
+from research.results import machine, update_section
+from research.scaling import choose_preset, read_records
+from research.selection import Candidate, scoring_days
+from research.signals import daily_scores
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-from bench_calibration import sample_days, score_point  # noqa: E402
-from bench_scaling import choose_preset, read_records  # noqa: E402
-from bench_signals import daily_scores  # noqa: E402
-from fitted_model import fit_workflow_model  # noqa: E402
-from results import machine, update_section  # noqa: E402
-
-from kronos_qlib.evaluation.selection import Candidate, scoring_days  # noqa: E402
 
 REDUCED = ("int8", "bf16")
 NOISE_SEED = 1  # the fp32 reference samples with seed 0 (the workflow's), the noise floor with this one
@@ -67,9 +67,7 @@ def agreement(a: pd.DataFrame, b: pd.DataFrame) -> float:
 
 def spearman(a: pd.Series, b: pd.Series) -> float:
     """Mean over days of the rank correlation of two daily scores."""
-    joined = pd.concat([a, b], axis=1, join="inner").dropna()
-    return float(joined.groupby(level="datetime").apply(lambda d: d.iloc[:, 0].corr(d.iloc[:, 1],
-                                                                                      method="spearman")).mean())
+    return float(rank_correlation(a, b).mean())
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -92,7 +90,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def report(rows: list[dict], stages: Path, days: pd.DatetimeIndex, every_k_days: int, paths: int) -> str:
     lines = [
-        "## Reduced precision on trained weights (`benchmarks/bench_precision.py`)", "",
+        "## Reduced precision on trained weights (`python -m research.precision`)", "",
         f"The CPU preset's trained weights ({stages.name}), the shipped workflow's sampling ({paths} paths), on "
         f"every {every_k_days}th valid day {days[0].date()}..{days[-1].date()} ({len(days)} days), CSI300 "
         f"members. Against fp32 with the same sampling seed: greedy agreement (share of greedy closes within 0.1% "

@@ -1,4 +1,4 @@
-"""The shipped Kronos workflow's model, fitted the way qrun fits it, for the benchmarks that score it on valid."""
+"""The shipped Kronos workflow's model, fitted the way qrun fits it, for the studies that score it on valid."""
 from __future__ import annotations
 
 import os

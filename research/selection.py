@@ -17,9 +17,11 @@ workflow's strategy and costs. The rule, fixed before any result is seen (:func:
    towards challengers; a challenger that wins must still be confirmed on test and across seeds.
 
 Rows of any other segment than valid are refused, and so are backtested days after the last valid day whose label
-lies inside valid (:func:`labels_inside_segment`), so test figures can never choose.
+lies inside valid (:func:`kronos_qlib.evaluation.metrics.labels_inside_segment`), so test figures can never
+choose. The criterion is :data:`kronos_qlib.evaluation.backtest.CRITERION`, the mean daily excess with cost of
+the book :func:`kronos_qlib.evaluation.backtest.book` reads off a backtest.
 
-The sampling settings are chosen on valid too (:func:`best_setting`, benchmarks/bench_calibration.py): the
+The sampling settings are chosen on valid too (:func:`best_setting`, research/calibration.py): the
 (T, top_p) whose pooled fair CRPS of the return, averaged over the path counts tried, is lowest
 (CRPS is a proper score: it rewards calibration and sharpness at once), with the smallest path count tried. The
 fair CRPS estimates the score of the sampler's distribution whatever the number of paths, so between path
@@ -33,18 +35,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, KronosInputError
-from .forecast_scores import ForecastQuality
-from .statistics import NW_LAG, paired_difference
+from kronos_qlib.errors import ConfigError, KronosInputError
+from kronos_qlib.evaluation.forecast_scores import ForecastQuality
+from kronos_qlib.evaluation.statistics import NW_LAG, paired_difference
 
 VALID = "valid"
 #: the eligibility scores, each must be > 0
 ELIGIBILITY = ("IC", "RankIC", "top quintile spread (daily)")
-#: the backtested criterion: mean daily excess return over the benchmark, with cost
-CRITERION = "excess with cost (daily)"
 MARGIN_SE = 2.0
-#: trading days a label reaches past its day: the workflows' label runs from close t + 1 to close t + 2
-LABEL_DAYS = 2
 
 
 @dataclass(frozen=True)
@@ -81,16 +79,6 @@ def check_valid_table(table: pd.DataFrame, columns: tuple[str, ...], what: str, 
     if others:
         raise KronosInputError(f"the {what} table holds rows of segment(s) {others}: {chosen} is chosen on "
                                f"'{VALID}' alone")
-
-
-def labels_inside_segment(label: pd.Series, days: int = LABEL_DAYS) -> pd.Series:
-    """``label`` (indexed by datetime, instrument) without its last ``days`` trading days, whose label closes lie
-    after the segment (in test, for a valid label): the part a choice made on valid may read."""
-    dates = label.index.get_level_values("datetime").unique().sort_values()
-    if len(dates) <= days:
-        raise KronosInputError(f"the label has {len(dates)} days: none is left once the last {days}, whose label "
-                               "reaches past the segment, are dropped")
-    return label[label.index.get_level_values("datetime") <= dates[-1 - days]]
 
 
 def _check_valid(table: pd.DataFrame, columns: tuple[str, ...]) -> None:
@@ -147,7 +135,7 @@ def choose_signal(table: pd.DataFrame, daily_excess: dict[str, pd.Series], incum
     return SignalChoice(incumbent_name, challenger, paired["mean"], paired["t"], reason)
 
 
-# ------------------------------------------------------------------ the sampling grid (bench_calibration.py)
+# ------------------------------------------------------------------ the sampling grid (research/calibration.py)
 #: the columns naming a point of the sampling grid
 SETTINGS = ("T", "top_p", "sample_count")
 #: the pooled scores of the sampled model kept per grid point (forecast_quality's table columns)

@@ -1,15 +1,15 @@
 """Rolling retraining in full beside the single fit: `qrun workflows/kronos_csi300.yaml` and then
 `scripts/rolling.py --step 60` on the same workflow (CPU preset, default dates: 13 rolls over the 2020-2022 test
 segment), both in the folder --work; wall times, refit times and both runs' signal and backtest metrics go to
-benchmarks/RESULTS.md.
+research/RESULTS.md.
 
 They share one folder as a user would run them: roll 0 has the single fit's segments, so it reuses its stage
 folders and its forecasts, and the rolling wall time is what rolling costs on top of a single fit. --stages names
 the finished stage folder of an earlier full run of the same workflow (its runs/<name>, copied into --work) to skip
 training in the single fit too; RESULTS.md then says so.
 
-    python benchmarks/bench_rolling.py [--provider ../shared/cn_data] [--work outputs/rolling_run] [--step 60]
-    python benchmarks/bench_rolling.py --dry-run      # the rolls it would train, and nothing else
+    python -m research.rolling [--provider ../shared/cn_data] [--work outputs/rolling_run] [--step 60]
+    python -m research.rolling --dry-run      # the rolls it would train, and nothing else
 """
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from kronos_qlib.evaluation import comparison_table, format_table, init_recorder_store, load_run
+from kronos_qlib.qrun import run_qrun
+
+from research.results import full_scale_environ, machine, update_section
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-from results import full_scale_environ, machine, update_section  # noqa: E402
-
-from kronos_qlib.evaluation import comparison_table, format_table, init_recorder_store, load_run  # noqa: E402
-from kronos_qlib.qrun import run_qrun  # noqa: E402
 
 def rolling(args: argparse.Namespace, cwd: Path, env: dict[str, str], *extra: str, log: Path | None = None
             ) -> subprocess.CompletedProcess:
@@ -99,7 +99,7 @@ def main() -> None:
     refits = refit_minutes(work)
     epochs = f"{args.refit_epochs} predictor epoch(s)" if args.refit_epochs else "the workflow's predictor epochs"
     lines = [
-        "## Rolling retraining (`benchmarks/bench_rolling.py`)", "",
+        "## Rolling retraining (`python -m research.rolling`)", "",
         f"`python scripts/rolling.py --step {args.step}` on `workflows/kronos_csi300.yaml` (cpu preset, default "
         "dates): Qlib's `RollingGen` (sliding) rolls train/valid/test forward every "
         f"{args.step} trading days over the test segment 2020-01-01..2022-12-30; roll 0 trains like the single fit, "

@@ -12,13 +12,13 @@ random walk with the stock's own volatility, 50% / 90% band coverage beside a ca
 RankIC and top-50 excess of the incumbent signal (expected_return over steps 1..pred_len).
 
 Points run one at a time in the order of POINTS (two torch jobs on 2 cores slow each other several-fold); a
-finished point (kept in the committed benchmarks/scaling.json, so a later session on a fresh machine has it too) is
+finished point (kept in the committed research/scaling.json, so a later session on a fresh machine has it too) is
 not run again, and a killed one resumes its training from last.pt in --work, so the study continues across
-sessions. The RESULTS.md section "scaling" and benchmarks/scaling.png are rewritten from every finished point
+sessions. The RESULTS.md section "scaling" and research/scaling.png are rewritten from every finished point
 after each one.
 
-    python benchmarks/bench_scaling.py [--work outputs/scaling] [--points cpu-98k cpu-393k ...]
-    python benchmarks/bench_scaling.py --report-only        # rewrite the section from finished points
+    python -m research.scaling [--work outputs/scaling] [--points cpu-98k cpu-393k ...]
+    python -m research.scaling --report-only        # rewrite the section from finished points
 """
 from __future__ import annotations
 
@@ -27,23 +27,22 @@ import dataclasses
 import json
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from kronos_qlib.evaluation import mean_t, signal_metrics, topk_excess
+from kronos_qlib.files import atomic_write_text
+
+from research.calibration import score_point
+from research.fitted_model import fit_workflow_model
+from research.results import machine, update_section
+from research.signals import daily_scores
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-from bench_calibration import score_point  # noqa: E402
-from bench_signals import daily_scores  # noqa: E402
-from fitted_model import fit_workflow_model  # noqa: E402
-from results import machine, update_section  # noqa: E402
-
-from kronos_qlib.evaluation import mean_t, signal_metrics, topk_excess  # noqa: E402
-from kronos_qlib.files import atomic_write_text  # noqa: E402
 
 SEED = 42
 #: every finished point's figures, committed: the study's memory across sessions and machines
@@ -67,7 +66,7 @@ POINTS = {
 #: The preset rule, fixed in code before any point after the first two ran: among the finished points whose
 #: predictor trained within WALL_BUDGET_S on 2 cores, the one with the lowest best valid loss becomes ``cpu``; a
 #: point other than the earlier preset must beat it by more than MARGIN, about the seed-to-seed difference of the
-#: preset's own valid loss (1.5827 for seed 42, 1.5783 for seed 43 in bench_seeds), or the earlier preset stays.
+#: preset's own valid loss (1.5827 for seed 42, 1.5783 for seed 43 in research.seeds), or the earlier preset stays.
 WALL_BUDGET_S = 3600
 MARGIN = 0.005
 
@@ -113,7 +112,7 @@ def forecast_figures(model, dataset, every_k_days: int, paths: int) -> dict:
     """Fair CRPS, coverage and the incumbent signal's valid figures on every k-th valid day."""
     from qlib.data import D
 
-    from kronos_qlib.evaluation.selection import incumbent, scoring_days
+    from research.selection import incumbent, scoring_days
 
     model.sampling = dataclasses.replace(model.sampling, sample_count=paths)
     start, end = (pd.Timestamp(d) for d in dataset.segments["valid"])
@@ -162,7 +161,7 @@ def read_records() -> dict[str, dict]:
 
 def report(results: list[dict], plot_path: Path, every_k_days: int) -> str:
     lines = [
-        "## What compute buys: the scaling study (`benchmarks/bench_scaling.py`)", "",
+        "## What compute buys: the scaling study (`python -m research.scaling`)", "",
         f"The CPU-preset family on the dev split (train 2010-2017, valid 2018-2019), seed {SEED}, one shared "
         f"tokenizer. A budget is windows seen (epochs x windows per epoch; the one-cycle schedule spans it). Valid "
         f"loss: the best epoch's mean of the s1 and s2 cross-entropies on the fixed valid subset (the preset "

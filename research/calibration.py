@@ -1,5 +1,5 @@
 """Which sampling settings give the best-calibrated paths? A grid of temperature x top_p x number of paths,
-each scored on a subsample of the VALID segment's days (kronos_qlib/evaluation/selection.py); test is never sampled.
+each scored on a subsample of the VALID segment's days (research/selection.py); test is never sampled.
 
 The trained model is the shipped workflow's, loaded the way users have it: workflows/kronos_csi300.yaml rendered
 under the caller's environment variables (QLIB_DATA from --provider, KRONOS_CACHE = <work>/forecasts), the
@@ -9,10 +9,10 @@ the sampling, so it samples into its own cache folder. Every --every-k-days-th v
 pred_len-day horizon ends inside valid, and the CSI300 members' forecasts are scored with
 kronos_qlib.evaluation.forecast_scores. The winner is the rule declared beforehand: the (T, top_p) with the lowest
 pooled fair CRPS of the return over its path counts, with the fewest paths
-(kronos_qlib.evaluation.selection.best_setting).
+(research.selection.best_setting).
 
-    python benchmarks/bench_calibration.py [--work outputs/full_run] [--provider ../shared/cn_data]
-    env $(xargs < workflows/smoke.env) python benchmarks/bench_calibration.py --work /tmp/calib \\
+    python -m research.calibration [--work outputs/full_run] [--provider ../shared/cn_data]
+    env $(xargs < workflows/smoke.env) python -m research.calibration --work /tmp/calib \\
         --results /tmp/calib/RESULTS.md --plot /tmp/calib/calibration.png   # the smoke scale
 """
 from __future__ import annotations
@@ -23,23 +23,22 @@ import dataclasses
 import itertools
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from kronos_qlib.evaluation.forecast_scores import evaluate
+from kronos_qlib.evaluation.forecasts import ForecastSet, load_closes, read_forecast_cache
+from kronos_qlib.files import atomic_write_text
+
+from research.fitted_model import fit_workflow_model
+from research.results import FINDINGS, machine, update_section
+from research.selection import SETTINGS, best_setting, grid_row, scoring_days
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-from fitted_model import fit_workflow_model  # noqa: E402
-from results import RESULTS, machine, update_section  # noqa: E402
-
-from kronos_qlib.evaluation.forecast_scores import evaluate  # noqa: E402
-from kronos_qlib.evaluation.forecasts import ForecastSet, load_closes, read_forecast_cache  # noqa: E402
-from kronos_qlib.evaluation.selection import SETTINGS, best_setting, grid_row, scoring_days  # noqa: E402
-from kronos_qlib.files import atomic_write_text  # noqa: E402
 
 SEGMENT = "valid"
 
@@ -86,7 +85,7 @@ def main() -> None:
     parser.add_argument("--every-k-days", type=int, default=10, help="forecast every k-th valid trading day")
     parser.add_argument("--window", type=int, default=60, help="past traded days of the random-walk baselines")
     parser.add_argument("--min-history", type=int, default=20, help="fewest past returns a baseline needs")
-    parser.add_argument("--results", default=str(RESULTS), help="the markdown file whose 'calibration' section "
+    parser.add_argument("--results", default=str(FINDINGS), help="the markdown file whose 'calibration' section "
                                                                 "is rewritten")
     parser.add_argument("--plot", default=str(HERE / "calibration.png"))
     args = parser.parse_args()
@@ -131,7 +130,7 @@ def report(table: pd.DataFrame, chosen: dict, model, dataset, days, args, plot_p
     spec, default = model.forecast, model.sampling
     valid, test = dataset.segments[SEGMENT], dataset.segments["test"]
     lines = [
-        "## Calibration grid on the valid segment (`benchmarks/bench_calibration.py`)", "",
+        "## Calibration grid on the valid segment (`python -m research.calibration`)", "",
         f"The shipped workflow's trained Kronos (its finished stages in `{Path(args.work).name}/runs/`), "
         f"re-sampled with each grid point's temperature T, top_p and number of paths m (top_k {default.top_k}, "
         f"seed {default.seed}, {spec.lookback} bars, {spec.pred_len} steps), on a subsample of the {SEGMENT} "
@@ -148,7 +147,7 @@ def report(table: pd.DataFrame, chosen: dict, model, dataset, days, args, plot_p
         "The fair CRPS scores the sampler's distribution whatever m is, so between m values of one (T, top_p) it "
         "differs by noise only and cannot choose m; m changes the coverage a finite sample reaches, what the "
         f"signal sees and the cost (seconds: wall time to sample and score the point; days already in its "
-        f"cache, e.g. the workflow's own setting after bench_signals.py, are not sampled again). "
+        f"cache, e.g. the workflow's own setting after research/signals.py, are not sampled again). "
         f"Machine: {machine()}.", "",
         "| T | top_p | m | forecasts x steps | coverage 50% | calibrated 50% | coverage 90% | calibrated 90% "
         "| CRPS(return) | skill vs RW | hit rate | seconds |",

@@ -1,5 +1,5 @@
 """Calibrated paths: the per-step drift shrink, spread scale and volatility anchor of
-kronos_qlib/evaluation/path_calibration.py, fitted on the valid segment and then scored on test beside the
+research/calibrated_paths.py, fitted on the valid segment and then scored on test beside the
 random-walk, bootstrap and zero-return baselines.
 
 Two phases, so that the choice is recorded before any test figure exists:
@@ -7,8 +7,8 @@ Two phases, so that the choice is recorded before any test figure exists:
 - ``choose``: the shipped workflow's model (fitted as qrun fits it, reusing the stage folders of --work) samples
   --paths + --centre-paths paths on every --every-k-days-th valid day whose horizon ends inside valid (the last
   --centre-paths only locate the centre of the others); the calibration is fitted on those
-  (kronos_qlib.evaluation.path_calibration.fit_calibration refuses anything outside valid) and written,
-  with the sampling it was fitted on, to --record (benchmarks/path_calibration.json: committed beside RESULTS.md, so
+  (research.calibrated_paths.fit_calibration refuses anything outside valid) and written,
+  with the sampling it was fitted on, to --record (research/path_calibration.json: committed beside RESULTS.md, so
   the choice outlives the work folder and its commit precedes every test figure), its table to RESULTS.md
   ("path-calibration").
 - ``test``: refuses to run without that file, or when the workflow now samples otherwise than the paths the
@@ -16,10 +16,10 @@ Two phases, so that the choice is recorded before any test figure exists:
   count, plus the calibration's centre paths), scores the first --paths, and the first shipped-count, paths raw and
   calibrated step by step (fair CRPS skill against the random walk, 50% / 90% band coverage
   against a calibrated sampler of the same path count, PIT) and writes RESULTS.md ("path-calibration-test") and
-  benchmarks/path_calibration.png.
+  research/path_calibration.png.
 
-    python benchmarks/bench_path_calibration.py choose --work outputs/full_run   # [--record <file>]
-    python benchmarks/bench_path_calibration.py test --work outputs/full_run
+    python -m research.path_calibration choose --work outputs/full_run   # [--record <file>]
+    python -m research.path_calibration test --work outputs/full_run
 """
 from __future__ import annotations
 
@@ -30,26 +30,21 @@ import json
 import sys
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from kronos_qlib.errors import ConfigError
+from kronos_qlib.evaluation.forecast_scores import evaluate
+from kronos_qlib.evaluation.forecasts import ForecastSet, load_closes
+from kronos_qlib.files import atomic_write_text
+
+from research.calibrated_paths import PathCalibration, fit_calibration, split_centre, trailing_volatility
+from research.calibration import sample_days
+from research.fitted_model import fit_workflow_model, require_shipped_sampling
+from research.results import machine, require_choice, update_section
+from research.selection import scoring_days
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-from bench_calibration import sample_days  # noqa: E402
-from fitted_model import fit_workflow_model, require_shipped_sampling  # noqa: E402
-from results import machine, require_choice, update_section  # noqa: E402
-
-from kronos_qlib.errors import ConfigError  # noqa: E402
-from kronos_qlib.evaluation.forecast_scores import evaluate  # noqa: E402
-from kronos_qlib.evaluation.forecasts import ForecastSet, load_closes  # noqa: E402
-from kronos_qlib.evaluation.path_calibration import (PathCalibration, fit_calibration, split_centre,  # noqa: E402
-                                                     trailing_volatility)
-from kronos_qlib.evaluation.selection import scoring_days  # noqa: E402
-from kronos_qlib.files import atomic_write_text  # noqa: E402
 
 WINDOW, MIN_HISTORY = 60, 20
 #: the sampling settings a calibration is fitted for: test refuses paths sampled otherwise
@@ -83,7 +78,7 @@ def choose(args) -> None:
     atomic_write_text(Path(args.record), json.dumps({**dataclasses.asdict(calibration), "sampling": sampling,
                                                      "paths": args.paths, "every_k_days": args.every_k_days,
                                                      "forecasts": len(forecasts.dates)}, indent=1))
-    lines = ["## Path calibration: the valid choice (`benchmarks/bench_path_calibration.py choose`)", "",
+    lines = ["## Path calibration: the valid choice (`python -m research.path_calibration choose`)", "",
              f"Fitted on valid {valid[0]}..{valid[1]} only: {len(forecasts.dates)} member forecasts of every "
              f"{args.every_k_days}th trading day whose horizon ends inside valid, {args.paths} paths each, of the "
              f"shipped workflow's model, sampled with T={sampling['T']:g}, top_p={sampling['top_p']:g}. At step h "
@@ -104,12 +99,13 @@ def choose(args) -> None:
 
 def test(args) -> None:
     work = Path(args.work).resolve()
-    record = require_choice(Path(args.record), "bench_path_calibration.py")
+    record = require_choice(Path(args.record), "python -m research.path_calibration")
     try:
         calibration = PathCalibration.load(record)
     except ConfigError as err:
-        sys.exit(f"{err}: run `bench_path_calibration.py choose` again")
-    require_shipped_sampling(json.loads(record.read_text()).get("sampling"), SAMPLING, "bench_path_calibration.py")
+        sys.exit(f"{err}: run `python -m research.path_calibration choose` again")
+    require_shipped_sampling(json.loads(record.read_text()).get("sampling"), SAMPLING,
+                             "python -m research.path_calibration")
     model, dataset, _ = fit_workflow_model(work, args.provider)
     tables, coverage = {}, {}
     counts = sorted({args.paths, model.sampling.sample_count})
@@ -126,7 +122,7 @@ def test(args) -> None:
         tables[paths] = table
         coverage[paths] = (raw, adjusted)
     start, end = dataset.segments["test"]
-    lines = ["## Path calibration on test (`benchmarks/bench_path_calibration.py test`)", "",
+    lines = ["## Path calibration on test (`python -m research.path_calibration test`)", "",
              f"The calibration chosen on valid (section above) applied to the test forecasts {start}..{end}, every "
              f"{args.every_k_days}th trading day whose horizon ends inside test, members only, its centre the median "
              f"of the same {calibration.centre_paths} other paths of each forecast at every path count (so a "
@@ -155,6 +151,10 @@ def test(args) -> None:
 
 
 def plot(tables: dict, coverage: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for i, (paths, table) in enumerate(tables.items()):
         for name, style in (("sampled", "--"), ("calibrated", "-")):

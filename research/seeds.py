@@ -1,5 +1,5 @@
 """Results over seeds, in Qlib's benchmark format: each workflow run with several seeds at full scale (CPU preset),
-every metric reported as mean +- std across seeds in benchmarks/RESULTS.md, with the wall times.
+every metric reported as mean +- std across seeds in research/RESULTS.md, with the wall times.
 
 Seed k runs, in its own folder --work/seed<k> (mlruns.db, runs/), with SEED=42+k (Kronos's, LightGBM's and GRU's
 training seed) and SAMPLE_SEED=k (Kronos's sampling seed), so seed 0 is the shipped default:
@@ -30,18 +30,18 @@ theirs (e.g. the long factor step measured on another day). Within a seed, a ste
 shared, as its files are keyed by model, sampling settings and seed.
 
 --dates picks the dates: `default` (the workflows' own: train 2010-2017, valid 2018-2019, test 2020-2022; records
-benchmarks/seeds.json and seeds_daily.csv, section "seeds", seeds.png) or `zoo` (Qlib's model-zoo segments as far
+research/seeds.json and seeds_daily.csv, section "seeds", seeds.png) or `zoo` (Qlib's model-zoo segments as far
 as the data allows: train 2010-2014, valid 2015-2016, test 2017-01-01..2020-07-31; records seeds_zoo.json and
 seeds_zoo_daily.csv, section "zoo", seeds_zoo.png, beside the zoo's published rows; its steps are the zoo's rows,
 LightGBM and GRU, GRU capped at --gru-epochs as on the default dates, where the zoo trains up to 200 epochs).
 
-    python benchmarks/bench_seeds.py [--seeds 3] [--provider ../shared/cn_data] [--work outputs/seeds]
-    python benchmarks/bench_seeds.py --stages outputs/full_run/runs/<name> --cache outputs/full_run/forecasts
+    python -m research.seeds [--seeds 3] [--provider ../shared/cn_data] [--work outputs/seeds]
+    python -m research.seeds --stages outputs/full_run/runs/<name> --cache outputs/full_run/forecasts
         # seed 0 reuses a finished full run of the default workflow (its stage folder is copied)
-    python benchmarks/bench_seeds.py --work outputs/seeds_T1.2 --trained-from outputs/seeds
+    python -m research.seeds --work outputs/seeds_T1.2 --trained-from outputs/seeds
         # a new sampling or signal default: every seed reuses the earlier study's Kronos trainings
-    python benchmarks/bench_seeds.py --dates zoo --work outputs/zoo       # its steps: lightgbm gru
-    python benchmarks/bench_seeds.py --report-only      # rewrite the section from seeds.json / seeds_daily.csv
+    python -m research.seeds --dates zoo --work outputs/zoo       # its steps: lightgbm gru
+    python -m research.seeds --report-only      # rewrite the section from seeds.json / seeds_daily.csv
 """
 from __future__ import annotations
 
@@ -55,21 +55,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from kronos_qlib.evaluation import (NW_LAG, RecordedRun, init_recorder_store, load_run, mean_over_seeds,
+                                    mean_t, paired_difference, partial_ic, signal_correlation, summarize)
+from kronos_qlib.files import atomic_write_text
+from kronos_qlib.qrun import WORKFLOWS, load_workflow, qrun_command
+
+from research.results import SCALE_VARIABLES, git_commit, machine, update_section
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-from results import SCALE_VARIABLES, git_commit, machine, update_section  # noqa: E402
-
-from kronos_qlib.evaluation import (NW_LAG, RecordedRun, init_recorder_store, load_run, mean_over_seeds,  # noqa: E402
-                                    mean_t, paired_difference, partial_ic, signal_correlation, summarize)
-from kronos_qlib.files import atomic_write_text  # noqa: E402
-from kronos_qlib.qrun import WORKFLOWS, load_workflow, qrun_command  # noqa: E402
 
 #: each step's experiment, where the step records its run
 RUNS = {"kronos": "kronos_csi300", "lightgbm": "lightgbm_csi300", "gru": "gru_alpha360_csi300",
@@ -343,6 +339,10 @@ def measured_on(records: dict) -> dict[str, list[str]]:
 
 
 def plot(frames: dict[str, pd.DataFrame], dates: Dates) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     metrics = ["RankIC", "ICIR", "information ratio (with cost)"]
     names = [LABELS[step] for step in frames]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.4))
@@ -372,7 +372,7 @@ def report(records: dict, daily: pd.DataFrame, dates: Dates) -> str:
     steps = list(frames)
     title = "Results over seeds" if dates.name == "default" else "Qlib's model zoo reproduced"
     lines = [
-        f"## {title} (`benchmarks/bench_seeds.py --dates {dates.name}`)", "",
+        f"## {title} (`python -m research.seeds --dates {dates.name}`)", "",
         f"Each workflow at full scale on {dates.described}, TopkDropout 50/5 against SH000300 with Qlib's "
         "benchmark costs, on `../shared/cn_data`. Seed k: `SEED=42+k` (the training seed of Kronos, LightGBM and "
         "GRU) and `SAMPLE_SEED=k` (Kronos's sampling seed); seed 0 is the shipped default. Mean ± sample std across "

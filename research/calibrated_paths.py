@@ -1,5 +1,5 @@
-"""Calibrated paths: a per-step drift shrink, spread scale and volatility anchor of the sampled paths, fitted on
-valid only.
+"""Calibrated paths, the method of the path-calibration study (research/path_calibration.py): a per-step drift
+shrink, spread scale and volatility anchor of the sampled paths, fitted on valid only.
 
 The paths of a small Kronos are too narrow (their bands cover less than a calibrated sampler's) and their drift is
 mostly noise (the median path's return error is larger than forecasting no move). Both are fixed after sampling,
@@ -39,13 +39,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError
-from ..features import BAR_COLUMNS, CLOSE, PRICE_COLUMNS
-from ..files import atomic_write_text
-from ..signals.paths import floored, floored_log_returns
-from .baselines import past_log_returns
-from .forecast_scores import fair_crps
-from .forecasts import ForecastSet, realized_closes
+from kronos_qlib.errors import ConfigError
+from kronos_qlib.evaluation.baselines import past_log_returns
+from kronos_qlib.evaluation.forecast_scores import fair_crps
+from kronos_qlib.evaluation.forecasts import ForecastSet, realized_closes
+from kronos_qlib.features import BAR_COLUMNS, CLOSE, PRICE_COLUMNS
+from kronos_qlib.files import atomic_write_text
+from kronos_qlib.signals.paths import floored, floored_log_returns
 
 #: candidate drift factors (0: the median path says nothing, 1: as sampled), spread scales and volatility anchors
 DRIFT_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
