@@ -137,9 +137,13 @@ def test_split_boundaries(frame):
             assert min(panel.dates[ds.rows(i).start] for i in range(len(ds))) < np.datetime64(start)
 
 
+#: the windows of the tiny_data tests
+TINY = ForecastSpec(lookback=20, pred_len=5)
+
+
 def tiny_data(tmp_path, **overrides) -> DataConfig:
     values = dict(provider_uri=str(CN_DATA), market="csi300", train=("2016-01-01", "2016-03-31"),
-                  valid=("2016-04-01", "2016-04-30"), test=("2016-05-01", "2016-05-31"), lookback=20, horizon=5,
+                  valid=("2016-04-01", "2016-04-30"), test=("2016-05-01", "2016-05-31"),
                   cache_dir=str(tmp_path / "cache"))
     values.update(overrides)
     return DataConfig(**values)
@@ -147,7 +151,7 @@ def tiny_data(tmp_path, **overrides) -> DataConfig:
 
 def test_processed_data_is_cached(tmp_path, monkeypatch):
     config = tiny_data(tmp_path)
-    first = build_datasets(config)
+    first = build_datasets(config, TINY)
     assert len(list((tmp_path / "cache").glob("windows-*.npz"))) == 1
     import kronos_qlib.data.pipeline as pipeline
 
@@ -155,13 +159,14 @@ def test_processed_data_is_cached(tmp_path, monkeypatch):
         raise AssertionError("the second run must not reload bars from Qlib")
 
     monkeypatch.setattr(pipeline, "load_bars", fail)
-    second = build_datasets(config)
+    second = build_datasets(config, TINY)
     for split in ("train", "valid", "test"):
         np.testing.assert_array_equal(first[split].starts, second[split].starts)
         np.testing.assert_array_equal(first[split][0][0].numpy(), second[split][0][0].numpy())
-    other = tiny_data(tmp_path, lookback=21)
+    longer = build_datasets(config, ForecastSpec(lookback=20, pred_len=6))  # the same bars, cut otherwise
+    assert longer["train"].spec.length == 26 and len(list((tmp_path / "cache").glob("windows-*.npz"))) == 1
     with pytest.raises(AssertionError, match="must not reload"):
-        build_datasets(other)  # other settings, other cache entry
+        build_datasets(config, ForecastSpec(lookback=21, pred_len=5))  # contexts reach further back: other bars
 
 
 def test_the_processed_data_cache_knows_the_feature_files(tmp_path):
@@ -169,11 +174,11 @@ def test_the_processed_data_cache_knows_the_feature_files(tmp_path):
     provider = small_provider(tmp_path / "provider")
     config = tiny_data(tmp_path, provider_uri=str(provider))
     try:
-        before = build_datasets(config)["train"]
+        before = build_datasets(config, TINY)["train"]
         code = str(before.panel.instruments[0])
         scale_closes(provider, code, 1.1)
         qlib.init(provider_uri=str(provider), region="cn")  # a new session: Qlib keeps read bars in memory
-        after = build_datasets(config)["train"]
+        after = build_datasets(config, TINY)["train"]
     finally:
         init_qlib(CN_DATA)
     assert len(list((tmp_path / "cache").glob("windows-*.npz"))) == 2
@@ -184,7 +189,7 @@ def test_the_processed_data_cache_knows_the_feature_files(tmp_path):
 
 def test_missing_provider_folder(tmp_path):
     with pytest.raises(ConfigError, match="Qlib provider folder '.*nowhere' does not exist"):
-        build_datasets(tiny_data(tmp_path, provider_uri=str(tmp_path / "nowhere")))
+        build_datasets(tiny_data(tmp_path, provider_uri=str(tmp_path / "nowhere")), TINY)
 
 
 def test_market_with_no_instruments_in_range(tmp_path):
@@ -195,19 +200,19 @@ def test_market_with_no_instruments_in_range(tmp_path):
         (provider / folder).symlink_to(CN_DATA / folder)
     (provider / "instruments" / "tiny.txt").write_text("SH600000\t2010-01-04\t2010-12-31\n")
     with pytest.raises(KronosInputError, match="market 'tiny' has no instruments between 2016-01-01 and 2016-05-31"):
-        build_datasets(tiny_data(tmp_path, provider_uri=str(provider), market="tiny"))
+        build_datasets(tiny_data(tmp_path, provider_uri=str(provider), market="tiny"), TINY)
 
 
 def test_dates_outside_the_calendar(tmp_path):
     with pytest.raises(KronosInputError, match=r"split 'train' \(2030-01-01\.\.2030-06-30\) has 0 trading day"):
-        build_datasets(tiny_data(tmp_path, train=("2030-01-01", "2030-06-30")))
+        build_datasets(tiny_data(tmp_path, train=("2030-01-01", "2030-06-30")), TINY)
 
 
 def test_unknown_market(tmp_path):
     with pytest.raises(ConfigError, match="market 'csi9999'"):
-        build_datasets(tiny_data(tmp_path, market="csi9999"))
+        build_datasets(tiny_data(tmp_path, market="csi9999"), TINY)
 
 
 def test_date_range_shorter_than_a_window(tmp_path):
     with pytest.raises(KronosInputError, match=r"split 'valid' \(2016-04-01\.\.2016-04-06\) has 3 trading day"):
-        build_datasets(tiny_data(tmp_path, valid=("2016-04-01", "2016-04-06")))
+        build_datasets(tiny_data(tmp_path, valid=("2016-04-01", "2016-04-06")), TINY)

@@ -279,6 +279,8 @@ def test_bad_model_arguments():
         KronosModel(batch_size=0)
     with pytest.raises(ConfigError, match="finetune.data is not used"):
         KronosModel(finetune={"data": {}})
+    with pytest.raises(ConfigError, match="finetune.forecast is not used: the training windows are the model's own"):
+        KronosModel(finetune={"forecast": {"lookback": 30}})
     with pytest.raises(KronosInputError, match=r"end step 11\) lies outside the forecast"):
         KronosModel(signal_end=11)
     with pytest.raises(KronosInputError, match=r"start step 10, end step 10\) lies outside the forecast"):

@@ -11,7 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from kronos_qlib import CheckpointError, ConfigError, Kronos, KronosTokenizer, TrainingError
+from kronos_qlib import CheckpointError, ConfigError, ForecastSpec, Kronos, KronosTokenizer, TrainingError
 from kronos_qlib.model.hub import file_sha256, weights_digest
 from kronos_qlib.training import PRESETS, SequentialTrainer, config_from_dict, load_config
 from kronos_qlib.training.distributed import Runtime
@@ -32,8 +32,8 @@ def tiny_config(out_dir, data_cache, **overrides) -> dict:
     config = {
         "output_dir": str(out_dir), "seed": 3, "device": "cpu",
         "data": {"provider_uri": str(CN_DATA), "market": "csi300", "train": ["2016-01-01", "2016-06-30"],
-                 "valid": ["2016-07-01", "2016-08-31"], "test": ["2016-09-01", "2016-10-31"], "lookback": 20,
-                 "horizon": 5, "cache_dir": data_cache},
+                 "valid": ["2016-07-01", "2016-08-31"], "test": ["2016-09-01", "2016-10-31"], "cache_dir": data_cache},
+        "forecast": {"lookback": 20, "pred_len": 5},
         "pre_trained_tokenizer": False, "pre_trained_predictor": False,
         "tokenizer_config": TINY_TOKENIZER, "predictor_config": TINY_PREDICTOR,
         "tokenizer_training": dict(STAGE, lr=1e-3), "predictor_training": dict(STAGE, lr=1e-3),
@@ -313,6 +313,14 @@ def test_yaml_values_are_checked(tmp_path):
     assert load_config(path).data.train == ("2016-01-01", "2016-06-30")
     path.write_text('data:\n  valid: ["2016-01-01", "2016-13-01"]\n')  # an impossible date: the key and file
     with pytest.raises(ConfigError, match=r"typed.yaml.data.valid\[1\] is '2016-13-01', which is not a date"):
+        load_config(path)
+    path.write_text("forecast:\n  lookback: 30\n  pred_len: 5\n")  # the windows, one home: a ForecastSpec
+    assert load_config(path).forecast == ForecastSpec(lookback=30, pred_len=5)
+    path.write_text("data:\n  lookback: 30\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'lookback' in .*typed.yaml.data"):
+        load_config(path)
+    path.write_text("forecast:\n  lookback: 1\n")
+    with pytest.raises(ConfigError, match=r"typed.yaml.forecast: lookback must be an integer >= 2, got 1"):
         load_config(path)
 
 

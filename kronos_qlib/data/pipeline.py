@@ -25,7 +25,8 @@ CACHE_VERSION = 2  # bump when the processing below changes
 
 @dataclass
 class DataConfig:
-    """Where the bars come from and how they are cut into windows."""
+    """Where the bars come from and which dates each split holds; the windows' shape is a
+    :class:`~kronos_qlib.inference.ForecastSpec`, given beside it."""
 
     provider_uri: str = "~/.qlib/qlib_data/cn_data"
     region: str = "cn"
@@ -33,17 +34,9 @@ class DataConfig:
     train: tuple[str, str] = ("2010-01-01", "2017-12-31")
     valid: tuple[str, str] = ("2018-01-01", "2019-12-31")
     test: tuple[str, str] = ("2020-01-01", "2022-12-30")
-    lookback: int = 90
-    horizon: int = 10
-    clip: float = 5.0
     #: Folder for processed data; None disables the cache.
     cache_dir: str | None = "~/.cache/kronos_qlib"
     splits: tuple[str, ...] = field(default=SPLITS)
-
-    @property
-    def spec(self) -> ForecastSpec:
-        """The windows' shape as the forecast specification (``horizon`` is its ``pred_len``)."""
-        return ForecastSpec(lookback=self.lookback, pred_len=self.horizon, clip=self.clip)
 
     def date_range(self, split: str) -> tuple[pd.Timestamp, pd.Timestamp]:
         start, end = (pd.Timestamp(d) for d in getattr(self, split))
@@ -66,9 +59,11 @@ def data_fingerprint(provider: Path, market: str) -> dict:
     return {str(f.relative_to(provider)): [f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()}
 
 
-def _cache_key(config: DataConfig, provider: Path) -> str:
+def _cache_key(config: DataConfig, lookback: int, provider: Path) -> str:
+    """The processed bars depend on the dates, the market, the data files and how far back the first context
+    reaches (``lookback``); the rest of the window's shape only cuts them."""
     settings = {**asdict(config), "provider_uri": str(provider), "cache_dir": None, "version": CACHE_VERSION,
-                "data": data_fingerprint(provider, config.market)}
+                "lookback": lookback, "data": data_fingerprint(provider, config.market)}
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -98,13 +93,13 @@ def split_datasets(panel: BarPanel, spans: Spans, ranges: dict[str, tuple[pd.Tim
     return datasets
 
 
-def _load_panel(config: DataConfig) -> tuple[BarPanel, Spans]:
+def _load_panel(config: DataConfig, spec: ForecastSpec) -> tuple[BarPanel, Spans]:
     ranges = [config.date_range(s) for s in config.splits]
     for split, (start, end) in zip(config.splits, ranges):
-        check_split_length(split, start, end, config.horizon)
+        check_split_length(split, start, end, spec.pred_len)
     first, last = min(r[0] for r in ranges), max(r[1] for r in ranges)
     spans = membership(config.market, first, last)
-    return BarPanel.from_frame(load_bars(sorted(spans), history_start(first, config.lookback), last)), spans
+    return BarPanel.from_frame(load_bars(sorted(spans), history_start(first, spec.lookback), last)), spans
 
 
 def _save_cache(path: Path, panel: BarPanel, spans: Spans) -> None:
@@ -124,23 +119,24 @@ def _load_cache(path: Path) -> tuple[BarPanel, Spans]:
     return panel, spans
 
 
-def build_datasets(config: DataConfig) -> dict[str, WindowDataset]:
-    """Window datasets for ``config.splits``, from the on-disk cache when the settings were seen before."""
+def build_datasets(config: DataConfig, spec: ForecastSpec) -> dict[str, WindowDataset]:
+    """Window datasets of shape ``spec`` for ``config.splits``, from the on-disk cache when the settings were
+    seen before."""
     provider = init_qlib(config.provider_uri, config.region)
     cache = None
     if config.cache_dir:
-        cache = Path(config.cache_dir).expanduser() / f"windows-{_cache_key(config, provider)}.npz"
+        cache = Path(config.cache_dir).expanduser() / f"windows-{_cache_key(config, spec.lookback, provider)}.npz"
     began = time.perf_counter()
     if cache is not None and cache.exists():
         panel, spans = _load_cache(cache)
         logger.info("loaded processed data from %s in %.1fs", cache, time.perf_counter() - began)
     else:
-        panel, spans = _load_panel(config)
+        panel, spans = _load_panel(config, spec)
         if cache is not None:
             _save_cache(cache, panel, spans)
         logger.info("loaded %d instruments in %.1fs", len(panel.instruments), time.perf_counter() - began)
     ranges = {s: config.date_range(s) for s in config.splits}
-    return split_datasets(panel, spans, ranges, config.spec, config.market)
+    return split_datasets(panel, spans, ranges, spec, config.market)
 
 
 __all__ = ["DataConfig", "SPLITS", "build_datasets", "check_split_length", "data_fingerprint", "split_datasets"]

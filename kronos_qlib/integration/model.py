@@ -154,8 +154,10 @@ class KronosModel(ModelFT):
             self.head_config = None
             self.signal_end = check_signal(signal, self.forecast.pred_len, self.sampling.sample_count,
                                            signal_start, signal_end)
-        if any(settings is not None and "data" in settings for settings in (finetune, refit)):
-            raise ConfigError("finetune.data is not used: KronosModel trains on the dataset's segments")
+        for key, why in (("data", "KronosModel trains on the dataset's segments"),
+                         ("forecast", "the training windows are the model's own forecast")):
+            if any(settings is not None and key in settings for settings in (finetune, refit)):
+                raise ConfigError(f"finetune.{key} is not used: {why}")
         self.tokenizer_source, self.predictor_source, self.revision = tokenizer, predictor, revision
         self.finetune_config, self.refit = finetune, refit
         self.signal, self.signal_start = signal, int(signal_start)
@@ -226,14 +228,13 @@ class KronosModel(ModelFT):
     def _train(self, dataset: DatasetH, handler: KronosBarsHandler, values: dict, name: str) -> None:
         """Two-stage training on the dataset's segments with the settings ``values``; under qrun its curves,
         settings and checkpoints go to the recorder as ``<name>`` (see :mod:`.recorder`)."""
-        config = config_from_dict(values, where=f"KronosModel {name}")
         spec = self.forecast
-        config.data.lookback, config.data.horizon, config.data.clip = spec.lookback, spec.pred_len, spec.clip
+        config = config_from_dict({**values, "forecast": spec.to_dict()}, where=f"KronosModel {name}")
         ranges = {s: self._segment(dataset, s) for s in ("train", "valid")}
         for split, (start, end) in ranges.items():
             check_split_length(split, start, end, spec.pred_len)
         panel = BarPanel.from_frame(handler.bars(max(end for _, end in ranges.values())))
-        datasets = split_datasets(panel, handler.universe, ranges, config.data.spec, handler.market)
+        datasets = split_datasets(panel, handler.universe, ranges, spec, handler.market)
         # resume=True: a finished stage with the same settings is reused, a killed one continues
         trainer = SequentialTrainer(config, datasets=datasets, resume=True)
         predictor = trainer.run().get("predictor") or config.pre_trained_predictor

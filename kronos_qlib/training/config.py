@@ -14,7 +14,8 @@ import pandas as pd
 import yaml
 
 from ..data import SPLITS, DataConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, KronosInputError
+from ..inference.spec import ForecastSpec
 from ..model.configs import RELEASED
 
 
@@ -41,6 +42,9 @@ class FinetuneConfig:
     """Two-stage finetuning: the tokenizer on reconstruction, then the predictor with the tokenizer frozen."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    #: The windows: ``lookback`` context bars and ``pred_len`` target bars, normalized and clipped to +-``clip``,
+    #: the forecast the weights are trained for (KronosModel sets it to its own ``forecast``).
+    forecast: ForecastSpec = field(default_factory=ForecastSpec)
     output_dir: str = "runs/kronos"
     seed: int = 42
     #: None picks CUDA when present, else CPU.
@@ -187,7 +191,11 @@ def _build(cls: type, values: Any, where: str):
     for key in values:
         if key not in names:
             raise ConfigError(f"unknown key '{key}' in {where} (known keys: {', '.join(names)})")
-    return cls(**{key: _coerce(value, hints[key], f"{where}.{key}") for key, value in values.items()})
+    checked = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in values.items()}
+    try:
+        return cls(**checked)
+    except KronosInputError as err:  # a value the dataclass itself refuses (e.g. forecast.lookback: 1)
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def config_from_dict(values: dict, where: str = "config") -> FinetuneConfig:

@@ -60,7 +60,7 @@ class SequentialTrainer:
 
     def __init__(self, config: FinetuneConfig, runtime: Runtime | None = None, resume: bool = False,
                  datasets: dict[str, WindowDataset] | None = None):
-        """``datasets`` (train and valid windows) replace those built from ``config.data``."""
+        """``datasets`` (train and valid windows) replace those built from ``config.data`` and ``config.forecast``."""
         self.config = config
         self.rt = runtime or setup(config.device)
         self.resume = resume
@@ -72,10 +72,10 @@ class SequentialTrainer:
         if self._datasets is None:
             data = dataclasses.replace(self.config.data, splits=("train", "valid"))
             if self.rt.is_main:
-                self._datasets = build_datasets(data)
+                self._datasets = build_datasets(data, self.config.forecast)
             self.rt.barrier()
             if not self.rt.is_main:
-                self._datasets = build_datasets(data)
+                self._datasets = build_datasets(data, self.config.forecast)
         return self._datasets
 
     def run(self, stages: tuple[str, ...] | None = None) -> dict[str, Path]:
