@@ -92,10 +92,10 @@ class KronosModel(ModelFT):
         tokenizer, predictor: Hub ids or local folders, used when ``finetune`` is not given.
         revision: their Hub revision (None: the latest; ``released``: the commits of the released files; or one
             each, ``{tokenizer: ..., predictor: ...}``); ``finetune`` takes its own for its ``pre_trained_*``.
-        finetune: a finetuning configuration (the keys of ``workflows/finetune_csi300.yaml`` without ``data``,
-            e.g. ``{preset: cpu, output_dir: runs/kronos}``): ``fit`` trains on the dataset's train and valid
-            segments and predicts with the result. A finished stage with the same settings is reused, an
-            interrupted one resumes.
+        finetune: a finetuning configuration (the keys of ``workflows/finetune_csi300.yaml`` but ``data`` and
+            ``forecast``, e.g. ``{preset: cpu, output_dir: runs/kronos}``): ``fit`` trains on the dataset's train
+            and valid segments, in windows of the model's ``forecast``, and predicts with the result. A finished
+            stage with the same settings is reused, an interrupted one resumes.
         refit: what :meth:`finetune` changes in the ``finetune`` settings (default: the predictor stage only,
             ``train_tokenizer: false``), e.g. ``{output_dir: runs/refit, predictor_training: {epochs: 1,
             lr: 1e-5}}``; ``output_dir`` defaults to the ``finetune`` one with ``_refit`` appended.
