@@ -286,42 +286,35 @@ def test_single_process_runtime_reduces_nothing():
 
 
 # ----------------------------------------------------------------------------------------------- configuration
+def refused(path, text: str, match: str) -> None:
+    """``text`` written to ``path`` is refused by load_config with an error matching ``match``."""
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(path)
+
+
 def test_unknown_yaml_keys_are_named(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text("preset: cpu\noutput_dirr: runs/x\n")
-    with pytest.raises(ConfigError, match="unknown key 'output_dirr' in .*bad.yaml"):
-        load_config(path)
-    path.write_text("predictor_training:\n  learning_rate: 0.1\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'learning_rate' in .*bad.yaml\.predictor_training"):
-        load_config(path)
-    path.write_text("data:\n  markt: csi300\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'markt' in .*bad.yaml\.data"):
-        load_config(path)
+    refused(path, "preset: cpu\noutput_dirr: runs/x\n", "unknown key 'output_dirr' in .*bad.yaml")
+    refused(path, "predictor_training:\n  learning_rate: 0.1\n",
+            r"unknown key 'learning_rate' in .*bad.yaml\.predictor_training")
+    refused(path, "data:\n  markt: csi300\n", r"unknown key 'markt' in .*bad.yaml\.data")
+    refused(path, "data:\n  lookback: 30\n", r"unknown key 'lookback' in .*bad.yaml\.data")  # it is forecast's
 
 
 def test_yaml_values_are_checked(tmp_path):
     path = tmp_path / "typed.yaml"
     path.write_text("predictor_training:\n  lr: 1e-3\n  epochs: 2\n")  # YAML 1.1 reads 1e-3 as a string
     assert load_config(path).predictor_training.lr == 1e-3
-    path.write_text("predictor_training:\n  lr: fast\n")
-    with pytest.raises(ConfigError, match=r"predictor_training\.lr must be float, got 'fast'"):
-        load_config(path)
-    path.write_text("tokenizer_training:\n  epochs: 1.5\n")
-    with pytest.raises(ConfigError, match=r"tokenizer_training\.epochs must be int, got 1\.5"):
-        load_config(path)
+    refused(path, "predictor_training:\n  lr: fast\n", r"predictor_training\.lr must be float, got 'fast'")
+    refused(path, "tokenizer_training:\n  epochs: 1.5\n", r"tokenizer_training\.epochs must be int, got 1\.5")
     path.write_text("data:\n  train: [2016-01-01, 2016-06-30]\n")  # unquoted YAML dates
     assert load_config(path).data.train == ("2016-01-01", "2016-06-30")
-    path.write_text('data:\n  valid: ["2016-01-01", "2016-13-01"]\n')  # an impossible date: the key and file
-    with pytest.raises(ConfigError, match=r"typed.yaml.data.valid\[1\] is '2016-13-01', which is not a date"):
-        load_config(path)
+    refused(path, 'data:\n  valid: ["2016-01-01", "2016-13-01"]\n',  # an impossible date: the key and file
+            r"typed.yaml.data.valid\[1\] is '2016-13-01', which is not a date")
     path.write_text("forecast:\n  lookback: 30\n  pred_len: 5\n")  # the windows, one home: a ForecastSpec
     assert load_config(path).forecast == ForecastSpec(lookback=30, pred_len=5)
-    path.write_text("data:\n  lookback: 30\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'lookback' in .*typed.yaml.data"):
-        load_config(path)
-    path.write_text("forecast:\n  lookback: 1\n")
-    with pytest.raises(ConfigError, match=r"typed.yaml.forecast: lookback must be an integer >= 2, got 1"):
-        load_config(path)
+    refused(path, "forecast:\n  lookback: 1\n", r"typed.yaml.forecast: lookback must be an integer >= 2, got 1")
 
 
 def test_model_config_errors_name_the_section(tmp_path, data_cache):

@@ -93,13 +93,10 @@ def split_datasets(panel: BarPanel, spans: Spans, ranges: dict[str, tuple[pd.Tim
     return datasets
 
 
-def _load_panel(config: DataConfig, spec: ForecastSpec) -> tuple[BarPanel, Spans]:
-    ranges = [config.date_range(s) for s in config.splits]
-    for split, (start, end) in zip(config.splits, ranges):
-        check_split_length(split, start, end, spec.pred_len)
+def _load_panel(market: str, ranges: list[tuple[pd.Timestamp, pd.Timestamp]], lookback: int) -> tuple[BarPanel, Spans]:
     first, last = min(r[0] for r in ranges), max(r[1] for r in ranges)
-    spans = membership(config.market, first, last)
-    return BarPanel.from_frame(load_bars(sorted(spans), history_start(first, spec.lookback), last)), spans
+    spans = membership(market, first, last)
+    return BarPanel.from_frame(load_bars(sorted(spans), history_start(first, lookback), last)), spans
 
 
 def _save_cache(path: Path, panel: BarPanel, spans: Spans) -> None:
@@ -123,6 +120,9 @@ def build_datasets(config: DataConfig, spec: ForecastSpec) -> dict[str, WindowDa
     """Window datasets of shape ``spec`` for ``config.splits``, from the on-disk cache when the settings were
     seen before."""
     provider = init_qlib(config.provider_uri, config.region)
+    ranges = {s: config.date_range(s) for s in config.splits}
+    for split, (start, end) in ranges.items():  # before the cache: a cached panel may serve a longer pred_len
+        check_split_length(split, start, end, spec.pred_len)
     cache = None
     if config.cache_dir:
         cache = Path(config.cache_dir).expanduser() / f"windows-{_cache_key(config, spec.lookback, provider)}.npz"
@@ -131,11 +131,10 @@ def build_datasets(config: DataConfig, spec: ForecastSpec) -> dict[str, WindowDa
         panel, spans = _load_cache(cache)
         logger.info("loaded processed data from %s in %.1fs", cache, time.perf_counter() - began)
     else:
-        panel, spans = _load_panel(config, spec)
+        panel, spans = _load_panel(config.market, list(ranges.values()), spec.lookback)
         if cache is not None:
             _save_cache(cache, panel, spans)
         logger.info("loaded %d instruments in %.1fs", len(panel.instruments), time.perf_counter() - began)
-    ranges = {s: config.date_range(s) for s in config.splits}
     return split_datasets(panel, spans, ranges, spec, config.market)
 
 
