@@ -3,7 +3,7 @@ processes, against the original algorithm.
 
 Workload: CSI300 members on ``--days`` trading days spread over the default test segment (2020-01-01 ..
 2022-12-30), each with its 90-bar context, 10 steps, 5 paths (T=1, top_p=0.9), through the same call
-``KronosModel.predict`` makes (``KronosModel._forecast``: one call across all the days, batches of 64). Random
+``KronosModel.predict`` makes (``PathForecasts.sample``: one call across all the days, batches of 64). Random
 weights of the Kronos-mini / Kronos-small and Kronos-Tokenizer-base configs (speed does not depend on them).
 The projection divides the number of forecasts of the whole stage (every member with 90 traded bars on every
 test day, counted from the data) by the measured series/s. Every run is a fresh process; "2 processes" runs
@@ -14,8 +14,8 @@ Reduced precision is scored against fp32 on the same forecasts: greedy agreement
 closes within 0.1% of fp32's) and the mean daily Spearman correlation of the ``expected_return`` signal from
 sampled paths.
 
-    python benchmarks/bench_forecasting.py [--device cpu] [--models Kronos-mini Kronos-small] [--days 4]
-    python benchmarks/bench_forecasting.py --device cuda --precisions fp32 bf16     # on a GPU, same table
+    python -m benchmarks.bench_forecasting [--device cpu] [--models Kronos-mini Kronos-small] [--days 4]
+    python -m benchmarks.bench_forecasting --device cuda --precisions fp32 bf16     # on a GPU, same table
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from research.results import BENCHMARKS, machine, update_section
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run as a script: the repository root, for research.results
-from research.results import BENCHMARKS, machine, update_section  # noqa: E402
 
 MODELS = {"Kronos-mini": "NeoQuasar/Kronos-mini", "Kronos-small": "NeoQuasar/Kronos-small"}
 TOKENIZER = "NeoQuasar/Kronos-Tokenizer-base"
@@ -40,13 +40,14 @@ TEST = ("2020-01-01", "2022-12-30")
 MARKET = "csi300"
 
 
-def load(provider: str, days: list[str] | None):
-    """(KronosModel without weights, its handler's panel, the calendar, day -> {instrument: row}) for ``days``
-    (None: every test day)."""
+def load(provider: str, days: list[str] | None, shard: tuple[int, int] = (0, 1)):
+    """(KronosModel without weights, the plan of its forecasts on ``days``: None, every test day; every
+    ``shard[1]``-th day from the ``shard[0]``-th)."""
     from qlib.data import D
 
     from kronos_qlib import KronosBarsHandler, KronosModel
     from kronos_qlib.data import BarPanel, init_qlib
+    from kronos_qlib.integration.daily_forecasts import Plan
 
     init_qlib(provider)
     start, end = (days[0], days[-1]) if days else TEST
@@ -56,7 +57,7 @@ def load(provider: str, days: list[str] | None):
     calendar = pd.DatetimeIndex(D.calendar())
     wanted = pd.DatetimeIndex(days) if days else calendar[(calendar >= TEST[0]) & (calendar <= TEST[1])]
     panel = BarPanel.from_frame(handler.bars(end))
-    return model, panel, calendar, model._requests(panel, handler, wanted, "test")
+    return model, Plan.build(panel, handler.universe, MARKET, calendar, wanted, model.forecast, "test", shard)
 
 
 def worker(args) -> None:
@@ -64,11 +65,13 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from kronos_qlib import Kronos, KronosPredictor, KronosTokenizer
+    from kronos_qlib import Kronos, KronosTokenizer
+    from kronos_qlib.inference.forecast_cache import ForecastCache
+    from kronos_qlib.integration.daily_forecasts import PathForecasts
     from kronos_qlib.model.configs import RELEASED
 
-    model, panel, calendar, requests = load(args.provider, args.day_list)
-    requests = {day: requests[day] for i, day in enumerate(sorted(requests)) if i % args.shard[1] == args.shard[0]}
+    model, plan = load(args.provider, args.day_list, tuple(args.shard))
+    requests = plan.requests
     if args.limit:  # the first `limit` series of the first day (the original algorithm is slow)
         day = min(requests)
         requests = {day: dict(sorted(requests[day].items())[:args.limit])}
@@ -76,18 +79,18 @@ def worker(args) -> None:
     model.tokenizer, model.model = KronosTokenizer(**RELEASED[TOKENIZER]), Kronos(**RELEASED[MODELS[args.model]])
     if args.greedy:
         model.sampling = type(model.sampling)(top_k=1, top_p=1.0, sample_count=1)
-    predictor = KronosPredictor(model.model, model.tokenizer, device=args.device, batch_size=args.batch_size,
-                                precision=args.precision)
+    forecasts = PathForecasts(plan, model.tokenizer, model.model, model.sampling, ForecastCache(None, {}),
+                              args.batch_size, args.device, args.precision)
     if args.original:
-        sample = predictor.predict_paths_from_arrays
-        predictor.predict_paths_from_arrays = lambda *a, **k: sample(*a, **k, use_cache=False)
+        sample = forecasts.predictor.predict_paths_from_arrays
+        forecasts.predictor.predict_paths_from_arrays = lambda *a, **k: sample(*a, **k, use_cache=False)
     warm = min(requests)
-    model._forecast(predictor, panel, calendar, {warm: dict(list(requests[warm].items())[:4])})
+    forecasts.sample({warm: dict(list(requests[warm].items())[:4])})
     groups = [[day] for day in sorted(requests)] if args.per_day else [sorted(requests)]
     out = {}
     began = time.perf_counter()
     for group in groups:
-        out.update(model._forecast(predictor, panel, calendar, {day: requests[day] for day in group}))
+        out.update(forecasts.sample({day: requests[day] for day in group}))
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - began
@@ -101,7 +104,7 @@ def run(args, model: str, tmp: Path, name: str, precision: str = "fp32", process
         greedy: bool = False, original: bool = False, limit: int = 0, days: list[str] | None = None) -> dict:
     """Run ``processes`` workers at once; n_series is their sum and seconds the slowest one's."""
     days = days or args.day_list
-    base = [sys.executable, __file__, "--worker", "--model", model, "--provider", args.provider, "--device",
+    base = [sys.executable, "-m", __spec__.name, "--worker", "--model", model, "--provider", args.provider, "--device",
             args.device, "--batch-size", str(args.batch_size), "--precision", precision, "--day-list", *days,
             "--threads", str(max(1, args.threads // processes)), "--limit", str(limit)]
     flags = [flag for flag, on in (("--per-day", per_day), ("--greedy", greedy), ("--original", original)) if on]
@@ -200,9 +203,9 @@ def main() -> None:
     if args.days < 2:
         parser.error("--days must be at least 2: the 2-process runs take every other day")
 
-    _, _, _, requests = load(args.provider, None)
-    test_days = sorted(requests)
-    total = sum(map(len, requests.values()))
+    _, plan = load(args.provider, None)
+    test_days = sorted(plan.requests)
+    total = plan.total
     args.day_list = [f"{test_days[i]:%Y-%m-%d}" for i in np.linspace(0, len(test_days) - 1, args.days).astype(int)]
     reduced = [p for p in args.precisions if p != "fp32"]
     rows, quality = [], []

@@ -6,12 +6,11 @@ encoder and predictor per context, batches of 256) for ``signal: head``, and the
 contexts, fp32, ``--threads`` threads. Weights: the path workflow's finetuned CPU-preset checkpoints when they are
 in runs/, else random weights of the same configs (speed does not depend on the weights).
 
-    python benchmarks/bench_head.py [--series 1024] [--threads 2]
+    python -m benchmarks.bench_head [--series 1024] [--threads 2]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from research.results import BENCHMARKS, machine, update_section
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run as a script: the repository root, for research.results
-from research.results import BENCHMARKS, machine, update_section  # noqa: E402
 
 RUN = HERE.parent / "runs" / "kronos_csi300_cpu_2010-01-01_2019-12-31_seed42"
 LOOKBACK, PRED_LEN = 90, 10

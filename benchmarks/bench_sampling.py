@@ -4,7 +4,7 @@ Workload: 300 CSI300 stocks, 90 daily bars of context, 10 steps ahead, 5 sample 
 2 threads; Kronos-mini and Kronos-small configs with random weights (speed does not depend on them) and the
 Kronos-Tokenizer-base config. Each (model, mode) runs in a fresh process so its peak memory is its own.
 
-    python benchmarks/bench_sampling.py [--provider ../shared/cn_data] [--n-series 300]
+    python -m benchmarks.bench_sampling [--provider ../shared/cn_data] [--n-series 300]
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from research.results import BENCHMARKS, machine, update_section
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # run as a script: the repository root, for research.results
-from research.results import BENCHMARKS, machine, update_section  # noqa: E402
 
 MODELS = {"Kronos-mini": "NeoQuasar/Kronos-mini", "Kronos-small": "NeoQuasar/Kronos-small"}
 TOKENIZER = "NeoQuasar/Kronos-Tokenizer-base"
@@ -91,9 +91,9 @@ def worker(args) -> None:
 
 
 def run_worker(args, model: str, mode: str, save: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--model", model, "--mode", mode, "--provider", args.provider,
-           "--n-series", str(args.n_series), "--threads", str(args.threads), "--batch-size", str(args.batch_size),
-           "--save-greedy", str(save)]
+    cmd = [sys.executable, "-m", __spec__.name, "--worker", "--model", model, "--mode", mode,
+           "--provider", args.provider, "--n-series", str(args.n_series), "--threads", str(args.threads),
+           "--batch-size", str(args.batch_size), "--save-greedy", str(save)]
     print("running", model, mode, flush=True)
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -4,7 +4,7 @@ A tokenizer is trained first (CPU preset, one short epoch) and frozen; then the 
 of the same windows in one process (2 threads) and under `torchrun --standalone --nproc_per_node=2` (1 thread
 each, gloo). Data: CSI300 of `../shared/cn_data`, default dates, 90 + 10-bar windows.
 
-    python benchmarks/bench_training.py [--provider ../shared/cn_data] [--windows 8192]
+    python -m benchmarks.bench_training [--provider ../shared/cn_data] [--windows 8192]
 """
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import yaml
 
+from research.results import BENCHMARKS, machine, update_section
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE.parent))  # run as a script: the repository root, for research.results
-from research.results import BENCHMARKS, machine, update_section  # noqa: E402
 
 
 def write_config(path: Path, provider: str, out: Path, windows: int, **extra) -> Path:

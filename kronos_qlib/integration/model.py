@@ -1,4 +1,4 @@
-"""KronosModel: the Qlib ``Model`` that finetunes (or loads) Kronos and scores stocks from sampled paths."""
+"""KronosModel: the Qlib ``Model`` that finetunes (or loads) Kronos and scores stocks with it."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,7 +6,6 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from qlib.config import C
@@ -16,72 +15,26 @@ from qlib.model.base import ModelFT
 
 from ..data import BarPanel, check_split_length, head_samples, split_datasets
 from ..errors import ConfigError, KronosInputError
-from ..features import CLOSE, time_features
-from ..inference import ForecastSpec, KronosPredictor, Sampling, default_device, series_key
-from ..inference.head import score_contexts
+from ..inference import ForecastSpec, Sampling, default_device
+from ..inference.forecast_cache import ForecastCache
 from ..inference.precision import resolve_precision
-from ..inference.predictor import NonFiniteForecast
 from ..inference.spec import as_int
-from ..logs import progress_bar
 from ..model import Kronos, KronosTokenizer, ReturnHead
 from ..model.configs import PRETRAINING_END, released
 from ..model.hub import weights_digest
-from ..signals import check_price_limit, check_signal, price_limits, score_day, smooth_scores
+from ..signals import check_price_limit, check_signal, smooth_scores
 from ..signals.smoothing import check_halflife
 from ..training import SequentialTrainer, config_from_dict
 from ..training.config import network_revision
 from ..training.head import HeadConfig, HeadStage
-from ..inference.forecast_cache import ForecastCache, bars_digest
+from .daily_forecasts import DayForecasts, PathForecasts, Plan, head_scores, path_scores
 from .handler import KronosBarsHandler
 from .recorder import active_recorder, log_settings, log_stage
 from .score_cache import ScoreCache
 
 logger = logging.getLogger(__name__)
-#: Missing forecasts are sampled in chunks of whole days holding at least this many batches, and each day of a
-#: chunk is saved once the chunk is done: large batches across days, and an interrupted run loses one chunk.
-CHUNK_BATCHES = 4
 #: The signal read from the return head instead of sampled paths.
 HEAD_SIGNAL = "head"
-
-
-@dataclasses.dataclass
-class DayForecasts:
-    """The forecasts of one day's universe members, in instrument order: their sampled paths (n, sample_count,
-    pred_len, 6), the close each starts from and the ``lookback`` observed closes up to it (n, lookback)."""
-
-    day: pd.Timestamp
-    instruments: list[str]
-    paths: np.ndarray
-    last_close: np.ndarray
-    history: np.ndarray
-
-
-@dataclasses.dataclass
-class _Plan:
-    """What one predict or fill_cache call forecasts: day -> {instrument: panel row of its last bar}."""
-
-    handler: KronosBarsHandler
-    panel: BarPanel
-    calendar: pd.DatetimeIndex
-    requests: dict[pd.Timestamp, dict[str, int]]
-    sampled: int = 0
-    paths: int = 0  # paths scored
-    floored: int = 0  # of which reached the close floor
-    clipped: int = 0  # of which moved beyond the price limit on some day
-
-    @property
-    def total(self) -> int:
-        return sum(map(len, self.requests.values()))
-
-
-def _future_days(calendar: pd.DatetimeIndex, day: pd.Timestamp, n: int) -> pd.DatetimeIndex:
-    """The n trading days after ``day``; past the calendar's end, weekdays stand in (only their time features
-    are used)."""
-    after = calendar[calendar > day][:n]
-    if len(after) < n:
-        extra = pd.bdate_range(max(day, calendar[-1]) + pd.offsets.BDay(), periods=n - len(after))
-        after = after.append(extra)
-    return after
 
 
 class KronosModel(ModelFT):
@@ -258,9 +211,8 @@ class KronosModel(ModelFT):
         panel = BarPanel.from_frame(handler.bars(max(end for _, end in ranges.values())))
         samples = {s: head_samples(panel, spec.lookback, config.horizon, *ranges[s], handler.universe)
                    .every_kth_day(config.day_stride) for s in ranges}
-        device = torch.device(self.device) if self.device is not None else default_device()
         stage = HeadStage(config, Path(output_dir).expanduser() / config.folder_name(), self.tokenizer, self.model,
-                          panel, samples, spec.lookback, spec.clip, device, init_head)
+                          panel, samples, spec.lookback, spec.clip, self._device(), init_head)
         head, predictor = stage.run(resume=True)
         self.tokenizer, self.model, self.head = self.tokenizer.cpu(), predictor.cpu(), head.cpu()
         recorder = active_recorder()
@@ -282,19 +234,20 @@ class KronosModel(ModelFT):
         """
         plan = self._plan(dataset, segment)
         if self.head is not None:
-            return smooth_scores(self._head_scores(plan), self.signal_halflife)
-        scores = [self._scores(day, plan) for day in self._days(plan)]
-        logger.info("KronosModel: signal %s over steps %d..%d scored %d paths: %d had a daily move clipped at the "
-                    "price limit (%s), %d a close floored", self.signal, self.signal_start, self.signal_end,
-                    plan.paths, plan.clipped, self.price_limit, plan.floored)
-        return smooth_scores(pd.concat(scores).rename("score").sort_index(), self.signal_halflife)
+            cache = self._score_cache()
+            self.forecast_folder = cache.folder
+            scores = head_scores(plan, self.tokenizer, self.model, self.head, cache, self.batch_size, self._device())
+        else:
+            scores = path_scores(self._paths(plan).days(), self.signal, self.signal_start, self.signal_end,
+                                 self.price_limit)
+        return smooth_scores(scores, self.signal_halflife)
 
     def day_forecasts(self, dataset: DatasetH, segment: str | slice = "test", shard: tuple[int, int] = (0, 1)
                       ) -> Iterator[DayForecasts]:
         """What :meth:`predict` scores, day by day (every ``shard[1]``-th day from the ``shard[0]``-th, as in
         :meth:`fill_cache`): the members' paths (from the cache, or sampled into it) with their last closes and
         observed history, for scoring them in other ways (research/signals.py)."""
-        yield from self._days(self._plan(dataset, segment, shard))
+        yield from self._paths(self._plan(dataset, segment, shard)).days()
 
     def fill_cache(self, dataset: DatasetH, segment: str | slice = "test", shard: tuple[int, int] = (0, 1)
                    ) -> tuple[int, int]:
@@ -310,11 +263,10 @@ class KronosModel(ModelFT):
         if self.cache_dir is None:
             raise ConfigError("fill_cache needs a forecast cache: cache_dir is None")
         plan = self._plan(dataset, segment, shard)
-        for _ in self._forecasts(plan):
-            pass
-        return plan.sampled, plan.total - plan.sampled
+        sampled = self._paths(plan).fill()
+        return sampled, plan.total - sampled
 
-    def _plan(self, dataset: DatasetH, segment: str | slice, shard: tuple[int, int] = (0, 1)) -> _Plan:
+    def _plan(self, dataset: DatasetH, segment: str | slice, shard: tuple[int, int] = (0, 1)) -> Plan:
         if self.model is None:
             raise ValueError("KronosModel is not fitted: call fit(dataset) first (it loads the checkpoints)")
         handler = self._handler(dataset)
@@ -323,158 +275,14 @@ class KronosModel(ModelFT):
         days = calendar[(calendar >= start) & (calendar <= end)]
         if len(days) == 0:
             raise KronosInputError(f"segment '{segment}' ({start.date()}..{end.date()}) has no trading days")
-        panel = BarPanel.from_frame(handler.bars(end))
-        requests = self._requests(panel, handler, days, segment)
-        requests = {day: requests[day] for i, day in enumerate(sorted(requests)) if i % shard[1] == shard[0]}
-        return _Plan(handler, panel, calendar, requests)
+        return Plan.build(BarPanel.from_frame(handler.bars(end)), handler.universe, handler.market, calendar, days,
+                          self.forecast, segment, shard)
 
-    def _forecasts(self, plan: _Plan) -> Iterator[tuple[pd.Timestamp, dict[str, tuple[np.ndarray, float]]]]:
-        """(day, instrument -> (paths, last close)) for every day of the plan: complete days from the cache
-        first, then the missing forecasts sampled chunk by chunk, each day saved once its chunk is done."""
+    def _paths(self, plan: Plan) -> PathForecasts:
         cache = self._cache()
         self.forecast_folder = cache.folder
-        partial, inputs = {}, {}
-        for day in sorted(plan.requests):
-            inputs[day] = self._inputs(plan, day)
-            forecasts = cache.load(day, inputs[day])
-            if forecasts.keys() >= plan.requests[day].keys():
-                yield day, forecasts
-            else:
-                partial[day] = forecasts
-        missing = {day: {inst: row for inst, row in plan.requests[day].items() if inst not in partial[day]}
-                   for day in partial}
-        plan.sampled = sum(map(len, missing.values()))
-        if plan.sampled:
-            predictor = KronosPredictor(self.model, self.tokenizer, device=self.device,
-                                        max_context=self.forecast.max_context, clip=self.forecast.clip,
-                                        batch_size=self.batch_size, precision=self.precision)
-            with progress_bar(total=plan.sampled, desc="Kronos forecasts", unit="series") as bar:
-                for chunk in self._chunks(missing):
-                    sampled = self._forecast(predictor, plan.panel, plan.calendar, {day: missing[day] for day in chunk})
-                    for day in chunk:
-                        yield day, cache.save(day, sampled[day], inputs[day])
-                        bar.update(len(missing[day]))
-        logger.info("KronosModel: %d forecasts on %d days (%d sampled, %d from the cache in %s)",
-                    plan.total, len(plan.requests), plan.sampled, plan.total - plan.sampled, self.forecast_folder)
-
-    def _inputs(self, plan: _Plan, day: pd.Timestamp) -> dict[str, str]:
-        """instrument -> digest of the context bars its forecast of ``day`` reads (the cache checks it)."""
-        lookback = self.forecast.lookback
-        future = time_features(_future_days(plan.calendar, day, self.forecast.pred_len))
-        return {inst: bars_digest(plan.panel.values[row + 1 - lookback:row + 1],
-                                  plan.panel.stamps[row + 1 - lookback:row + 1], future)
-                for inst, row in plan.requests[day].items()}
-
-    def _chunks(self, missing: dict[pd.Timestamp, dict[str, int]]) -> Iterator[list[pd.Timestamp]]:
-        """Consecutive days holding at least CHUNK_BATCHES batches of missing forecasts (the last may hold less)."""
-        chunk, size = [], 0
-        for day, rows in missing.items():
-            chunk.append(day)
-            size += len(rows)
-            if size >= CHUNK_BATCHES * self.batch_size:
-                yield chunk
-                chunk, size = [], 0
-        if chunk:
-            yield chunk
-
-    def _days(self, plan: _Plan) -> Iterator[DayForecasts]:
-        lookback = self.forecast.lookback
-        for day, forecasts in self._forecasts(plan):
-            rows = plan.requests[day]
-            names = sorted(rows)
-            paths = np.stack([forecasts[n][0] for n in names]).astype(np.float64)
-            broken = [name for name, p in zip(names, paths) if not np.isfinite(p[..., CLOSE]).all()]
-            if broken:
-                raise KronosInputError(f"the forecasts of {day.date()} in {self.forecast_folder} hold non-finite "
-                                       f"closes for {', '.join(broken[:5])}: delete that day's file to sample it again")
-            contexts = np.array([rows[n] for n in names])[:, None] + np.arange(1 - lookback, 1)
-            yield DayForecasts(day, names, paths, np.array([forecasts[n][1] for n in names]),
-                               plan.panel.values[contexts, CLOSE])
-
-    def _scores(self, day: DayForecasts, plan: _Plan) -> pd.Series:
-        """The day's signal, winsorized; counts the paths the floor and the price limit changed into ``plan``."""
-        values, window = score_day(self.signal, day.paths, day.last_close, self.signal_start, self.signal_end,
-                                   day.history, price_limits(day.instruments, self.price_limit))
-        plan.paths += day.paths.shape[0] * day.paths.shape[1]
-        plan.floored, plan.clipped = plan.floored + window.floored, plan.clipped + window.clipped
-        return pd.Series(values, index=pd.MultiIndex.from_product([[day.day], day.instruments],
-                                                                  names=["datetime", "instrument"]))
-
-    def _head_scores(self, plan: _Plan) -> pd.Series:
-        """The head's score of every planned stock-day: cached ones read, the rest in one batched fp32 pass and
-        saved day by day."""
-        cache = self._score_cache()
-        self.forecast_folder = cache.folder
-        inputs = {day: self._inputs(plan, day) for day in sorted(plan.requests)}
-        scores = {day: cache.load(day, inputs[day]) for day in inputs}
-        missing = [(day, inst, row) for day in inputs for inst, row in plan.requests[day].items()
-                   if inst not in scores[day]]
-        if missing:
-            lookback = self.forecast.lookback
-            device = torch.device(self.device) if self.device is not None else default_device()
-            values = score_contexts(self.tokenizer, self.model, self.head, plan.panel,
-                                    np.array([row + 1 - lookback for _, _, row in missing]), lookback,
-                                    self.forecast.clip, self.batch_size, device)
-            for (day, inst, _), value in zip(missing, values):
-                scores[day][inst] = float(value)
-            for day in dict.fromkeys(day for day, _, _ in missing):
-                cache.save(day, scores[day], inputs[day])
-        logger.info("KronosModel: head scores of %d stock-days on %d days (%d computed, %d from %s)", plan.total,
-                    len(inputs), len(missing), plan.total - len(missing), cache.folder)
-        index = pd.MultiIndex.from_tuples([(day, inst) for day in inputs for inst in sorted(scores[day])],
-                                          names=["datetime", "instrument"])
-        return pd.Series([scores[day][inst] for day in inputs for inst in sorted(scores[day])], index=index,
-                         name="score").sort_index()
-
-    def _requests(self, panel: BarPanel, handler: KronosBarsHandler, days: pd.DatetimeIndex,
-                  segment) -> dict[pd.Timestamp, dict[str, int]]:
-        """day -> {instrument: panel row of its bar that day} for members traded that day with enough history."""
-        lookback = self.forecast.lookback
-        requests: dict[pd.Timestamp, dict[str, int]] = {}
-        traded_any = False
-        for i, inst in enumerate(panel.instruments):
-            first, stop = int(panel.offsets[i]), int(panel.offsets[i + 1])
-            dates = panel.dates[first:stop]
-            for a, b in handler.universe.get(str(inst), []):
-                member_days = days[(days >= a) & (days <= b)]
-                pos = np.searchsorted(dates, member_days.values)
-                traded = (pos < len(dates)) & (dates[np.minimum(pos, len(dates) - 1)] == member_days.values)
-                traded_any |= bool(traded.any())
-                enough = traded & (pos >= lookback - 1)
-                for day, p in zip(member_days[enough], pos[enough]):
-                    requests.setdefault(day, {})[str(inst)] = first + int(p)
-        if not traded_any:
-            raise KronosInputError(f"the universe '{handler.market}' has no data in segment '{segment}' "
-                                   f"({days[0].date()}..{days[-1].date()})")
-        if not requests:
-            raise KronosInputError(
-                f"no member of '{handler.market}' has {lookback} traded bars of history on any day of segment "
-                f"'{segment}' ({days[0].date()}..{days[-1].date()}, {len(days)} trading days); the data starts "
-                f"{pd.Timestamp(panel.dates.min()).date()}: start the handler earlier or lower lookback"
-            )
-        return requests
-
-    def _forecast(self, predictor: KronosPredictor, panel: BarPanel, calendar: pd.DatetimeIndex,
-                  rows: dict[pd.Timestamp, dict[str, int]]) -> dict[pd.Timestamp, dict[str, tuple[np.ndarray, float]]]:
-        """Sample the given (day, instrument) forecasts in one call; each draws from its own (seed, day,
-        instrument) key, so neither the chunk nor the batch it lands in changes it."""
-        spec = self.forecast
-        series = [(day, inst) for day in rows for inst in sorted(rows[day])]
-        ends = np.array([rows[day][inst] for day, inst in series])
-        windows = ends[:, None] + np.arange(1 - spec.lookback, 1)
-        y_stamps = {day: time_features(_future_days(calendar, day, spec.pred_len)) for day in rows}
-        keys = np.array([series_key(self.sampling.seed, f"{day:%Y-%m-%d}", inst) for day, inst in series])
-        try:
-            paths = predictor.predict_paths_from_arrays(panel.values[windows], panel.stamps[windows],
-                                                        np.stack([y_stamps[day] for day, _ in series]),
-                                                        self.sampling, keys=keys)
-        except NonFiniteForecast as err:
-            day, inst = series[err.series]
-            raise KronosInputError(f"{inst} on {day.date()}: {err}") from err
-        out: dict[pd.Timestamp, dict[str, tuple[np.ndarray, float]]] = {day: {} for day in rows}
-        for (day, inst), p, close in zip(series, paths, panel.values[ends, CLOSE]):
-            out[day][inst] = (p.astype(np.float32), float(close))
-        return out
+        return PathForecasts(plan, self.tokenizer, self.model, self.sampling, cache, self.batch_size, self.device,
+                             self.precision)
 
     # ------------------------------------------------------------------------------------------------ helpers
     @staticmethod
@@ -494,9 +302,11 @@ class KronosModel(ModelFT):
         start, end = dataset.segments[segment]
         return pd.Timestamp(start), pd.Timestamp(end)
 
+    def _device(self) -> torch.device:
+        return torch.device(self.device) if self.device is not None else default_device()
+
     def _resolved_precision(self) -> str:
-        device = torch.device(self.device) if self.device is not None else default_device()
-        return resolve_precision(self.precision, device)
+        return resolve_precision(self.precision, self._device())
 
     def _output_folder(self) -> Path | None:
         """Where predict reads and writes: head scores with the head signal, sampled paths otherwise."""
