@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from kronos_qlib.qrun import FACTOR_SMOKE_ENV, GRU_SMOKE_ENV, run_qrun, smoke_env
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CONFORMANCE = SHARED / "conformance"
@@ -19,7 +21,7 @@ torch.set_num_threads(2)
 
 #: Fixtures that run the real qrun (several minutes each): every test using one is ``slow``, as are the notebooks
 #: and the torchrun tests (marked where they are). ``python -m pytest -q -m "not slow" tests`` is the fast tier.
-SLOW_FIXTURES = {"recorded", "rolled", "two_caches", "store"}
+SLOW_FIXTURES = {"recorded", "rolled", "two_caches"}
 SLOW_MODULES = {"test_notebooks.py"}
 
 
@@ -40,6 +42,32 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.name in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+
+#: The workflows the shared smoke runs (:func:`recorded`) put through qrun, in this order, then the factor one
+QRUN_WORKFLOWS = ["kronos_csi300.yaml", "lightgbm_csi300.yaml", "gru_alpha360_csi300.yaml"]
+FACTOR_WORKFLOW = "kronos_lightgbm_csi300.yaml"
+HEAD_WORKFLOW = "kronos_head_csi300.yaml"
+#: The factor workflow at the smoke scale (the README's command): Kronos trained on 2016-01..05, LightGBM on
+#: 2016-06..08 and validated on September, the smoke test dates after; two paths per stock and day.
+FACTOR_SMOKE = smoke_env(FACTOR_SMOKE_ENV)
+#: GRU at the smoke scale: one epoch
+GRU_SMOKE = smoke_env(GRU_SMOKE_ENV)
+
+
+@pytest.fixture(scope="session")
+def recorded(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """The shipped workflows through qrun at the smoke scale, once per test session for every module that reads
+    them, then the Kronos and head ones again (reusing what the first made): (their folder with mlruns.db, each
+    run's output). Tests that record more runs there give them their own experiment names."""
+    tmp = tmp_path_factory.mktemp("workflows")
+    env = {**smoke_env(), "QLIB_DATA": str(CN_DATA), "KRONOS_CACHE": str(tmp / "forecasts")}
+    logs = {name: run_qrun(name, cwd=tmp, env={**env, **GRU_SMOKE}, timeout=1200) for name in QRUN_WORKFLOWS}
+    logs[FACTOR_WORKFLOW] = run_qrun(FACTOR_WORKFLOW, cwd=tmp, env={**env, **FACTOR_SMOKE}, timeout=1200)
+    logs["again"] = run_qrun("kronos_csi300.yaml", cwd=tmp, env=env, timeout=1200)
+    logs[HEAD_WORKFLOW] = run_qrun(HEAD_WORKFLOW, cwd=tmp, env=env, timeout=1200)
+    logs["head again"] = run_qrun(HEAD_WORKFLOW, cwd=tmp, env=env, timeout=1200)
+    return tmp, {name: result.stdout + result.stderr for name, result in logs.items()}
+
 
 #: the members and benchmark of :func:`small_provider`
 CODES = ("SH600000", "SH600004", "SH600009")

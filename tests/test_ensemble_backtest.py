@@ -1,6 +1,6 @@
-"""scripts/ensemble.py end to end on a real LightGBM smoke run (qrun) and a stand-in Kronos run, so that no Kronos
-model is trained: with --weight 0 the ensemble's backtest is LightGBM's to the last number, without predicting
-valid; --weight valid still chooses on valid RankIC.
+"""scripts/ensemble.py end to end on the shared smoke runs' LightGBM run (qrun) and a stand-in Kronos run: with
+--weight 0 the ensemble's backtest is LightGBM's to the last number, without predicting valid; --weight valid
+still chooses on valid RankIC.
 
 The stand-in scores 70% of LightGBM's rows at random, one of them inf, plus a stock outside LightGBM's universe;
 its model (``params.pkl``) predicts the valid label itself, so the valid choice must be Kronos alone.
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kronos_qlib.qrun import WORKFLOWS, load_workflow, run_qrun, smoke_env
+from kronos_qlib.qrun import WORKFLOWS, load_workflow, smoke_env
 
 from conftest import CN_DATA, REPO
 
@@ -28,17 +28,19 @@ class LabelOracle:
         return dataset.prepare(segment, col_set="label", data_key=DataHandlerLP.DK_R).iloc[:, 0]
 
 
+#: the experiment of the stand-in Kronos run, beside the shared smoke runs' own Kronos run
+STANDIN = "kronos_standin"
+
+
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """The MLflow store of a LightGBM smoke run (qrun) and a stand-in Kronos run of the same test days."""
+def store(recorded) -> str:
+    """The shared smoke runs' MLflow store, with a stand-in Kronos run of LightGBM's test days."""
     from qlib.workflow import R
 
     from kronos_qlib.evaluation import init_recorder_store, load_run
     from kronos_qlib.integration.ensemble import record_ensemble
 
-    tmp = tmp_path_factory.mktemp("ensemble")
-    run_qrun("lightgbm_csi300.yaml", cwd=tmp, env=ENV, timeout=1200)
-    uri = f"sqlite:///{tmp / 'mlruns.db'}"
+    uri = f"sqlite:///{recorded[0] / 'mlruns.db'}"
     init_recorder_store(uri, str(CN_DATA))
     lgb = load_run("lightgbm_csi300").pred.iloc[:, 0]
     kronos = pd.Series(np.random.default_rng(0).normal(size=len(lgb)), index=lgb.index)
@@ -48,9 +50,9 @@ def store(tmp_path_factory) -> str:
     outside = pd.Series(3.0, index=pd.MultiIndex.from_product([days, ["SH600004"]], names=lgb.index.names))
     assert not lgb.index.isin(outside.index).any()
     config = load_workflow(WORKFLOWS / "lightgbm_csi300.yaml", ENV)
-    recorder_id = record_ensemble("kronos_csi300", pd.concat([kronos, outside]).sort_index(),
+    recorder_id = record_ensemble(STANDIN, pd.concat([kronos, outside]).sort_index(),
                                   load_run("lightgbm_csi300").label, config["port_analysis_config"], {})
-    R.get_recorder(recorder_id=recorder_id, experiment_name="kronos_csi300").save_objects(
+    R.get_recorder(recorder_id=recorder_id, experiment_name=STANDIN).save_objects(
         **{"params.pkl": LabelOracle()})
     return uri
 
@@ -83,7 +85,8 @@ def test_weight_zero_backtests_exactly_as_lightgbm_without_predicting_valid(stor
 
     monkeypatch.setattr(script, "valid_predictions", no_valid)
     with caplog.at_level(logging.WARNING, logger="kronos_qlib.integration.ensemble"):
-        assert script.main(["--mlflow-uri", store, "--weight", "0", "--experiment", "ensemble_w0"]) == 0
+        assert script.main(["--mlflow-uri", store, "--kronos", STANDIN, "--weight", "0",
+                            "--experiment", "ensemble_w0"]) == 0
     ensemble, lgb = load_run("ensemble_w0"), load_run("lightgbm_csi300")
     day, instrument = lgb.pred.index[0]
     assert [r.getMessage() for r in caplog.records if r.name == "kronos_qlib.integration.ensemble"] == [
@@ -99,7 +102,7 @@ def test_weight_zero_backtests_exactly_as_lightgbm_without_predicting_valid(stor
 def test_default_is_the_declared_equal_blend(store, script, capsys):
     from kronos_qlib.evaluation import load_run
 
-    assert script.main(["--mlflow-uri", store, "--experiment", "ensemble_declared"]) == 0
+    assert script.main(["--mlflow-uri", store, "--kronos", STANDIN, "--experiment", "ensemble_declared"]) == 0
     assert "Kronos weight 0.50 (declared in advance)" in capsys.readouterr().out
     params = params_of("ensemble_declared")
     assert (params["ensemble.kronos_weight"], params["ensemble.weight_rule"]) == ("0.5", "declared")
@@ -107,7 +110,7 @@ def test_default_is_the_declared_equal_blend(store, script, capsys):
 
 
 def test_weight_valid_chooses_by_valid_rank_ic(store, script, capsys):
-    assert script.main(["--mlflow-uri", store, "--weight", "valid", "--valid-from", "2016-09-19",
+    assert script.main(["--mlflow-uri", store, "--kronos", STANDIN, "--weight", "valid", "--valid-from", "2016-09-19",
                         "--experiment", "ensemble_valid"]) == 0
     assert "Kronos weight 1.00 (chosen on valid: best valid mean RankIC " in capsys.readouterr().out
     params = params_of("ensemble_valid")

@@ -15,21 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kronos_qlib.qrun import FACTOR_SMOKE_ENV, GRU_SMOKE_ENV, WORKFLOWS, load_workflow, run_qrun, smoke_env
+from kronos_qlib.qrun import WORKFLOWS, load_workflow, smoke_env
 
-from conftest import CN_DATA, REPO, study, study_env
+from conftest import (CN_DATA, FACTOR_SMOKE, FACTOR_WORKFLOW, GRU_SMOKE, HEAD_WORKFLOW, QRUN_WORKFLOWS, REPO, study,
+                      study_env)
 
-QRUN_WORKFLOWS = ["kronos_csi300.yaml", "lightgbm_csi300.yaml", "gru_alpha360_csi300.yaml"]
-FACTOR_WORKFLOW = "kronos_lightgbm_csi300.yaml"
-HEAD_WORKFLOW = "kronos_head_csi300.yaml"
 VARIABLES = ["QLIB_DATA", "KRONOS_CACHE", "KRONOS_PRESET", "TRAIN_START", "TRAIN_END", "VALID_START", "VALID_END",
              "TEST_START", "TEST_END", "BACKTEST_END", "KRONOS_TRAIN_START", "KRONOS_TRAIN_END", "KRONOS_VALID_START",
              "KRONOS_VALID_END", "FACTOR_TRAIN_START", "KRONOS_SAMPLES", "SEED", "SAMPLE_SEED", "KRONOS_REVISION"]
-#: The factor workflow at the smoke scale (the README's command): Kronos trained on 2016-01..05, LightGBM on
-#: 2016-06..08 and validated on September, the smoke test dates after; two paths per stock and day.
-FACTOR_SMOKE = smoke_env(FACTOR_SMOKE_ENV)
-#: GRU at the smoke scale: one epoch
-GRU_SMOKE = smoke_env(GRU_SMOKE_ENV)
 
 
 def render(path, env: dict) -> dict:
@@ -200,19 +193,6 @@ def test_seed_variables_reach_every_seeded_part(monkeypatch):
 
 
 # --------------------------------------------------------------------------------------- qrun, smoke scale
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory):
-    """The workflows through qrun at the smoke scale, then the Kronos one again (reusing what the first made)."""
-    tmp = tmp_path_factory.mktemp("workflows")
-    env = {**smoke_env(), "QLIB_DATA": str(CN_DATA), "KRONOS_CACHE": str(tmp / "forecasts")}
-    logs = {name: run_qrun(name, cwd=tmp, env={**env, **GRU_SMOKE}, timeout=1200) for name in QRUN_WORKFLOWS}
-    logs[FACTOR_WORKFLOW] = run_qrun(FACTOR_WORKFLOW, cwd=tmp, env={**env, **FACTOR_SMOKE}, timeout=1200)
-    logs["again"] = run_qrun("kronos_csi300.yaml", cwd=tmp, env=env, timeout=1200)
-    logs[HEAD_WORKFLOW] = run_qrun(HEAD_WORKFLOW, cwd=tmp, env=env, timeout=1200)
-    logs["head again"] = run_qrun(HEAD_WORKFLOW, cwd=tmp, env=env, timeout=1200)
-    return tmp, {name: result.stdout + result.stderr for name, result in logs.items()}
-
-
 @pytest.mark.parametrize("experiment", ["kronos_csi300", "lightgbm_csi300", "gru_alpha360_csi300",
                                         "kronos_lightgbm_csi300", "kronos_head_csi300"])
 def test_recorded_signal_and_portfolio(recorded, experiment):
