@@ -6,11 +6,12 @@ Workload: 300 CSI300 stocks, 90 daily bars of context, 10 steps ahead, 5 sample 
 does not depend on them) and the Kronos-Tokenizer-base config (the CPU preset's own tokenizer for its row). Each
 (model, run) is a fresh process so its peak memory is its own.
 
-The ceiling is what the same networks allow when nothing but one big batched forward runs: tokens per second of
-the tokenizer's encoder, of the predictor (both heads) and of the tokenizer's decoder, each over a batch of 320
-full windows, and a series costs what a cached sampler must process at the least: 90 context tokens encoded,
-90 + 5 x 10 tokens through the predictor and 90 + 5 x 10 through the decoder. Each sampler row is reported as a
-share of its model's fp32 ceiling.
+The ceiling is what the same networks allow when nothing but batched forwards of full windows run: tokens per
+second of the tokenizer's encoder, of the predictor's trunk, of the whole predictor (trunk and both heads) and of
+the tokenizer's decoder, each the best over batches of 16, 64 and 320 windows; a series costs what a cached sampler
+must process at the least: 90 context tokens encoded and through the trunk, 5 x 10 generated tokens through the
+whole predictor, and 90 + 5 x 10 through the decoder. Each sampler row is reported as a share of its model's fp32
+ceiling.
 
     python -m benchmarks.bench_sampling [--provider ../shared/cn_data] [--n-series 300]
 """
@@ -88,17 +89,12 @@ def networks(name: str):
 
 
 @torch.inference_mode()
-def ceiling(tokenizer, model, rows: int, reps: int = 3) -> dict:
-    """Tokens per second of each network over one batch of ``rows`` full windows (the best of ``reps``), and the
-    series per second they allow a sampler that processes each token once."""
+def ceiling(tokenizer, model, rows: tuple[int, ...] = (16, 64, 320), reps: int = 3) -> dict:
+    """Tokens per second of each network's batched forward over full windows (the best over batches of ``rows``
+    windows and ``reps`` repeats: a 2-core VM is noisy, and the best batch differs by network), and the series per
+    second they allow a sampler that does the least it must: encode the context, run it through the predictor's
+    trunk, run each generated token through the trunk and both heads, and decode all of them."""
     window = CONTEXT + PRED_LEN
-    x = torch.randn(rows, window, 6)
-    stamp = torch.randint(0, 5, (rows, window, 5)).float()
-    s1, s2 = tokenizer.encode(x, half=True)
-
-    def predictor():
-        _, context = model.decode_s1(s1, s2, stamp, validate=False)
-        model.decode_s2(context, s1, validate=False)
 
     def best(run) -> float:
         run()
@@ -109,11 +105,21 @@ def ceiling(tokenizer, model, rows: int, reps: int = 3) -> dict:
             times.append(time.perf_counter() - began)
         return min(times)
 
-    tps = {"encode": rows * CONTEXT / best(lambda: tokenizer.encode(x[:, :CONTEXT], half=True)),
-           "predictor": rows * window / best(predictor),
-           "decode": rows * window / best(lambda: tokenizer.decode((s1, s2), half=True))}
-    generated = CONTEXT + SAMPLES * PRED_LEN
-    seconds = CONTEXT / tps["encode"] + generated / tps["predictor"] + generated / tps["decode"]
+    tps: dict[str, float] = {}
+    for n in rows:
+        x = torch.randn(n, window, 6)
+        stamp = torch.randint(0, 5, (n, window, 5)).float()
+        s1, s2 = tokenizer.encode(x, half=True)
+        measured = {
+            "encode": n * CONTEXT / best(lambda: tokenizer.encode(x[:, :CONTEXT], half=True)),
+            "predictor trunk": n * window / best(lambda: model.hidden_states(s1, s2, stamp)),
+            # both heads at every position, the s2 one conditioned on the s1 tokens
+            "predictor": n * window / best(lambda: model(s1, s2, stamp, use_teacher_forcing=True, s1_targets=s1)),
+            "decode": n * window / best(lambda: tokenizer.decode((s1, s2), half=True))}
+        tps = {key: max(value, tps.get(key, 0.0)) for key, value in measured.items()}
+    generated = SAMPLES * PRED_LEN
+    seconds = (CONTEXT / tps["encode"] + CONTEXT / tps["predictor trunk"] + generated / tps["predictor"]
+               + (CONTEXT + generated) / tps["decode"])
     return {"tokens_per_s": tps, "ceiling_sps": 1 / seconds}
 
 
@@ -124,7 +130,7 @@ def worker(args) -> None:
 
     tokenizer, model = networks(args.model)
     if args.run == "ceiling":
-        print(json.dumps({"model": args.model, **ceiling(tokenizer, model, args.batch_size * SAMPLES)}), flush=True)
+        print(json.dumps({"model": args.model, **ceiling(tokenizer, model)}), flush=True)
         return
     use_cache, precision = {name: (cached, precision) for name, cached, precision in RUNS}[args.run]
     dfs, x_ts, y_ts, n_members = load_workload(args.provider, args.n_series)
@@ -241,8 +247,8 @@ def main() -> None:
             f"{r['int8_sps']:.1f} ({r['int8_share']:.0%}, {r['int8_speedup']:.2f}x) | {r['recompute_sps']:.2f} | "
             f"{r['speedup']:.1f}x / {r['greedy_speedup']:.1f}x | {f['peak_rss_mb']:.0f} / {c['peak_rss_mb']:.0f} | "
             f"{r['max_rel_diff']:.1e} |")
-    lines += ["", "Ceiling tokens/s (encoder / predictor / decoder, batches of "
-              f"{args.batch_size * SAMPLES} windows): " + "; ".join(
+    lines += ["", "Ceiling tokens/s (encoder / predictor trunk / whole predictor / decoder, the best over batches of "
+              "16, 64 and 320 windows): " + "; ".join(
                   f"{r['model']} " + " / ".join(f"{v:,.0f}" for v in r["ceiling"]["tokens_per_s"].values())
                   for r in rows) + ".", "",
               "Recompute is the original algorithm (`use_cache=False`): every context repeated per sample, "

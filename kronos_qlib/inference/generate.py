@@ -146,7 +146,7 @@ def _sample_cached(tokenizer: KronosTokenizer, model: Kronos, x: torch.Tensor, s
             else:
                 cache = model.new_cache(capacity)
                 logits, context = _last(*model.decode_s1(*paths.window(start, end), stamps_rep[:, start:end],
-                                                         cache, validate=False))
+                                                         cache, validate=False, last=True))
         new_s1, new_s2 = paths.draw(step, logits, context, cache)
         if step + 1 < spec.pred_len and max(0, end + 1 - spec.max_context) == cache_start:
             logits, context = _last(*model.decode_s1(new_s1, new_s2, stamps_rep[:, end:end + 1], cache,
@@ -167,7 +167,8 @@ def _prefill_shared(model: Kronos, ctx: tuple[torch.Tensor, torch.Tensor], stamp
     """Prefill a cache with each series' context from ``start`` once and share it with its ``copies`` paths."""
     length = ctx[0].shape[1] - start
     cache = model.new_cache(length)
-    logits, context = _last(*model.decode_s1(ctx[0][:, start:], ctx[1][:, start:], stamps, cache, validate=False))
+    logits, context = _last(*model.decode_s1(ctx[0][:, start:], ctx[1][:, start:], stamps, cache, validate=False,
+                                             last=True))
     cache.share_prefix(copies, capacity - length)
     return cache, logits.repeat_interleave(copies, dim=0), context.repeat_interleave(copies, dim=0)
 

@@ -234,19 +234,22 @@ class Kronos(nn.Module, HubModelMixin):
         return self.head.compute_loss(s1_logits, s2_logits, s1_targets, s2_targets)
 
     def decode_s1(self, s1_ids: torch.Tensor, s2_ids: torch.Tensor, stamp: torch.Tensor | None = None,
-                  cache: PredictorCache | None = None, validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                  cache: PredictorCache | None = None, validate: bool = True, last: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """(s1 logits, normed hidden states) of the given positions: the first half of a generation step.
 
         With ``cache`` the positions continue after those already cached, and their hidden states are
         projected into the dependency layer's memory for :meth:`decode_s2`. ``validate=False`` skips the
-        input checks, which sync a GPU with the host: for a sampler that checked its inputs once.
+        input checks, which sync a GPU with the host: for a sampler that checked its inputs once. ``last``
+        gives the logits of the last position only (batch, 1, vocab): all a sampler's prefill needs, and the
+        head's projection of every context position is a tenth of a prefill's work.
         """
         if validate:
             self._check_tokens(s1_ids, s2_ids, stamp)
         context = self._trunk(s1_ids, s2_ids, stamp, cache)
         if cache is not None:
             cache.dependency.append(*self.dep_layer.cross_attn.project_memory(context))
-        return self.head(context), context
+        return self.head(context[:, -1:] if last else context), context
 
     def decode_s2(self, context: torch.Tensor, s1_ids: torch.Tensor, cache: PredictorCache | None = None,
                   validate: bool = True) -> torch.Tensor:
