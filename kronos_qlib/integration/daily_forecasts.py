@@ -130,29 +130,36 @@ class PathForecasts:
     def days(self) -> Iterator[DayForecasts]:
         """Every planned day's forecasts: complete days from the cache first, then the missing forecasts sampled
         chunk by chunk, each day saved once its chunk is done."""
-        plan, missing = self.plan, {}
-        for day in sorted(plan.requests):
-            cached = self.cache.load(day, plan.inputs(day))
-            if cached.keys() >= plan.requests[day].keys():
-                yield self._day(day, cached)
+        missing, inputs = {}, {}
+        for day in sorted(self.plan.requests):
+            cached, missing_rows, inputs[day] = self._cached(day)
+            if missing_rows:
+                missing[day] = missing_rows
             else:
-                missing[day] = {inst: row for inst, row in plan.requests[day].items() if inst not in cached}
+                yield self._day(day, cached)
         for chunk in self._chunks(missing):
-            for day, forecasts in self._sample_into_cache(chunk).items():
+            for day, forecasts in self._sample_into_cache(chunk, inputs).items():
                 yield self._day(day, forecasts)
         self._log(missing)
 
     def fill(self) -> int:
         """Sample into the cache what the plan lacks, without reading it back; returns the forecasts sampled."""
-        plan, missing = self.plan, {}
-        for day in sorted(plan.requests):
-            cached = self.cache.load(day, plan.inputs(day)).keys()
-            if not cached >= plan.requests[day].keys():
-                missing[day] = {inst: row for inst, row in plan.requests[day].items() if inst not in cached}
+        missing, inputs = {}, {}
+        for day in sorted(self.plan.requests):
+            _, missing_rows, inputs[day] = self._cached(day)
+            if missing_rows:
+                missing[day] = missing_rows
         for chunk in self._chunks(missing):
-            self._sample_into_cache(chunk)
+            self._sample_into_cache(chunk, inputs)
         self._log(missing)
         return sum(map(len, missing.values()))
+
+    def _cached(self, day: pd.Timestamp) -> tuple[Forecasts, dict[str, int], dict[str, str]]:
+        """The day's forecasts the cache holds, the planned rows it lacks and the digests of every planned
+        forecast's bars."""
+        inputs = self.plan.inputs(day)
+        cached = self.cache.load(day, inputs)
+        return cached, {inst: row for inst, row in self.plan.requests[day].items() if inst not in cached}, inputs
 
     def sample(self, rows: Rows) -> dict[pd.Timestamp, Forecasts]:
         """Sample the given (day, instrument) forecasts in one call, without the cache; each draws from its own
@@ -175,10 +182,12 @@ class PathForecasts:
             out[day][inst] = (p.astype(np.float32), float(close))
         return out
 
-    def _sample_into_cache(self, rows: Rows) -> dict[pd.Timestamp, Forecasts]:
-        """Sample ``rows`` and save each day; returns each day's forecasts as its day file now holds them."""
+    def _sample_into_cache(self, rows: Rows, inputs: dict[pd.Timestamp, dict[str, str]]
+                           ) -> dict[pd.Timestamp, Forecasts]:
+        """Sample ``rows`` and save each day with its bars' digests ``inputs``; returns each day's forecasts as
+        its day file now holds them."""
         sampled = self.sample(rows)
-        return {day: self.cache.save(day, sampled[day], self.plan.inputs(day)) for day in rows}
+        return {day: self.cache.save(day, sampled[day], inputs[day]) for day in rows}
 
     def _chunks(self, missing: Rows) -> Iterator[Rows]:
         """Consecutive days holding at least CHUNK_BATCHES batches of missing forecasts (the last may hold less),
@@ -187,12 +196,14 @@ class PathForecasts:
             return
         with progress_bar(total=sum(map(len, missing.values())), desc="Kronos forecasts", unit="series") as bar:
             chunk: Rows = {}
+            size = 0
             for i, (day, rows) in enumerate(missing.items()):
                 chunk[day] = rows
-                if sum(map(len, chunk.values())) >= CHUNK_BATCHES * self.batch_size or i == len(missing) - 1:
+                size += len(rows)
+                if size >= CHUNK_BATCHES * self.batch_size or i == len(missing) - 1:
                     yield chunk
-                    bar.update(sum(map(len, chunk.values())))
-                    chunk = {}
+                    bar.update(size)
+                    chunk, size = {}, 0
 
     def _day(self, day: pd.Timestamp, forecasts: Forecasts) -> DayForecasts:
         plan = self.plan
