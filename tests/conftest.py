@@ -117,6 +117,20 @@ def predictor_dir() -> Path:
 
 
 @pytest.fixture()
+def fake_hub(monkeypatch):
+    """``fake_hub(download)`` answers every ``hf_hub_download`` with ``download``, the library's and that of the
+    Hub mixin it builds on (the Hub is not reachable in tests)."""
+    import huggingface_hub.hub_mixin
+
+    import kronos_qlib.model.hub as hub
+
+    def install(download) -> None:
+        for module in (hub, huggingface_hub.hub_mixin):
+            monkeypatch.setattr(module, "hf_hub_download", download)
+    return install
+
+
+@pytest.fixture()
 def tokenizer(tokenizer_dir):
     from kronos_qlib import KronosTokenizer
     return KronosTokenizer.from_pretrained(tokenizer_dir)

@@ -194,12 +194,12 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 class HubModelMixin(PyTorchModelHubMixin):
-    """``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` for the Kronos networks.
+    """``from_pretrained`` / ``save_pretrained`` / ``push_to_hub`` for the Kronos networks, through the mixin's
+    ``_from_pretrained`` and ``_save_pretrained`` hooks.
 
-    Saving goes through the mixin's ``save_pretrained`` and this ``_save_pretrained`` hook. Loading overrides
-    ``from_pretrained`` itself: the mixin's reads ``config.json`` before its ``_from_pretrained`` hook runs and
-    leniently (a missing config is a log line, a malformed one a JSONDecodeError, a missing folder a Hub id
-    validation error), where these checks must come first and name the problem.
+    ``from_pretrained`` only checks the source before handing it to the mixin: the mixin reads ``config.json``
+    before its hook runs, and leniently (a missing config is a log line, a malformed one a bare JSONDecodeError, a
+    missing folder a Hub id validation error), where research code needs a refusal that names the problem.
     """
 
     #: what the weights were loaded from (:func:`origin`); a network built in code has none
@@ -215,19 +215,31 @@ class HubModelMixin(PyTorchModelHubMixin):
         ``config_overrides`` replace values of ``config.json`` (e.g. dropout rates for finetuning).
         """
         source = str(pretrained_model_name_or_path)
-        config_file, weights_file = _resolve_files(source, revision=revision, cache_dir=cache_dir,
-                                                   force_download=force_download,
-                                                   local_files_only=local_files_only, token=token)
-        config = _read_config(config_file, cls)
+        if Path(source).expanduser().is_dir():  # the mixin neither expands ~ nor ignores a folder's revision
+            source, revision = str(Path(source).expanduser()), None
+        else:
+            revision = hub_revision(source, revision)
+        hub = dict(cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only, token=token)
+        config_file, _ = _resolve_files(source, revision=revision, **hub)
+        _read_config(config_file, cls)
         unknown = init_arg_mismatch(cls, config_overrides)[1]
         if unknown:
             raise CheckpointError(f"unknown {cls.__name__} argument(s) {unknown} to override '{source}'")
         check_arg_types(cls, config_overrides, f"override of '{source}'")
-        config.update(config_overrides)
-        model = cls(**config)
+        return super().from_pretrained(source, revision=revision, map_location=map_location, **hub,
+                                       **config_overrides)
+
+    @classmethod
+    def _from_pretrained(cls: type[M], *, model_id: str, revision: str | None, map_location: str | torch.device = "cpu",
+                         **kwargs: Any) -> M:
+        """The mixin's hook: ``kwargs`` are the Hub arguments and the constructor's (config.json, overridden). The
+        weights load strictly: a partial load would sample from random weights."""
+        hub = {key: kwargs.pop(key) for key in ("cache_dir", "force_download", "local_files_only", "token")}
+        _, weights_file = _resolve_files(model_id, revision=revision, **hub)
+        model = cls(**kwargs)
         _load_weights(model, weights_file)
-        check_released_file(source, weights_file)
-        model.origin = origin(source, weights_file)
+        check_released_file(model_id, weights_file)
+        model.origin = origin(model_id, weights_file)
         return model.to(map_location).eval()
 
     def _save_pretrained(self, save_directory: Path) -> None:
