@@ -4,7 +4,10 @@ processes, against the original algorithm.
 Workload: CSI300 members on ``--days`` trading days spread over the default test segment (2020-01-01 ..
 2022-12-30), each with its 90-bar context, 10 steps, 5 paths (T=1, top_p=0.9), through the same call
 ``KronosModel.predict`` makes (``PathForecasts.sample``: one call across all the days, batches of 64). Random
-weights of the Kronos-mini / Kronos-small and Kronos-Tokenizer-base configs (speed does not depend on them).
+weights of the Kronos-mini / Kronos-small configs with the Kronos-Tokenizer-base one, and of the CPU preset's pair
+(speed does not depend on them). Each model's fp32 ceiling is measured in its own process as bench_sampling
+measures it (batched full-window forwards of each network, the same workload per series), and every row is
+reported as a share of it.
 The projection divides the number of forecasts of the whole stage (every member with 90 traded bars on every
 test day, counted from the data) by the measured series/s. Every run is a fresh process; "2 processes" runs
 two at once with one thread each, each on every other day (what ``scripts/forecast.py`` under torchrun does), and
@@ -30,12 +33,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from benchmarks.bench_sampling import MODELS, ceiling, networks
 from research.results import BENCHMARKS, machine, update_section
 
 HERE = Path(__file__).resolve().parent
 
-MODELS = {"Kronos-mini": "NeoQuasar/Kronos-mini", "Kronos-small": "NeoQuasar/Kronos-small"}
-TOKENIZER = "NeoQuasar/Kronos-Tokenizer-base"
 TEST = ("2020-01-01", "2022-12-30")
 MARKET = "csi300"
 
@@ -65,18 +67,18 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from kronos_qlib import Kronos, KronosTokenizer
     from kronos_qlib.inference.forecast_cache import ForecastCache
     from kronos_qlib.integration.daily_forecasts import PathForecasts
-    from kronos_qlib.model.configs import RELEASED
 
+    if args.ceiling:
+        print(json.dumps(ceiling(*networks(args.model), device=args.device)), flush=True)
+        return
     model, plan = load(args.provider, args.day_list, tuple(args.shard))
     requests = plan.requests
     if args.limit:  # the first `limit` series of the first day (the original algorithm is slow)
         day = min(requests)
         requests = {day: dict(sorted(requests[day].items())[:args.limit])}
-    torch.manual_seed(0)
-    model.tokenizer, model.model = KronosTokenizer(**RELEASED[TOKENIZER]), Kronos(**RELEASED[MODELS[args.model]])
+    model.tokenizer, model.model = networks(args.model)
     if args.greedy:
         model.sampling = type(model.sampling)(top_k=1, top_p=1.0, sample_count=1)
     forecasts = PathForecasts(plan, model.tokenizer, model.model, model.sampling, ForecastCache(None, {}),
@@ -126,6 +128,15 @@ def run(args, model: str, tmp: Path, name: str, precision: str = "fp32", process
     return row
 
 
+def fp32_ceiling(args, model: str) -> float:
+    """``model``'s fp32 ceiling in series/s (bench_sampling's measure), in a fresh process like every run."""
+    cmd = [sys.executable, "-m", __spec__.name, "--worker", "--ceiling", "--model", model, "--device", args.device,
+           "--threads", str(args.threads)]
+    print(f"running {model} ceiling", flush=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["ceiling_sps"]
+
+
 def aligned(row: dict, other: dict) -> tuple[dict, dict]:
     """Both rows' arrays on the (day, instrument) forecasts they share, in the same order."""
     def keyed(r):
@@ -163,7 +174,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 3.8))
     labels = [f"{m}\n{r}" for m, r in zip(table["model"], table["run"])]
-    ax.barh(range(len(table)), table["projected_min"], color=["C0" if "mini" in m else "C1" for m in table["model"]])
+    ax.barh(range(len(table)), table["projected_min"], color=[f"C{MODELS.index(m)}" for m in table["model"]])
     ax.axvline(30, color="k", ls="--", lw=1, label="30 min target (Kronos-mini)")
     ax.set_yticks(range(len(table)), labels, fontsize=7)
     ax.invert_yaxis()
@@ -196,6 +207,7 @@ def main() -> None:
     parser.add_argument("--per-day", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--greedy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--original", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ceiling", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--save", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -208,10 +220,11 @@ def main() -> None:
     total = plan.total
     args.day_list = [f"{test_days[i]:%Y-%m-%d}" for i in np.linspace(0, len(test_days) - 1, args.days).astype(int)]
     reduced = [p for p in args.precisions if p != "fp32"]
-    rows, quality = [], []
+    rows, quality, ceilings = [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for model in args.models:
+            ceilings[model] = fp32_ceiling(args, model)
             runs = {("fp32", "cross-day", 1): run(args, model, tmp, "fp32")}
             runs[("fp32", "per-day", 1)] = run(args, model, tmp, "fp32-perday", per_day=True)
             for p in reduced:
@@ -230,6 +243,7 @@ def main() -> None:
             for (precision, batching, processes), r in runs.items():
                 rows.append({"model": model, "run": f"{precision}, {batching}, {processes} proc",
                              "measured": r["n_series"], "series_per_s": r["sps"],
+                             "share_of_ceiling": r["sps"] / ceilings[model],
                              "projected_min": total / r["sps"] / 60,
                              "vs_original": r["sps"] / original["sps"],
                              "vs_fp32": r["sps"] / runs[("fp32", "cross-day", 1)]["sps"]})
@@ -252,11 +266,13 @@ def main() -> None:
         f"the segment ({', '.join(args.day_list)}; {runs[('fp32', 'cross-day', 1)]['n_series']} forecasts) on "
         f"`{args.device}` with {args.threads} threads in all; projected = {total:,} / series per second. "
         f"Machine: {machine()}.", "",
-        "| model | run (precision, batching, processes) | forecasts measured | series/s | projected stage (min) | "
-        "vs fp32 cross-day | vs original algorithm |", "|---|---|---|---|---|---|---|"]
+        "The fp32 ceiling (bench_sampling's: batched full-window forwards of each network, the least a sampler must "
+        "process per series) in series/s: " + ", ".join(f"{m} {c:.1f}" for m, c in ceilings.items()) + ".", "",
+        "| model | run (precision, batching, processes) | forecasts measured | series/s | share of fp32 ceiling | "
+        "projected stage (min) | vs fp32 cross-day | vs original algorithm |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['run']} | {r['measured']} | {r['series_per_s']:.1f} | "
-                     f"{r['projected_min']:.1f} | "
+                     f"{r['share_of_ceiling']:.0%} | {r['projected_min']:.1f} | "
                      f"{r['vs_fp32']:.2f}x | {r['vs_original']:.1f}x |")
     lines += ["", "What reduced precision changes (against fp32, same forecasts): greedy agreement is the share "
               f"of greedy (series, step) closes within 0.1% of fp32's on {args.day_list[0]}; signal Spearman is the "

@@ -89,12 +89,13 @@ def networks(name: str):
 
 
 @torch.inference_mode()
-def ceiling(tokenizer, model, rows: tuple[int, ...] = (16, 64, 320), reps: int = 3) -> dict:
+def ceiling(tokenizer, model, rows: tuple[int, ...] = (16, 64, 320), reps: int = 3, device: str = "cpu") -> dict:
     """Tokens per second of each network's batched forward over full windows (the best over batches of ``rows``
     windows and ``reps`` repeats: a 2-core VM is noisy, and the best batch differs by network), and the series per
     second they allow a sampler that does the least it must: encode the context, run it through the predictor's
     trunk, run each generated token through the trunk and both heads, and decode all of them."""
     window = CONTEXT + PRED_LEN
+    tokenizer, model = tokenizer.to(device), model.to(device)
 
     def best(run) -> float:
         run()
@@ -102,13 +103,15 @@ def ceiling(tokenizer, model, rows: tuple[int, ...] = (16, 64, 320), reps: int =
         for _ in range(reps):
             began = time.perf_counter()
             run()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - began)
         return min(times)
 
     tps: dict[str, float] = {}
     for n in rows:
-        x = torch.randn(n, window, 6)
-        stamp = torch.randint(0, 5, (n, window, 5)).float()
+        x = torch.randn(n, window, 6, device=device)
+        stamp = torch.randint(0, 5, (n, window, 5), device=device).float()
         s1, s2 = tokenizer.encode(x, half=True)
         measured = {
             "encode": n * CONTEXT / best(lambda: tokenizer.encode(x[:, :CONTEXT], half=True)),
