@@ -38,7 +38,15 @@ def as_datetimes(timestamps, name: str) -> pd.DatetimeIndex:
 def time_features(timestamps: pd.DatetimeIndex) -> np.ndarray:
     """[minute, hour, weekday (Monday = 0), day, month] per timestamp, as float32 (n, 5)."""
     ts = pd.DatetimeIndex(timestamps)
-    return np.stack([ts.minute, ts.hour, ts.day_of_week, ts.day, ts.month], axis=-1).astype(np.float32)
+    # calendar arithmetic on the wall clock's datetime64 values (numpy floors when it coarsens a unit): the same
+    # integers as pandas' field accessors, several times faster, which a sampler fed DataFrames feels per series
+    wall = (ts.tz_localize(None) if ts.tz is not None else ts).to_numpy()
+    minutes = wall.astype("datetime64[m]").astype(np.int64)
+    days, months = wall.astype("datetime64[D]"), wall.astype("datetime64[M]")
+    weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday; Monday = 0
+    day = (days - months.astype("datetime64[D]")).astype(np.int64) + 1
+    return np.stack([minutes % 60, minutes // 60 % 24, weekday, day, months.astype(np.int64) % 12 + 1],
+                    axis=-1).astype(np.float32)
 
 
 def amount_from_volume(bars: pd.DataFrame) -> pd.Series:
@@ -58,13 +66,17 @@ def complete_bars(df: pd.DataFrame, name: str = "df") -> pd.DataFrame:
     if missing:
         raise KronosInputError(f"{name} has no column(s) {missing}; it needs {list(PRICE_COLUMNS)} "
                                f"and optionally volume and amount")
-    bars = pd.DataFrame({c: _numeric(df, c, name) for c in PRICE_COLUMNS}, index=df.index)
-    if "volume" not in df.columns:
+    given = [*PRICE_COLUMNS, *(c for c in ("volume", "amount") if "volume" in df.columns and c in df.columns)]
+    source = df[given]
+    if source.shape[1] == len(given) and all(isinstance(t, np.dtype) and t.kind in "fiub" for t in source.dtypes):
+        bars = source.astype(np.float64)  # plain numpy numbers: nothing to parse (the common case, and fast)
+    else:
+        bars = pd.DataFrame({c: _numeric(df, c, name) for c in given}, index=df.index)
+    if "volume" not in given:
         bars["volume"] = 0.0
         bars["amount"] = 0.0
-    else:
-        bars["volume"] = _numeric(df, "volume", name)
-        bars["amount"] = _numeric(df, "amount", name) if "amount" in df.columns else amount_from_volume(bars)
+    elif "amount" not in given:
+        bars["amount"] = amount_from_volume(bars)
     check_finite(bars.to_numpy(), name, df.index)
     return bars
 

@@ -189,6 +189,19 @@ def test_filter_keeps_top_k_then_nucleus():
     assert torch.isfinite(filter_logits(logits, top_k=4)).sum() == 4
 
 
+@pytest.mark.parametrize("unit", ["ns", "us", "s"])
+@pytest.mark.parametrize("tz", [None, "Asia/Shanghai", "America/New_York"])
+def test_time_features_are_pandas_calendar_fields(unit, tz):
+    """The arithmetic behind time_features gives pandas' own fields (minute, hour, weekday, day, month of the wall
+    clock), before 1970 and across daylight saving too."""
+    rng = np.random.default_rng(0)
+    ns = np.sort(rng.integers(-2 * 10**9, 4 * 10**9, 5000)) * 10**9 + rng.integers(0, 10**9, 5000)
+    ts = pd.DatetimeIndex(ns.astype("datetime64[ns]")).as_unit(unit)
+    ts = ts if tz is None else ts.tz_localize("UTC").tz_convert(tz)
+    expected = np.stack([ts.minute, ts.hour, ts.day_of_week, ts.day, ts.month], axis=-1)
+    np.testing.assert_array_equal(time_features(ts), expected.astype(np.float32))
+
+
 def test_fill_rules_for_volume_and_amount(bars):
     ohlc = bars[["open", "high", "low", "close"]].iloc[:5]
     no_volume = complete_bars(ohlc)
