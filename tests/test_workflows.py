@@ -351,47 +351,31 @@ def test_ensemble_and_the_three_side_by_side(recorded):
     assert "partial RankIC " in table and "nan" not in table.lower()
 
 
-@pytest.mark.parametrize("baseline", ["lightgbm_csi300", "gru_alpha360_csi300"])
-def test_ensemble_of_the_head_with_each_baseline(recorded, baseline):
-    """The README's head blends: the head's recorded signal with LightGBM's and with GRU's, equal weights."""
-    from kronos_qlib.evaluation import init_recorder_store, load_run, summarize
-
-    tmp, uri = recorded[0], f"sqlite:///{recorded[0] / 'mlruns.db'}"
-    experiment = "ensemble_head_csi300" if baseline == "lightgbm_csi300" else "ensemble_head_gru_csi300"
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "ensemble.py"), "--mlflow-uri", uri,
-                             "--kronos", "kronos_head_csi300", "--kronos-workflow",
-                             str(WORKFLOWS / "kronos_head_csi300.yaml"), "--baseline", baseline,
-                             "--baseline-workflow", str(WORKFLOWS / f"{baseline}.yaml"), "--experiment", experiment],
-                            capture_output=True, text=True, timeout=900,
-                            env={**os.environ, **smoke_env(), "QLIB_DATA": str(CN_DATA)}, cwd=tmp)
-    assert result.returncode == 0, result.stderr[-3000:]
-    init_recorder_store(uri)
-    run = load_run(experiment)
-    assert len(run.ic) >= 15 and math.isfinite(summarize(run)["information ratio (with cost)"])
-
-
-def test_ensemble_of_kronos_with_gru_the_model_that_reads_the_same_bars(recorded):
-    """The README's Kronos + GRU blend: the same script with GRU as the baseline, its weight chosen on the last
-    valid days (so GRU's recorded model is reloaded and predicts valid)."""
-    tmp, uri = recorded[0], f"sqlite:///{recorded[0] / 'mlruns.db'}"
-    env = {**os.environ, **smoke_env(), **GRU_SMOKE, "QLIB_DATA": str(CN_DATA)}
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "ensemble.py"), "--mlflow-uri", uri,
-                             "--baseline", "gru_alpha360_csi300", "--baseline-workflow",
-                             str(WORKFLOWS / "gru_alpha360_csi300.yaml"), "--experiment", "ensemble_gru_csi300",
-                             "--weight", "valid", "--valid-from", "2016-09-26"], capture_output=True, text=True,
-                            timeout=900, env=env, cwd=tmp)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "of experiment 'ensemble_gru_csi300'" in result.stdout
+@pytest.mark.parametrize("kronos, baseline, experiment", [
+    ("kronos_head_csi300", "lightgbm_csi300", "ensemble_head_csi300"),
+    ("kronos_head_csi300", "gru_alpha360_csi300", "ensemble_head_gru_csi300"),
+    ("kronos_csi300", "gru_alpha360_csi300", "ensemble_gru_csi300")])
+def test_ensemble_of_each_kronos_signal_with_each_baseline(recorded, kronos, baseline, experiment):
+    """The documented blends at equal weights: the head with LightGBM and with GRU, and Kronos's paths with GRU,
+    the model that reads the same bars (Kronos paths + LightGBM: test_ensemble_backtest)."""
     from qlib.workflow import R
 
     from kronos_qlib.evaluation import init_recorder_store, load_run, summarize
 
+    tmp, uri = recorded[0], f"sqlite:///{recorded[0] / 'mlruns.db'}"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "ensemble.py"), "--mlflow-uri", uri,
+                             "--kronos", kronos, "--kronos-workflow", str(WORKFLOWS / f"{kronos}.yaml"),
+                             "--baseline", baseline, "--baseline-workflow", str(WORKFLOWS / f"{baseline}.yaml"),
+                             "--experiment", experiment],
+                            capture_output=True, text=True, timeout=900,
+                            env={**os.environ, **smoke_env(), "QLIB_DATA": str(CN_DATA)}, cwd=tmp)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"of experiment '{experiment}'" in result.stdout
     init_recorder_store(uri)
-    run = load_run("ensemble_gru_csi300")
+    run = load_run(experiment)
     assert len(run.ic) >= 15 and math.isfinite(summarize(run)["information ratio (with cost)"])
     params = R.get_recorder(recorder_id=run.recorder_id, experiment_name=run.experiment).list_params()
-    assert params["ensemble.baseline_run"].startswith("gru_alpha360_csi300")
-    assert params["ensemble.weight_rule"] == "valid"
+    assert params["ensemble.kronos_run"].startswith(kronos) and params["ensemble.baseline_run"].startswith(baseline)
 
 
 def test_ensemble_refuses_runs_outside_the_test_dates_it_renders(recorded):
