@@ -1,10 +1,11 @@
-"""The GPU checks of issue 40 §3, in minutes and without Qlib: conformance of the tiny checkpoints on CUDA, then
-sampling speed of the Kronos-small config (random weights of the released layout) in fp32 and bf16.
+"""The GPU checks, in minutes and without Qlib: conformance of the tiny checkpoints on CUDA, then sampling speed
+of the Kronos-small config (random weights of the released layout) in fp32 and bf16, each as a share of the fp32
+ceiling measured the same way as on the CPU (bench_sampling's: batched full-window forwards of each network).
 
-    python scripts/gpu_check.py [--n-series 512] [--batch-size 256]
+    python -m benchmarks.gpu_check [--n-series 512] [--batch-size 256]
 
-Exits 0 saying so where no CUDA device is present. Not covered yet: the share of the GPU ceiling, and the
-torchrun NCCL finetune of the ``small`` preset (its windows come from a Qlib provider).
+Exits 0 saying so where no CUDA device is present. Not covered: a torchrun NCCL finetune (its windows come from a
+Qlib provider, which a bare GPU machine lacks).
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.bench_sampling import CONTEXT, PRED_LEN, SAMPLES, ceiling, networks
+
 REPO = Path(__file__).resolve().parent.parent
 CONFORMANCE = REPO.parent / "shared" / "conformance"
-CONTEXT, PRED_LEN = 90, 10
 
 
 def conformance(device: torch.device, folder: Path) -> None:
@@ -48,17 +50,13 @@ def random_bars(n: int, length: int) -> tuple[np.ndarray, np.ndarray]:
 
 def sampling_speed(device: torch.device, precision: str, n_series: int, batch_size: int) -> float:
     """Series per second of the cached sampler (5 paths, 10 steps, 90 bars), after one warm-up batch."""
-    from kronos_qlib import Kronos, KronosPredictor, KronosTokenizer
-    from kronos_qlib.inference import Sampling
-    from kronos_qlib.model.configs import RELEASED
+    from kronos_qlib import KronosPredictor, Sampling
 
-    torch.manual_seed(0)
-    predictor = KronosPredictor(Kronos(**RELEASED["NeoQuasar/Kronos-small"]),
-                                KronosTokenizer(**RELEASED["NeoQuasar/Kronos-Tokenizer-base"]), device=device,
-                                batch_size=batch_size, precision=precision)
+    tokenizer, model = networks("Kronos-small")
+    predictor = KronosPredictor(model, tokenizer, device=device, batch_size=batch_size, precision=precision)
     bars, stamps = random_bars(n_series, CONTEXT + PRED_LEN)
     x, x_stamp, y_stamp = bars[:, :CONTEXT], stamps[:, :CONTEXT], stamps[:, CONTEXT:]
-    sampling = Sampling(sample_count=5)
+    sampling = Sampling(sample_count=SAMPLES)
     predictor.predict_paths_from_arrays(x[:batch_size], x_stamp[:batch_size], y_stamp[:batch_size], sampling)
     torch.cuda.synchronize(device)
     began = time.perf_counter()
@@ -79,10 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda")
     print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
     conformance(device, args.conformance)
+    bound = ceiling(*networks("Kronos-small"), rows=(64, 320, 1280), device="cuda")
+    print("Kronos-small fp32 ceiling: {:.1f} series/s (tokens/s {})".format(
+        bound["ceiling_sps"], ", ".join(f"{k} {v:,.0f}" for k, v in bound["tokens_per_s"].items())))
     for precision in ("fp32", "bf16"):
         speed = sampling_speed(device, precision, args.n_series, args.batch_size)
-        print(f"Kronos-small {precision}: {speed:.1f} series/s ({args.n_series} series, batches of "
-              f"{args.batch_size})")
+        print(f"Kronos-small {precision}: {speed:.1f} series/s, {speed / bound['ceiling_sps']:.0%} of the fp32 "
+              f"ceiling ({args.n_series} series, batches of {args.batch_size})")
     return 0
 
 
