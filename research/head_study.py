@@ -1,6 +1,7 @@
 """The return head's variants on valid: which variant, horizon and head shape does the head workflow ship?
 
-    python -m research.head_study [--provider ../shared/cn_data] [--work outputs/head_study]
+    python -m research.head_study choose [--provider ../shared/cn_data] [--work outputs/head_study]
+    python -m research.head_study test   [--provider ../shared/cn_data] [--work outputs/head_study]
 
 Run from the repository root. It fits the shipped path workflow's model as qrun does (workflows/kronos_csi300.yaml,
 CPU preset; finished stages in runs/ are reused), then trains each candidate of CANDIDATES (declared below before
@@ -10,8 +11,11 @@ generative predictor, the control (head loss only) from random weights. Each is 
 RankIC and the top-quintile spread against Qlib's label (close t+1 to close t+2) with Newey-West t, and Qlib's
 TopkDropout backtest with the workflow's strategy and costs. Once every candidate is done, the rule of
 research/selection.py picks among them against the incumbent (the probe at H = 1, Qlib's label,
-linear), and the table and choice go to research/head_study.json and .md before any test figure exists. Test is
-not read. Every candidate's stage folder, valid scores and backtest are kept in --work: a killed run resumes.
+linear), and the table and choice go to research/head_study.json and .md before any test figure exists; choose
+does not read test. ``test`` then scores the recorded choice beside the control at its horizon (the same network
+trained on the head loss alone from random weights: does generative pretraining help the head?) on every test
+stock-day, both stages as choose trained them, with a paired daily test of the two, and adds that section to the
+page. Every candidate's stage folder, scores and backtest are kept in --work: a killed run resumes.
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ from kronos_qlib.inference.head import score_contexts
 from kronos_qlib.model.hub import weights_digest
 from kronos_qlib.training.head import HeadConfig, HeadStage, evaluate, extract_states
 
+from kronos_qlib.evaluation import daily_ic, paired_difference
+from research.results import machine, require_choice, update_section
 from research.selection import choose_signal
 
 logger = logging.getLogger("research.head_study")
@@ -105,6 +111,7 @@ class Study:
     def __init__(self, model, dataset, work: Path):
         self.model, self.work = model, work
         self.segments = {s: tuple(pd.Timestamp(d) for d in dataset.segments[s]) for s in ("train", "valid")}
+        self.test_segment = tuple(pd.Timestamp(d) for d in dataset.segments["test"])
         self.handler = dataset.handler
         self.panel = BarPanel.from_frame(self.handler.bars(self.segments["valid"][1]))
         self.spec = model.forecast
@@ -119,8 +126,8 @@ class Study:
         return {s: head_samples(self.panel, self.spec.lookback, horizon, *self.segments[s], self.handler.universe)
                 .every_kth_day(stride) for s in self.segments}
 
-    def valid_scores(self, key: str, config: HeadConfig) -> np.ndarray:
-        """The candidate's score of every valid stock-day (its stage trained, or reused, first)."""
+    def stage(self, key: str, config: HeadConfig) -> HeadStage:
+        """The candidate's stage, on the train and valid samples it trains and keeps its epoch on."""
         samples = self.samples(config.horizon, config.day_stride)
         states = None
         if config.variant == "probe":
@@ -129,10 +136,13 @@ class Study:
             for split in samples:
                 samples[split], rows = subset(samples[split], base[split])
                 states[split] = self.states[split][rows]
-        stage = HeadStage(config, self.work / "heads" / key.replace(" ", "_"), self.model.tokenizer,
-                          self.model.model, self.panel, samples, self.spec.lookback, self.spec.clip,
-                          torch.device("cpu"), states=states)
-        head, predictor = stage.run(resume=True)
+        return HeadStage(config, self.work / "heads" / key.replace(" ", "_"), self.model.tokenizer,
+                         self.model.model, self.panel, samples, self.spec.lookback, self.spec.clip,
+                         torch.device("cpu"), states=states)
+
+    def valid_scores(self, key: str, config: HeadConfig) -> np.ndarray:
+        """The candidate's score of every valid stock-day (its stage trained, or reused, first)."""
+        head, predictor = self.stage(key, config).run(resume=True)
         if config.variant == "probe":
             return evaluate(head, self.states["valid"], self.base["valid"], config.loss)[1]
         return cached(self.work / f"scores_{key.replace(' ', '_')}.pt", weights_digest(head) + weights_digest(
@@ -140,18 +150,55 @@ class Study:
                                                self.base["valid"].starts, self.spec.lookback, self.spec.clip))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--provider", default="../shared/cn_data")
-    parser.add_argument("--work", type=Path, default=Path("outputs/head_study"))
-    parser.add_argument("--out", type=Path, default=HERE, help="where the table, page and plot go")
-    args = parser.parse_args()
+    def test_scores(self, key: str, config: HeadConfig) -> tuple[HeadSamples, np.ndarray]:
+        """Every test stock-day and the finished candidate's score of each (its stage reused, never trained on
+        test): the contexts come from a panel through the test segment's end, the forward returns stay inside it."""
+        head, predictor = self.stage(key, config).run(resume=True)
+        start, end = self.test_segment
+        panel = BarPanel.from_frame(self.handler.bars(end))
+        samples = head_samples(panel, self.spec.lookback, 1, start, end, self.handler.universe)
+        if config.variant == "probe":
+            states = cached(self.work / "states_test.pt", self.digest, lambda: extract_states(
+                self.model.tokenizer, self.model.model, panel, samples, self.spec.lookback, self.spec.clip, pool=1,
+                desc="test"))
+            return samples, evaluate(head, states, samples, config.loss)[1]
+        return samples, cached(self.work / f"test_scores_{key.replace(' ', '_')}.pt", weights_digest(head) +
+                               weights_digest(predictor), lambda: score_contexts(
+                                   self.model.tokenizer, predictor, head, panel, samples.starts, self.spec.lookback,
+                                   self.spec.clip))
+
+
+def scored_backtest(score: pd.Series, config: dict, start: str, end: str, path: Path) -> pd.DataFrame:
+    """The workflow's TopkDropout backtest of ``score``, kept in ``path`` (a killed run resumes)."""
+    if path.exists():
+        return pd.read_csv(path, index_col=0, parse_dates=True)
+    report = backtest(score, config, start, end)
+    atomic_write_text(path, report.to_csv())
+    return report
+
+
+def open_study(args) -> tuple[Study, dict]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     model, dataset, config = fitted_model(args.provider, work / "forecasts")
-    study = Study(model, dataset, work)
+    return Study(model, dataset, work), config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("phase", choices=("choose", "test"))
+    parser.add_argument("--provider", default="../shared/cn_data")
+    parser.add_argument("--work", type=Path, default=Path("outputs/head_study"))
+    parser.add_argument("--out", type=Path, default=HERE, help="where the table, page and plot go")
+    args = parser.parse_args()
+    choose(args) if args.phase == "choose" else test(args)
+
+
+def choose(args) -> None:
+    study, config = open_study(args)
+    model, work = study.model, study.work
     valid = study.base["valid"]
     started = time.perf_counter()  # one forward pass per stock-day, no sampling
     timed = valid.take(np.arange(min(2048, len(valid))))
@@ -164,12 +211,8 @@ def main() -> None:
     for key, values in CANDIDATES.items():
         head_config = HeadConfig(**values)
         score = as_series(valid, study.valid_scores(key, head_config))
-        report_path = work / f"backtest_{key.replace(' ', '_')}.csv"
-        if report_path.exists():
-            report = pd.read_csv(report_path, index_col=0, parse_dates=True)
-        else:
-            report = backtest(score, config, str(study.segments["valid"][0].date()), last_day)
-            atomic_write_text(report_path, report.to_csv())
+        report = scored_backtest(score, config, str(study.segments["valid"][0].date()), last_day,
+                                 work / f"backtest_{key.replace(' ', '_')}.csv")
         excess[key] = excess_with_cost(report)
         metrics = signal_metrics(score, label)
         kept = ("IC", "IC t", "RankIC", "RankIC t", "top quintile spread (daily)", "top quintile t")
@@ -192,12 +235,52 @@ def main() -> None:
     print(report_page(table, choice, record))
 
 
+def test(args) -> None:
+    """The recorded choice and the control at its horizon on test, with the paired daily test of the two."""
+    record = json.loads(require_choice(args.out / "head_study.json", "python -m research.head_study").read_text())
+    chosen = record["choice"]["chosen"]
+    control = f"control H{CANDIDATES[chosen]['horizon']}"
+    keys = [chosen] + ([control] if control != chosen else [])
+    study, config = open_study(args)
+    rows, rank_ic, excess = {}, {}, {}
+    for key in keys:
+        samples, values = study.test_scores(key, HeadConfig(**CANDIDATES[key]))
+        score, label = as_series(samples, values), as_series(samples, samples.returns)
+        last_day = str(label.index.get_level_values(0).max().date())
+        report = scored_backtest(score, config, str(study.test_segment[0].date()), last_day,
+                                 study.work / f"test_backtest_{key.replace(' ', '_')}.csv")
+        metrics = signal_metrics(score, label)
+        rank_ic[key], excess[key] = daily_ic(score, label, "spearman"), excess_with_cost(report)
+        rows[key] = {"segment": "test", **{m: metrics[m] for m in ("IC", "IC t", "RankIC", "RankIC t")},
+                     **book(report)}
+        logger.info("%s on test: RankIC %.4f (t %.2f), %.2f bp/day with cost", key, metrics["RankIC"],
+                    metrics["RankIC t"], rows[key][CRITERION] * 1e4)
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    shown = table[["IC", "RankIC", "RankIC t", "excess with cost t", "IR with cost", "turnover (daily)"]].copy()
+    shown.insert(3, "excess with cost (bp/day)", table[CRITERION] * 1e4)
+    lines = ["## The choice and its control on test (`python -m research.head_study test`)", "",
+             f"Test {study.test_segment[0].date()}..{study.test_segment[1].date()}, every stock-day, each stage as "
+             f"choose trained it (one seed, the study's; the 3-seed figures of the shipped head are in "
+             f"RESULTS.md \"Results over seeds\"). Machine: {machine()}.", "", format_table(shown), ""]
+    record["test"] = table.to_dict(orient="index")
+    if len(keys) == 2:
+        paired = {"RankIC": paired_difference(rank_ic[chosen], rank_ic[control]),
+                  "excess with cost (daily)": paired_difference(excess[chosen], excess[control])}
+        record["test paired"] = {f"{chosen} minus {control}": paired}
+        lines.append(f"{chosen} minus {control}, paired daily difference (Newey-West t): RankIC "
+                     f"{paired['RankIC']['mean']:+.4f} (t {paired['RankIC']['t']:.2f}); excess with cost "
+                     f"{paired['excess with cost (daily)']['mean'] * 1e4:+.2f} bp/day "
+                     f"(t {paired['excess with cost (daily)']['t']:.2f}).")
+    atomic_write_text(args.out / "head_study.json", json.dumps(record, indent=1, default=float))
+    update_section("head-test", "\n".join(lines), args.out / "head_study.md")
+
+
 def report_page(table: pd.DataFrame, choice, record: dict) -> str:
     shown = table[["IC", "RankIC", "RankIC t", "excess with cost t", "IR with cost", "turnover (daily)",
                    "best epoch"]].copy()
     shown.insert(3, "excess with cost (bp/day)", table[CRITERION] * 1e4)
     return "\n".join([
-        "# The return head's variants on valid (written by `python -m research.head_study`)", "",
+        "# The return head's variants on valid (written by `python -m research.head_study choose`)", "",
         f"Generative checkpoint: the shipped path workflow's CPU preset, train {record['segments']['train']}, valid "
         f"{record['segments']['valid']}. probe: the frozen predictor's last hidden state, the head trained on every "
         "5th train day for 20 epochs; joint (cross-entropy + w x head loss, from the generative predictor) and "
