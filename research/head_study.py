@@ -63,8 +63,10 @@ CANDIDATES: dict[str, dict] = {
 INCUMBENT = "probe H1 linear"
 
 
-def fitted_model(provider: str, cache: Path):
-    """The shipped path workflow's KronosModel fitted as qrun fits it, its dataset and the rendered config."""
+def fitted_model(provider: str, cache: Path, stages: Path | None = None):
+    """The shipped path workflow's KronosModel fitted as qrun fits it (or, with ``stages``, holding that finished
+    run's best tokenizer and predictor, through the workflow's own checkpoint path: no finetune), its dataset and
+    the rendered config."""
     import qlib
     from qlib.utils import init_instance_by_config
 
@@ -72,6 +74,10 @@ def fitted_model(provider: str, cache: Path):
 
     config = load_workflow(WORKFLOWS / "kronos_csi300.yaml", {"QLIB_DATA": str(Path(provider).resolve()),
                                                               "KRONOS_CACHE": str(cache)})
+    if stages is not None:
+        kwargs = config["task"]["model"]["kwargs"]
+        kwargs.update(finetune=None, tokenizer=str(stages / "tokenizer" / "best"),
+                      predictor=str(stages / "predictor" / "best"))
     qlib.init(**config["qlib_init"])
     dataset = init_instance_by_config(config["task"]["dataset"])
     model = init_instance_by_config(config["task"]["model"])
@@ -177,12 +183,12 @@ def scored_backtest(score: pd.Series, config: dict, start: str, end: str, path: 
     return report
 
 
-def open_study(args) -> tuple[Study, dict]:
+def open_study(args, stages: Path | None = None) -> tuple[Study, dict]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    model, dataset, config = fitted_model(args.provider, work / "forecasts")
+    model, dataset, config = fitted_model(args.provider, work / "forecasts", stages)
     return Study(model, dataset, work), config
 
 
@@ -192,6 +198,9 @@ def main() -> None:
     parser.add_argument("--provider", default="../shared/cn_data")
     parser.add_argument("--work", type=Path, default=Path("outputs/head_study"))
     parser.add_argument("--out", type=Path, default=HERE, help="where the table, page and plot go")
+    parser.add_argument("--stages", type=Path, default=None,
+                        help="test: the finished run of the path workflow whose tokenizer/best and predictor/best "
+                        "choose used (default: fit the workflow as qrun does, reusing its finished stages)")
     args = parser.parse_args()
     choose(args) if args.phase == "choose" else test(args)
 
@@ -241,7 +250,11 @@ def test(args) -> None:
     chosen = record["choice"]["chosen"]
     control = f"control H{CANDIDATES[chosen]['horizon']}"
     keys = [chosen] + ([control] if control != chosen else [])
-    study, config = open_study(args)
+    study, config = open_study(args, args.stages)
+    chose_on = torch.load(study.work / "states_valid.pt", weights_only=False)["digest"]
+    if chose_on != study.digest:  # the stages choose trained sit on these weights: test must read the same ones
+        raise SystemExit(f"the tokenizer and predictor loaded here are not those choose used (weights digest "
+                         f"{study.digest[:12]}..., choose's {chose_on[:12]}...): pass --stages the run choose read")
     rows, rank_ic, excess = {}, {}, {}
     for key in keys:
         samples, values = study.test_scores(key, HeadConfig(**CANDIDATES[key]))
