@@ -183,12 +183,21 @@ def scored_backtest(score: pd.Series, config: dict, start: str, end: str, path: 
     return report
 
 
-def open_study(args, stages: Path | None = None) -> tuple[Study, dict]:
+def open_study(args, test: bool = False) -> tuple[Study, dict]:
+    """The study on the fitted model (or on ``--stages``); for test, only on the weights choose computed its
+    states from, checked before anything is computed on them."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    model, dataset, config = fitted_model(args.provider, work / "forecasts", stages)
+    model, dataset, config = fitted_model(args.provider, work / "forecasts", args.stages)
+    if test:
+        digest = weights_digest(model.tokenizer) + weights_digest(model.model)
+        chose_on = torch.load(work / "states_valid.pt", weights_only=False)["digest"]
+        if chose_on != digest:
+            raise SystemExit(f"{args.stages or 'the fitted workflow'} holds other weights than those choose used "
+                             f"(weights digest {digest[:12]}..., choose's {chose_on[:12]}...): pass --stages the run "
+                             "choose read")
     return Study(model, dataset, work), config
 
 
@@ -199,8 +208,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("outputs/head_study"))
     parser.add_argument("--out", type=Path, default=HERE, help="where the table, page and plot go")
     parser.add_argument("--stages", type=Path, default=None,
-                        help="test: the finished run of the path workflow whose tokenizer/best and predictor/best "
-                        "choose used (default: fit the workflow as qrun does, reusing its finished stages)")
+                        help="the finished run of the path workflow whose tokenizer/best and predictor/best to use "
+                        "(default: fit the workflow as qrun does, reusing its finished stages)")
     args = parser.parse_args()
     choose(args) if args.phase == "choose" else test(args)
 
@@ -250,11 +259,7 @@ def test(args) -> None:
     chosen = record["choice"]["chosen"]
     control = f"control H{CANDIDATES[chosen]['horizon']}"
     keys = [chosen] + ([control] if control != chosen else [])
-    study, config = open_study(args, args.stages)
-    chose_on = torch.load(study.work / "states_valid.pt", weights_only=False)["digest"]
-    if chose_on != study.digest:  # the stages choose trained sit on these weights: test must read the same ones
-        raise SystemExit(f"the tokenizer and predictor loaded here are not those choose used (weights digest "
-                         f"{study.digest[:12]}..., choose's {chose_on[:12]}...): pass --stages the run choose read")
+    study, config = open_study(args, test=True)
     rows, rank_ic, excess = {}, {}, {}
     for key in keys:
         samples, values = study.test_scores(key, HeadConfig(**CANDIDATES[key]))
