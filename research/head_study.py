@@ -36,7 +36,9 @@ from kronos_qlib.evaluation import format_table, signal_metrics
 from kronos_qlib.evaluation.backtest import CRITERION, backtest, book, excess_with_cost
 from kronos_qlib.files import atomic_write_text
 from kronos_qlib.inference.head import score_contexts
+from kronos_qlib import Kronos
 from kronos_qlib.model.hub import weights_digest
+from kronos_qlib.model.return_head import ReturnHead
 from kronos_qlib.training.head import HeadConfig, HeadStage, evaluate, extract_states
 
 from kronos_qlib.evaluation import daily_ic, paired_difference
@@ -157,9 +159,18 @@ class Study:
 
 
     def test_scores(self, key: str, config: HeadConfig) -> tuple[HeadSamples, np.ndarray]:
-        """Every test stock-day and the finished candidate's score of each (its stage reused, never trained on
-        test): the contexts come from a panel through the test segment's end, the forward returns stay inside it."""
-        head, predictor = self.stage(key, config).run(resume=True)
+        """Every test stock-day and the finished candidate's score of each: the weights choose trained, read from
+        its stage folder as they are (never trained here), from contexts of a panel through the test segment's end,
+        the forward returns inside it."""
+        folder = self.work / "heads" / key.replace(" ", "_")
+        if not (folder / "done.json").exists():
+            raise SystemExit(f"{folder} holds no finished stage: run choose first")
+        head = ReturnHead.from_pretrained(folder / "best")
+        predictor = self.model.model if config.variant == "probe" else Kronos.from_pretrained(folder / "predictor")
+        valid = self.work / f"scores_{key.replace(' ', '_')}.pt"
+        if valid.exists() and torch.load(valid, weights_only=False)["digest"] != weights_digest(head) + \
+                weights_digest(predictor):
+            raise SystemExit(f"{folder} holds other weights than those choose scored on valid ({valid})")
         start, end = self.test_segment
         panel = BarPanel.from_frame(self.handler.bars(end))
         samples = head_samples(panel, self.spec.lookback, 1, start, end, self.handler.universe)
