@@ -134,8 +134,8 @@ class Study:
         return {s: head_samples(self.panel, self.spec.lookback, horizon, *self.segments[s], self.handler.universe)
                 .every_kth_day(stride) for s in self.segments}
 
-    def stage(self, key: str, config: HeadConfig) -> HeadStage:
-        """The candidate's stage, on the train and valid samples it trains and keeps its epoch on."""
+    def valid_scores(self, key: str, config: HeadConfig) -> np.ndarray:
+        """The candidate's score of every valid stock-day (its stage trained, or reused, first)."""
         samples = self.samples(config.horizon, config.day_stride)
         states = None
         if config.variant == "probe":
@@ -144,13 +144,10 @@ class Study:
             for split in samples:
                 samples[split], rows = subset(samples[split], base[split])
                 states[split] = self.states[split][rows]
-        return HeadStage(config, self.work / "heads" / key.replace(" ", "_"), self.model.tokenizer,
-                         self.model.model, self.panel, samples, self.spec.lookback, self.spec.clip,
-                         torch.device("cpu"), states=states)
-
-    def valid_scores(self, key: str, config: HeadConfig) -> np.ndarray:
-        """The candidate's score of every valid stock-day (its stage trained, or reused, first)."""
-        head, predictor = self.stage(key, config).run(resume=True)
+        stage = HeadStage(config, self.work / "heads" / key.replace(" ", "_"), self.model.tokenizer,
+                          self.model.model, self.panel, samples, self.spec.lookback, self.spec.clip,
+                          torch.device("cpu"), states=states)
+        head, predictor = stage.run(resume=True)
         if config.variant == "probe":
             return evaluate(head, self.states["valid"], self.base["valid"], config.loss)[1]
         return cached(self.work / f"scores_{key.replace(' ', '_')}.pt", weights_digest(head) + weights_digest(
