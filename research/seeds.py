@@ -268,9 +268,11 @@ def recorded(records: dict, step: str, study: str, k: int) -> bool:
 
 
 def with_needs(todo: list[str], steps: list[str]) -> list[str]:
-    """``todo`` and the steps of ``steps`` they need or read in the same seed's folder (re-read there if they
-    finished, else run), in the order of ``steps``."""
-    needed = set(todo).union(*(NEEDS.get(step, set()) | READS.get(step, set()) for step in todo))
+    """``todo``, the steps of ``steps`` they need, and the steps all of these read, in the same seed's folder
+    (re-read there if they finished, else run), in the order of ``steps``: a needed step that runs again is
+    recorded anew, so its row must read what it reads when asked for itself."""
+    needed = set(todo).union(*(NEEDS.get(step, set()) for step in todo))
+    needed |= set().union(*(READS.get(step, set()) for step in needed))
     return [step for step in steps if step in needed]
 
 

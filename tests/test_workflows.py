@@ -526,3 +526,6 @@ def test_bench_seeds_records_only_the_missing_steps(tmp_path, monkeypatch):
     assert "partial IC" not in records["kronos"]["seeds"]["1"]
     assert bench_seeds.with_needs(["kronos"], ["kronos", "lightgbm", "gru"]) == ["kronos", "lightgbm"]
     assert bench_seeds.with_needs(["kronos"], ["kronos", "gru"]) == ["kronos"]
+    # the head + GRU blend re-runs the head in a fresh folder: the head's row reads LightGBM beside it
+    assert bench_seeds.with_needs(["ensemble_head_gru"], ["lightgbm", "gru", "head", "ensemble_head_gru"]) == [
+        "lightgbm", "gru", "head", "ensemble_head_gru"]
