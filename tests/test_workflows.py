@@ -529,3 +529,35 @@ def test_bench_seeds_records_only_the_missing_steps(tmp_path, monkeypatch):
     # the head + GRU blend re-runs the head in a fresh folder: the head's row reads LightGBM beside it
     assert bench_seeds.with_needs(["ensemble_head_gru"], ["lightgbm", "gru", "head", "ensemble_head_gru"]) == [
         "lightgbm", "gru", "head", "ensemble_head_gru"]
+
+
+def test_head_against_path_volatility_on_the_recorded_runs(recorded, tmp_path):
+    """research.head_volatility reads the head run and the path forecasts of one folder (sampling nothing: the path
+    workflow cached them) and reports the head, path volatility and the neutralised head, each with its book."""
+    tmp, _ = recorded
+    env = study_env({**os.environ, **smoke_env(), "QLIB_DATA": str(CN_DATA), "KRONOS_CACHE": str(tmp / "forecasts")})
+    result = subprocess.run(study("head_volatility", "--work", str(tmp), "--provider", str(CN_DATA), "--out",
+                                  str(tmp_path)), capture_output=True, text=True, env=env, cwd=tmp, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Kronos forecasts" not in result.stderr, "the path workflow's forecasts are read from its cache"
+    record = json.loads((tmp_path / "head_volatility.json").read_text())
+    assert list(record["table"]) == ["head", "path volatility (low_forecast_risk)",
+                                     "head neutralised against path volatility"]
+    for row in record["table"].values():
+        assert math.isfinite(row["RankIC"]) and math.isfinite(row["excess with cost t"])
+    assert "## The head against path volatility on test" in (tmp_path / "head_study.md").read_text()
+    assert (tmp_path / "head_volatility.png").stat().st_size > 0
+
+
+def test_neutralised_head_is_uncorrelated_with_its_control_each_day():
+    from research.head_volatility import neutralised
+
+    rng = np.random.default_rng(0)
+    index = pd.MultiIndex.from_product([pd.bdate_range("2020-01-01", periods=5), [f"S{i}" for i in range(50)]],
+                                       names=["datetime", "instrument"])
+    control = pd.Series(rng.normal(size=len(index)), index=index)
+    score = control + pd.Series(rng.normal(size=len(index)), index=index)
+    out = neutralised(score, control)
+    ranks = control.groupby(level="datetime").rank(pct=True)
+    daily = pd.concat([out, ranks.rename("c")], axis=1).groupby(level="datetime").apply(lambda d: d["score"].corr(d["c"]))
+    assert (daily.abs() < 1e-9).all() and out.groupby(level="datetime").std().gt(0.1).all()
