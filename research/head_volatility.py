@@ -95,7 +95,8 @@ def main() -> None:
         f"(t {partial['partial IC t']:.2f}), partial RankIC {partial['partial RankIC']:+.4f} "
         f"(t {partial['partial RankIC t']:.2f}). Neutralised minus head, paired daily: RankIC "
         f"{paired['RankIC']['mean']:+.4f} (t {paired['RankIC']['t']:.2f}); excess with cost "
-        f"{paired['excess with cost (daily)']['mean'] * 1e4:+.2f} bp/day (t {paired['excess with cost (daily)']['t']:.2f}).",
+        f"{paired['excess with cost (daily)']['mean'] * 1e4:+.2f} bp/day "
+        f"(t {paired['excess with cost (daily)']['t']:.2f}).",
         "", "![head against path volatility](head_volatility.png)"]
     update_section("head-volatility", "\n".join(lines), args.out / "head_study.md")
 

@@ -559,5 +559,6 @@ def test_neutralised_head_is_uncorrelated_with_its_control_each_day():
     score = control + pd.Series(rng.normal(size=len(index)), index=index)
     out = neutralised(score, control)
     ranks = control.groupby(level="datetime").rank(pct=True)
-    daily = pd.concat([out, ranks.rename("c")], axis=1).groupby(level="datetime").apply(lambda d: d["score"].corr(d["c"]))
+    joined = pd.concat([out, ranks.rename("c")], axis=1)
+    daily = joined.groupby(level="datetime").apply(lambda d: d["score"].corr(d["c"]))
     assert (daily.abs() < 1e-9).all() and out.groupby(level="datetime").std().gt(0.1).all()
