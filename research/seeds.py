@@ -24,10 +24,11 @@ sampling error dominates their spread); each run's daily IC, RankIC and excess r
 finishes, its results are merged into the committed record files (below; each seed keeps the machine, commit and
 reuse note it ran with) and the RESULTS.md section and plot are rewritten, so a study cut short keeps its finished
 seeds even when its work folder is lost, and the same study run again runs only the seeds not recorded. A step
-recorded by another study is replaced whole by the new study's seeds; the steps an invocation does not run keep
-theirs (e.g. the long factor step measured on another day). Within a seed, a step that finished is not run again
-(its `<step>.json` in the work folder holds its wall time, machine and commit), and the forecast cache (--cache) is
-shared, as its files are keyed by model, sampling settings and seed.
+recorded by another study is replaced whole by the new study's seeds, unless the new seed reproduces that study's
+same seed bit for bit (then the two ran the same experiment, and its other seeds join the new study); the steps an
+invocation does not run keep theirs (e.g. the long factor step measured on another day). Within a seed, a step
+that finished is not run again (its `<step>.json` in the work folder holds its wall time, machine and commit), and
+the forecast cache (--cache) is shared, as its files are keyed by model, sampling settings and seed.
 
 --dates picks the dates: `default` (the workflows' own: train 2010-2017, valid 2018-2019, test 2020-2022; records
 research/seeds.json and seeds_daily.csv, section "seeds", seeds.png) or `zoo` (Qlib's model-zoo segments as far
@@ -241,14 +242,16 @@ def record_seed(k: int, study: str, rows: dict[str, dict[str, float]], ran: dict
     """Merge seed ``k``'s results of the steps it ran into the committed record files, atomically, as soon as the
     seed finishes, so that a study cut short (a session's end takes the work folder with it) keeps its finished
     seeds and a later invocation of the same study runs only the missing ones. A step recorded under another study
-    (earlier settings) is replaced whole: one row never mixes two studies' seeds. Each seed keeps the machine,
+    (earlier settings) is replaced whole: one row never mixes two studies' seeds, unless this seed reproduces that
+    study's seed exactly (:func:`reproduces`). Each seed keeps the machine,
     commit and reuse note it ran with. Returns the merged records and daily series."""
     records = read_records(dates.records)
     kept = read_daily(dates.daily)
     for step, row in rows.items():
-        if records.get(step, {}).get("study") != study:
+        if records.get(step, {}).get("study") != study and not reproduces(records, step, k, row):
             records[step] = {"study": study, "seeds": {}}
             kept = kept[kept["step"] != step]
+        records.setdefault(step, {})["study"] = study
         records[step]["seeds"][str(k)] = {**row, **{key: ran[step][key] for key in ("wall_s", "machine", "note")}}
         kept = kept[~((kept["step"] == step) & (kept["seed"] == k))]
     new = [frame.reset_index().assign(step=step, seed=k) for step, frame in daily.items()]
@@ -256,6 +259,13 @@ def record_seed(k: int, study: str, rows: dict[str, dict[str, float]], ran: dict
     atomic_write_text(dates.records, json.dumps(records, indent=1, sort_keys=True))
     atomic_write_text(dates.daily, merged.to_csv(index=False, float_format="%.8g"))
     return records, merged
+
+
+def reproduces(records: dict, step: str, k: int, row: dict[str, float]) -> bool:
+    """Whether seed ``k``'s new ``row`` of ``step`` equals, metric for metric and bit for bit, the seed ``k`` another
+    study recorded: the two studies then ran the same experiment, and that study's other seeds join this one."""
+    old = records.get(step, {}).get("seeds", {}).get(str(k))
+    return old is not None and all(name in old and old[name] == value for name, value in row.items())
 
 
 def read_records(path: Path) -> dict:

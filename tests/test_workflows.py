@@ -457,6 +457,24 @@ def test_bench_seeds_records_each_seed_as_it_finishes_and_credits_it_to_its_comm
     assert bench_seeds.with_needs(["ensemble"], list(bench_seeds.STEPS)) == ["kronos", "lightgbm", "ensemble"]
 
 
+def test_bench_seeds_keeps_another_studys_seeds_only_when_a_seed_reproduces_them(tmp_path, monkeypatch):
+    """A new study's seed equal metric for metric to the seed another study recorded ran the same experiment: the
+    other seeds join the new study; a seed that differs in any metric replaces the step whole."""
+    bench_seeds = load_bench_seeds(monkeypatch)
+    dates = bench_seeds.Dates("t", {}, "", tmp_path / "r.json", tmp_path / "d.csv", "t", tmp_path / "p.png", {})
+    ran = {"gru": {"wall_s": 1.0, "machine": "m", "note": ""}}
+    day = pd.DataFrame({"IC": [0.1], "RankIC": [0.1], "excess": [0.0]},
+                       index=pd.DatetimeIndex(["2020-01-02"], name="datetime"))
+    for k, ic in ((0, 0.3), (1, 0.4)):
+        bench_seeds.record_seed(k, "old", {"gru": {"IC": ic, "RankIC": 0.5}}, ran, {"gru": day * (k + 1)}, dates)
+    records, daily = bench_seeds.record_seed(0, "new", {"gru": {"IC": 0.3, "RankIC": 0.5}}, ran, {"gru": day}, dates)
+    assert records["gru"]["study"] == "new" and set(records["gru"]["seeds"]) == {"0", "1"}
+    assert bench_seeds.recorded(records, "gru", "new", 1) and sorted(daily["seed"]) == [0, 1]
+    records, daily = bench_seeds.record_seed(0, "newer", {"gru": {"IC": 0.3, "RankIC": 0.5000001}}, ran,
+                                             {"gru": day}, dates)
+    assert records["gru"]["study"] == "newer" and set(records["gru"]["seeds"]) == {"0"}
+    assert sorted(daily["seed"]) == [0]
+
 def test_bench_seeds_notes_what_a_step_reused(tmp_path, monkeypatch):
     """A study that reuses an earlier one's trainings (--trained-from) or forecasts (--cache) says so beside the
     wall times of the steps that train or sample Kronos, and refuses a source without a seed's trainings."""
