@@ -25,7 +25,7 @@ finishes, its results are merged into the committed record files (below; each se
 reuse note it ran with) and the RESULTS.md section and plot are rewritten, so a study cut short keeps its finished
 seeds even when its work folder is lost, and the same study run again runs only the seeds not recorded. A step
 recorded by another study is replaced whole by the new study's seeds, unless the new seed reproduces that study's
-same seed bit for bit (then the two ran the same experiment, and its other seeds join the new study); the steps an
+same seed up to rounding (then the two ran the same experiment, and its other seeds join the new study); the steps an
 invocation does not run keep theirs (e.g. the long factor step measured on another day). Within a seed, a step
 that finished is not run again (its `<step>.json` in the work folder holds its wall time, machine and commit), and
 the forecast cache (--cache) is shared, as its files are keyed by model, sampling settings and seed.
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -262,10 +263,13 @@ def record_seed(k: int, study: str, rows: dict[str, dict[str, float]], ran: dict
 
 
 def reproduces(records: dict, step: str, k: int, row: dict[str, float]) -> bool:
-    """Whether seed ``k``'s new ``row`` of ``step`` equals, metric for metric and bit for bit, the seed ``k`` another
-    study recorded: the two studies then ran the same experiment, and that study's other seeds join this one."""
+    """Whether seed ``k``'s new ``row`` of ``step`` equals, metric for metric, the seed ``k`` another study recorded,
+    up to floating-point rounding (relative 1e-9: the same predictions give backtest figures that differ in the last
+    digits across library versions): the two studies then ran the same experiment, and that study's other seeds
+    join this one."""
     old = records.get(step, {}).get("seeds", {}).get(str(k))
-    return old is not None and all(name in old and old[name] == value for name, value in row.items())
+    return old is not None and all(name in old and math.isclose(old[name], value, rel_tol=1e-9, abs_tol=1e-12)
+                                   for name, value in row.items())
 
 
 def read_records(path: Path) -> dict:
@@ -322,9 +326,12 @@ def seed_frames(records: dict) -> dict[str, pd.DataFrame]:
 
 
 def mean_std(frame: pd.DataFrame, column: str) -> str:
+    """Mean ± std over the seeds that have ``column`` (a figure added later may lack on earlier seeds: named)."""
     fmt = "{:.2%}" if "return" in column or "drawdown" in column else "{:.4f}"
-    spread = fmt.format(frame[column].std()) if len(frame) > 1 else "–"  # one seed so far
-    return f"{fmt.format(frame[column].mean())} ± {spread}"
+    values = frame[column].dropna()
+    spread = fmt.format(values.std()) if len(values) > 1 else "–"  # one seed so far
+    part = f" ({len(values)} of {len(frame)} seeds)" if len(values) < len(frame) else ""
+    return f"{fmt.format(values.mean())} ± {spread}{part}"
 
 
 def seed_gain(a: pd.DataFrame, b: pd.DataFrame, column: str) -> str:
