@@ -89,7 +89,7 @@ def main() -> None:
         f"The shipped head's recorded test scores (recorder {head.recorder_id}) and the path forecasts of the same "
         f"seed's path workflow (5 paths, its T and top_p) on every test stock-day, {days[0].date()}..{days[-1].date()} "
         f"({len(days)} backtest days); books: the workflow's TopkDropout 50/5 with its costs. Work folder "
-        f"`{work.name}`. Machine: {machine()}.", "", format_table(shown), "",
+        f"`{work.name}`. Machine: {record['machine']}.", "", format_table(shown), "",
         f"The head's daily rank correlation with path volatility (high = calm): {correlation['mean']:+.3f} "
         f"(Newey-West t {correlation['t']:.2f}); its partial IC given it {partial['partial IC']:+.4f} "
         f"(t {partial['partial IC t']:.2f}), partial RankIC {partial['partial RankIC']:+.4f} "

@@ -244,15 +244,15 @@ def record_seed(k: int, study: str, rows: dict[str, dict[str, float]], ran: dict
     seed finishes, so that a study cut short (a session's end takes the work folder with it) keeps its finished
     seeds and a later invocation of the same study runs only the missing ones. A step recorded under another study
     (earlier settings) is replaced whole: one row never mixes two studies' seeds, unless this seed reproduces that
-    study's seed exactly (:func:`reproduces`). Each seed keeps the machine,
-    commit and reuse note it ran with. Returns the merged records and daily series."""
+    study's seed up to rounding (:func:`reproduces`). Each seed keeps the machine, commit and reuse note it ran with.
+    Returns the merged records and daily series."""
     records = read_records(dates.records)
     kept = read_daily(dates.daily)
     for step, row in rows.items():
         if records.get(step, {}).get("study") != study and not reproduces(records, step, k, row):
             records[step] = {"study": study, "seeds": {}}
             kept = kept[kept["step"] != step]
-        records.setdefault(step, {})["study"] = study
+        records[step]["study"] = study  # a reproducing seed brings the other study's seeds into this one
         records[step]["seeds"][str(k)] = {**row, **{key: ran[step][key] for key in ("wall_s", "machine", "note")}}
         kept = kept[~((kept["step"] == step) & (kept["seed"] == k))]
     new = [frame.reset_index().assign(step=step, seed=k) for step, frame in daily.items()]

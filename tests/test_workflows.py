@@ -475,6 +475,7 @@ def test_bench_seeds_keeps_another_studys_seeds_only_when_a_seed_reproduces_them
     assert records["gru"]["study"] == "newer" and set(records["gru"]["seeds"]) == {"0"}
     assert sorted(daily["seed"]) == [0]
 
+
 def test_bench_seeds_notes_what_a_step_reused(tmp_path, monkeypatch):
     """A study that reuses an earlier one's trainings (--trained-from) or forecasts (--cache) says so beside the
     wall times of the steps that train or sample Kronos, and refuses a source without a seed's trainings."""
