@@ -8,7 +8,7 @@ import torch
 from kronos_qlib import ConfigError, ForecastSpec, KronosInputError, KronosPredictor, Sampling
 from kronos_qlib.features import complete_bars, time_features
 from kronos_qlib.inference import filter_logits, sample_token
-from kronos_qlib.inference.sampling import path_streams, usable_rows
+from kronos_qlib.inference.sampling import path_streams, sorted_descending, usable_rows
 
 from conftest import CONFORMANCE
 
@@ -187,6 +187,43 @@ def test_filter_keeps_top_k_then_nucleus():
     assert kept.tolist() == [[True, True, False, False, False]]
     assert torch.isfinite(filter_logits(logits, top_p=0.45)).tolist() == [[True, False, False, False, False]]
     assert torch.isfinite(filter_logits(logits, top_k=4)).sum() == 4
+
+
+def sorted_prefix_nucleus(logits, top_p):
+    """The nucleus by its definition: sort, and keep the first token and each whose predecessors' mass is at
+    most top_p."""
+    ordered, order = torch.sort(logits, descending=True, dim=-1)
+    before = ordered.softmax(dim=-1).cumsum(dim=-1)
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    keep[..., 1:] = before[..., :-1] <= top_p
+    return torch.zeros_like(keep).scatter(-1, order, keep)
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("scale", [0.01, 1.0, 8.0])
+def test_nucleus_threshold_keeps_the_sorted_prefix(top_p, scale):
+    """The threshold nucleus (no sort order, no scatter) keeps exactly the tokens the sort-based definition keeps,
+    with and without a top k before it, on float32 and float64 logits alike."""
+    generator = torch.Generator().manual_seed(int(scale * 100) + int(top_p * 1000))
+    for dtype in (torch.float32, torch.float64):
+        logits = (torch.randn(64, 1024, generator=generator) * scale).to(dtype)
+        assert torch.equal(torch.isfinite(filter_logits(logits, top_p=top_p)), sorted_prefix_nucleus(logits, top_p))
+        top_k = filter_logits(logits, top_k=100)
+        assert torch.equal(torch.isfinite(filter_logits(logits, top_k=100, top_p=top_p)),
+                           sorted_prefix_nucleus(top_k, top_p))
+
+
+def test_nucleus_keeps_every_token_tied_with_its_last():
+    """Which of equal logits a sort puts first must not decide what can be drawn: all three ties are kept."""
+    logits = torch.tensor([[0.0, 1.0, 1.0, 1.0, -1.0]])
+    assert torch.isfinite(filter_logits(logits, top_p=0.3)).tolist() == [[False, True, True, True, False]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_sorted_descending_is_torchs_sort(dtype):
+    values = torch.randn(8, 300).to(dtype)
+    values[0, :5] = float("-inf")
+    assert torch.equal(sorted_descending(values), torch.sort(values, dim=-1, descending=True).values)
 
 
 @pytest.mark.parametrize("unit", ["ns", "us", "s"])
